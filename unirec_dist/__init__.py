@@ -1,0 +1,7 @@
+"""unirec_dist: unified, distributed pretraining for recommendation.
+
+Nothing heavy is imported here: `import unirec_dist` must stay cheap (no torch, no ray).
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Self-describing DCP checkpoints. See `unirec_dist.checkpoint.dcp` for the API."""

@@ -1,0 +1,21 @@
+"""`unirec demo`: the main job end to end on the embedded default (MovieLens-100K, CPU).
+
+It runs every stage that exists, in order, into one run directory, and prints a summary of each.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline on MovieLens-100K (fetch, prepare, ...)")
+    p.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
+    p.add_argument("--dataset-config", default=None, help="dataset YAML (default: the packaged ml-100k config)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from unirec_dist.demo import run_demo
+
+    run_demo(args.out, dataset_config=args.dataset_config)
+    return 0

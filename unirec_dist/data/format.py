@@ -1,0 +1,49 @@
+"""The prepared-dataset format: the contract between `prepare` and every later stage.
+
+A prepared dataset is a directory written atomically by `unirec prepare`::
+
+    manifest.json           see MANIFEST below
+    vocab/user.parquet      raw: string, index: int32   (index 1..n_users; 0 = padding)
+    vocab/item.parquet      raw: string, index: int32   (index 1..n_items; 0 = padding)
+    vocab/<feature>.parquet raw: string, index: int32   for categorical and multi features
+    interactions.parquet    user: int32, item: int32, timestamp: int64, [rating: float32],
+                            [event: string]; cleaned, sorted by (user, timestamp, item)
+    train.parquet           one row per user with training history:
+                            user: int32, items: list<int32>, timestamps: list<int64>,
+                            [ratings: list<float32>]; time-ordered
+    valid.parquet           evaluation queries: user: int32, history: list<int32>
+    test.parquet              (time-ordered items before the target(s)), targets: list<int32>,
+                              [target_ratings: list<float32>]
+    items.parquet           item: int32 (1..n_items, sorted, every item present), then one
+                            column per item feature:
+                              categorical -> int32 (vocab index, 0 = missing)
+                              multi       -> list<int32> (vocab indices)
+                              text        -> list<int32> (hashed token ids in 1..buckets-1)
+                              dense       -> fixed_size_list<float32>[dim]
+    users.parquet           user: int32 (1..n_users) and user features, same encodings
+                            (only when user features are configured)
+
+Splits. leave_one_out: per user, by time, test target = last item, valid target = second to
+last; train = everything before the valid target; test history = train + valid target;
+users with fewer than 3 interactions keep all in train and get no valid/test rows.
+temporal: global time cut points at the (1 - valid - test) and (1 - test) quantiles of
+timestamps; train = interactions before the first cut; valid/test = one query per user with
+interactions in that window: history = all of the user's earlier items, targets = the user's
+items in the window.
+
+MANIFEST (manifest.json) keys: format_version, name, created_at, source (kind, files with
+sha256), config (the resolved dataset config), counts (rows after each cleaning step: raw,
+dropped_null_ids, dropped_null_timestamps, dropped_duplicates, dropped_rating_filter,
+after_kcore with iterations, final; users, items), schema (column -> arrow type string per
+file), split (protocol and its parameters, users per split), vocab_sizes (user, item, and per
+categorical/multi feature, each INCLUDING the padding index 0, i.e. max index + 1),
+features (list of {name, table: items|users, kind, cardinality (vocab size incl. 0, or hash
+buckets), dim (dense only), max_len (multi/text)}), versions (unirec_dist, pyarrow), and
+vocab_hash (sha256 over the user and item vocab tables, used by checkpoints to refuse a
+mismatched dataset).
+"""
+from __future__ import annotations
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PAD = 0
