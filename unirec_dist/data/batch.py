@@ -1,0 +1,112 @@
+"""Batches that models consume: behaviour sequences as KeyedJaggedTensors, built vectorized
+from Arrow list columns (no per-row Python loops).
+
+Key names used in KeyedJaggedTensors across the package:
+    "item"  the behaviour sequence (item indices, time-ordered, oldest first)
+    "user"  the user index, one value per row
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import torch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+ITEM_KEY = "item"
+USER_KEY = "user"
+
+
+def last_n(lists: pa.ListArray | pa.ChunkedArray, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten a list column keeping only the last `max_len` values of each row.
+
+    Returns (values (sum of kept lengths,), lengths (B,)), both int64.
+    """
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    if max_len is None or (lengths <= max_len).all():
+        return values, lengths
+    kept = np.minimum(lengths, max_len)
+    ends = np.cumsum(lengths)
+    starts = ends - kept
+    # positions of kept values: for each row, range(starts[i], ends[i]), built without a loop
+    row_offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(kept)[:-1])), kept)
+    idx = np.arange(kept.sum()) + row_offsets
+    return values[idx], kept
+
+
+@dataclass
+class SeqBatch:
+    """A batch of users with their behaviour sequences.
+
+    users:   (B,) int64 user indices (0 when unknown, e.g. a live session)
+    seq:     KeyedJaggedTensor with key "item": each row's history, oldest first, at most max_len
+    targets: (B, T) int64 target items padded with 0, for evaluation (None in serving)
+    """
+
+    users: "torch.Tensor"
+    seq: "KeyedJaggedTensor"
+    targets: "torch.Tensor | None" = None
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+    def to(self, device: "torch.device") -> "SeqBatch":
+        return SeqBatch(
+            users=self.users.to(device),
+            seq=self.seq.to(device),
+            targets=None if self.targets is None else self.targets.to(device),
+            extra={k: v.to(device) if hasattr(v, "to") else v for k, v in self.extra.items()},
+        )
+
+
+def padded(lists: pa.ListArray | pa.ChunkedArray) -> "torch.Tensor":
+    """A list<int> column as a (B, max_len) int64 tensor padded with 0 on the right."""
+    import torch
+
+    values, lengths = last_n(lists, None)
+    width = int(lengths.max()) if len(lengths) else 0
+    out = np.zeros((len(lengths), max(width, 1)), dtype=np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[rows, cols] = values
+    return torch.from_numpy(out)
+
+
+def make_seq_batch(
+    users: pa.Array | np.ndarray,
+    histories: pa.ListArray | pa.ChunkedArray,
+    max_len: int | None,
+    targets: pa.ListArray | pa.ChunkedArray | None = None,
+) -> SeqBatch:
+    """Build a SeqBatch from Arrow columns (user indices, list<int> histories, list<int> targets)."""
+    import torch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    values, lengths = last_n(histories, max_len)
+    u = users.to_numpy(zero_copy_only=False) if hasattr(users, "to_numpy") else np.asarray(users)
+    seq = KeyedJaggedTensor.from_lengths_sync(
+        keys=[ITEM_KEY],
+        values=torch.from_numpy(values),
+        lengths=torch.from_numpy(lengths),
+    )
+    return SeqBatch(
+        users=torch.from_numpy(u.astype(np.int64)),
+        seq=seq,
+        targets=None if targets is None else padded(targets),
+    )
+
+
+def iter_query_batches(table: pa.Table, batch_size: int, max_len: int | None):
+    """Evaluation queries (valid/test Parquet: user, history, targets) as SeqBatches."""
+    for start in range(0, table.num_rows, batch_size):
+        part = table.slice(start, batch_size)
+        yield make_seq_batch(part["user"], part["history"], max_len, part["targets"])
