@@ -1,0 +1,125 @@
+"""The one exact top-K: padding, clamping, exclusion, ties, NaN; against hand-written answers."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from unirec_dist.metrics.topk import topk, topk_from_scores
+
+NEG = float("-inf")
+
+
+def items_with_scores(values: list[float]) -> torch.Tensor:
+    """(N + 1, 1) item matrix whose dot product with a query of 1.0 is `values` (row 0 = padding)."""
+    return torch.tensor(values, dtype=torch.float32).reshape(-1, 1)
+
+
+def one(b: int = 1) -> torch.Tensor:
+    return torch.ones((b, 1))
+
+
+def test_simple_order_and_padding_never_returned():
+    # padding row 0 has the highest raw score and must still never come back
+    items = items_with_scores([100.0, 1.0, 5.0, 3.0, 4.0])
+    scores, ids = topk(one(), items, 3)
+    assert ids.tolist() == [[2, 4, 3]]
+    assert scores.tolist() == [[5.0, 4.0, 3.0]]
+
+
+def test_dot_product_per_query():
+    items = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])
+    scores, ids = topk(q, items, 2)
+    # q0: scores 1, 0, 1 -> tie between 1 and 3, lower id first
+    # q1: scores 0, 2, 2 -> tie between 2 and 3
+    # q2: scores -1, -1, -2 -> tie between 1 and 2
+    assert ids.tolist() == [[1, 3], [2, 3], [1, 2]]
+    assert scores.tolist() == [[1.0, 1.0], [2.0, 2.0], [-1.0, -1.0]]
+
+
+def test_ties_lower_id_first_across_the_boundary():
+    # items 2, 3, 5 tie at 2.0; k = 3 takes item 4 (3.0) then the two lowest tied ids
+    items = items_with_scores([0.0, 1.0, 2.0, 2.0, 3.0, 2.0])
+    _, ids = topk(one(), items, 3)
+    assert ids.tolist() == [[4, 2, 3]]
+
+
+def test_all_equal_scores_give_ascending_ids_for_every_row():
+    items = torch.zeros((8, 4))
+    q = torch.randn(5, 4)
+    scores, ids = topk(q, items, 4)
+    assert ids.tolist() == [[1, 2, 3, 4]] * 5
+    assert (scores == 0).all()
+
+
+def test_ties_do_not_depend_on_batch_composition():
+    torch.manual_seed(0)
+    # integer-valued embeddings make many exact ties
+    items = torch.randint(-2, 3, (50, 3)).float()
+    q = torch.randint(-2, 3, (40, 3)).float()
+    _, full = topk(q, items, 7)
+    parts = torch.cat([topk(q[i : i + 3], items, 7)[1] for i in range(0, 40, 3)])
+    assert torch.equal(full, parts)
+    # and the result equals a reference: stable sort over (score desc, id asc)
+    s = q @ items.T
+    s[:, 0] = NEG
+    ref = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :7]
+    assert torch.equal(full, ref)
+
+
+def test_k_larger_than_catalogue_is_clamped():
+    items = items_with_scores([0.0, 1.0, 3.0, 2.0])
+    scores, ids = topk(one(2), items, 200)
+    assert ids.shape == (2, 3)
+    assert ids.tolist() == [[2, 3, 1]] * 2
+    assert scores.tolist() == [[3.0, 2.0, 1.0]] * 2
+
+
+def test_exclude_padded_tensor():
+    items = items_with_scores([0.0, 1.0, 5.0, 3.0, 4.0])
+    exclude = torch.tensor([[2, 0], [4, 3]])  # 0 = padding in the exclusion list
+    _, ids = topk(one(2), items, 2, exclude=exclude)
+    assert ids.tolist() == [[4, 3], [2, 1]]
+
+
+def test_exclude_kjt():
+    items = items_with_scores([0.0, 1.0, 5.0, 3.0, 4.0])
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["item"], values=torch.tensor([2, 4, 3]), lengths=torch.tensor([1, 0, 2])
+    )
+    _, ids = topk(one(3), items, 2, exclude=kjt)
+    assert ids.tolist() == [[4, 3], [2, 4], [2, 1]]
+
+
+def test_fewer_candidates_than_k_fill_with_zero_and_minus_inf():
+    items = items_with_scores([0.0, 1.0, 5.0, 3.0])
+    scores, ids = topk(one(), items, 3, exclude=torch.tensor([[2, 3]]))
+    assert ids.tolist() == [[1, 0, 0]]
+    assert scores[0, 0].item() == 1.0 and scores[0, 1:].tolist() == [NEG, NEG]
+
+
+def test_nan_scores_rank_last():
+    items = items_with_scores([0.0, float("nan"), 2.0, 1.0])
+    scores, ids = topk(one(), items, 2)
+    assert ids.tolist() == [[2, 3]]
+    _, ids = topk(one(), items, 3)
+    assert ids.tolist() == [[2, 3, 0]]  # NaN counts as "no score"
+
+
+def test_scores_are_the_dot_products():
+    torch.manual_seed(1)
+    q, items = torch.randn(6, 8), torch.randn(30, 8)
+    scores, ids = topk(q, items, 5)
+    assert torch.allclose(scores, (q @ items.T).gather(1, ids))
+    ref = torch.topk((q @ items.T)[:, 1:], 5).indices + 1
+    assert torch.equal(ids, ref)  # random floats: no ties, so torch.topk agrees
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        topk(one(), items_with_scores([0.0, 1.0]), 0)
+    with pytest.raises(ValueError):
+        topk(torch.ones(2, 3), torch.ones(4, 2), 1)
+    with pytest.raises(ValueError):
+        topk_from_scores(torch.zeros(2, 4), 1, exclude=torch.tensor([[1]]))

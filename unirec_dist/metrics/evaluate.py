@@ -1,0 +1,228 @@
+"""Full-ranking evaluation of a Retriever on a prepared dataset's valid/test queries.
+
+Protocol (DESIGN.md, Evaluation protocol): every query is ranked against ALL N items of the
+catalogue (no sampled negatives); `mask_seen` says whether the items of the query's full history
+are removed from the ranking, and it is reported with every result. Ties: lower item id first
+(`unirec_dist.metrics.topk`). Metric definitions: `unirec_dist.metrics.ranking`.
+
+The same code serves validation during training: `evaluate_table` takes a query table directly
+and shards it over the ranks of an initialised process group (metrics are all-reduced).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from unirec_dist.data.batch import last_n, make_seq_batch
+from unirec_dist.metrics.ranking import RankingAccumulator
+from unirec_dist.metrics.topk import topk
+
+if TYPE_CHECKING:
+    import torch
+
+    from unirec_dist.models.protocol import Retriever
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KS = (10, 50, 200)
+TIE_RULE = "equal scores: lower item id ranks first"
+
+
+class PopularityRetriever:
+    """The popularity baseline as a Retriever: every query scores item i by its number of
+    training interactions, so it runs through exactly the same top-K and metric code.
+
+    counts: (N + 1,) training interaction counts per item id (index 0 = padding)
+    item_embeddings() -> (N + 1, 1) counts; query_embeddings(batch) -> (B, 1) ones.
+    """
+
+    max_len = 1  # the history is not read; keep the batches small
+
+    def __init__(self, counts: "torch.Tensor") -> None:
+        import torch
+
+        self.counts = counts.to(torch.float32).reshape(-1, 1)
+
+    @classmethod
+    def from_train(cls, train: pa.Table, n_items: int) -> "PopularityRetriever":
+        """Counts from the prepared `train` table (column `items`: list<int32> per user)."""
+        import torch
+
+        flat = pc.list_flatten(train["items"]).to_numpy(zero_copy_only=False).astype(np.int64)
+        counts = np.bincount(flat, minlength=n_items + 1)[: n_items + 1]
+        return cls(torch.from_numpy(counts))
+
+    def item_embeddings(self) -> "torch.Tensor":
+        return self.counts
+
+    def query_embeddings(self, batch) -> "torch.Tensor":
+        import torch
+
+        return torch.ones((len(batch), 1), dtype=self.counts.dtype, device=self.counts.device)
+
+
+def popularity(dataset: Any) -> PopularityRetriever:
+    """The popularity baseline of a prepared dataset (item counts in its train split)."""
+    return PopularityRetriever.from_train(dataset.table("train"), int(dataset.n_items))
+
+
+def history_kjt(histories: pa.ListArray | pa.ChunkedArray) -> "Any":
+    """The FULL (untruncated) histories as a KeyedJaggedTensor with key "item", for masking."""
+    import torch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    values, lengths = last_n(histories, None)
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=["item"], values=torch.from_numpy(values), lengths=torch.from_numpy(lengths)
+    )
+
+
+def _shard_bounds(n: int) -> tuple[int, int, int, int]:
+    """(start, stop, rank, world) of this rank's contiguous slice of n query rows."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    return rank * n // world, (rank + 1) * n // world, rank, world
+
+
+def evaluate_table(
+    retriever: "Retriever",
+    queries: pa.Table,
+    n_items: int,
+    ks: Sequence[int] = DEFAULT_KS,
+    mask_seen: bool = False,
+    batch_size: int = 1024,
+    progress: bool | None = None,
+    shard: bool = True,
+) -> dict[str, float]:
+    """Metrics of `retriever` on `queries` (user: int32, history: list<int32>, targets: list<int32>).
+
+    Returns the `RankingAccumulator.compute()` dict (metric@K -> value, "queries" -> count).
+    With an initialised process group and `shard`, each rank ranks its own contiguous slice of
+    the queries and the metrics are all-reduced (collective: every rank must call this).
+    progress: tqdm bar; None = only on a terminal and when there are several batches.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if shard:
+        start, stop, _, _ = _shard_bounds(queries.num_rows)
+        queries = queries.slice(start, stop - start)
+    was_training = getattr(retriever, "training", None)
+    if was_training:
+        retriever.eval()
+    try:
+        with torch.no_grad():
+            items = retriever.item_embeddings()
+            if items.shape[0] != n_items + 1:
+                raise ValueError(f"item_embeddings() has {items.shape[0]} rows, the dataset N + 1 = {n_items + 1}")
+            device = items.device
+            acc = RankingAccumulator(ks, n_items, device=device)
+            max_len = getattr(retriever, "max_len", None)
+            n_batches = -(-queries.num_rows // batch_size)
+            bar = _progress(n_batches, progress)
+            for begin in range(0, queries.num_rows, batch_size):
+                part = queries.slice(begin, batch_size)
+                batch = make_seq_batch(part["user"], part["history"], max_len, part["targets"]).to(device)
+                q = retriever.query_embeddings(batch)
+                exclude = history_kjt(part["history"]).to(device) if mask_seen else None
+                _, ids = topk(q, items, acc.max_k, exclude=exclude)
+                acc.update(ids, batch.targets)
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            return acc.compute()
+    finally:
+        if was_training:
+            retriever.train()
+
+
+def _progress(total: int, progress: bool | None):
+    if progress is False or (progress is None and total < 20):
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: tqdm switches itself off when stderr is not a terminal
+    return tqdm(total=total, desc="evaluate", unit="batch", disable=None if progress is None else False)
+
+
+def evaluate(
+    retriever: "Retriever",
+    dataset: Any,
+    split: str = "test",
+    ks: Sequence[int] = DEFAULT_KS,
+    mask_seen: bool = False,
+    batch_size: int = 1024,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Full-ranking evaluation on `dataset.table(split)`; a JSON-ready report:
+
+    {"protocol": {split, ranking: "full", n_items, queries, mask_seen, ks, tie_break, ...},
+     "metrics": {"HR@10": ..., "Recall@10": ..., "NDCG@10": ..., "MRR@10": ...,
+                 "Precision@10": ..., "Coverage@10": ..., ... for every K},
+     "seconds": wall time}
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    t0 = time.perf_counter()
+    n_items = int(dataset.n_items)
+    metrics = evaluate_table(
+        retriever, dataset.table(split), n_items, ks=ks, mask_seen=mask_seen, batch_size=batch_size, progress=progress
+    )
+    queries = metrics.pop("queries")
+    seconds = time.perf_counter() - t0
+    log.info("evaluated %d %s queries over %d items in %.2f s", queries, split, n_items, seconds)
+    return {
+        "protocol": protocol(split, n_items, queries, mask_seen, ks),
+        "metrics": metrics,
+        "seconds": round(seconds, 4),
+    }
+
+
+def protocol(split: str, n_items: int, queries: int, mask_seen: bool, ks: Sequence[int]) -> dict[str, Any]:
+    return {
+        "split": split,
+        "ranking": "full",
+        "n_items": n_items,
+        "queries": queries,
+        "mask_seen": bool(mask_seen),
+        "ks": [int(k) for k in ks],
+        "tie_break": TIE_RULE,
+        "recall": "hits@K / |targets|",
+        "precision": "hits@K / min(K, n_items)",
+    }
+
+
+def protocol_line(report: dict[str, Any]) -> str:
+    """One human line stating the protocol beside the numbers."""
+    p = report["protocol"]
+    seen = "seen items masked" if p["mask_seen"] else "seen items NOT masked"
+    return f"split={p['split']}, full ranking over {p['n_items']:,} items, {p['queries']:,} queries, {seen}; ties: lower item id first"
+
+
+def format_table(report: dict[str, Any], title: str | None = None) -> str:
+    """The metrics as a fixed-width text table (rows: metrics, columns: K)."""
+    ks = report["protocol"]["ks"]
+    m = report["metrics"]
+    names = ["HR", "Recall", "NDCG", "MRR", "Precision", "Coverage"]
+    head = f"{'metric':<10}" + "".join(f"{'@' + str(k):>10}" for k in ks)
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(protocol_line(report))
+    lines.append(head)
+    lines.append("-" * len(head))
+    for name in names:
+        lines.append(f"{name:<10}" + "".join(f"{m[f'{name}@{k}']:>10.4f}" for k in ks))
+    return "\n".join(lines)

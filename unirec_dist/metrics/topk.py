@@ -1,0 +1,132 @@
+"""The one exact top-K over the whole catalogue, used by evaluation, `recommend` and serving.
+
+Scores are dot products `query @ items.T` (see `unirec_dist.models.protocol`). Everything here is
+batched tensor work: one matmul and a handful of passes over the (B, N + 1) score matrix, never a
+Python loop per query.
+
+Contract of `topk` (tests/unit/test_topk.py pins each point):
+  * row 0 of the item matrix is the padding index and is never returned;
+  * `k` is clamped to the catalogue size N (= items.shape[0] - 1);
+  * excluded items (e.g. a user's history) are never returned;
+  * when fewer than k items remain for a query (everything else excluded), the missing slots
+    hold id 0 and score -inf; id 0 is never a hit for the ranking metrics;
+  * ties are broken deterministically: among equal scores the LOWER item id ranks first, so the
+    result does not depend on the thread count, the batch size or how the batch was sharded;
+  * NaN scores are treated as -inf (never recommended ahead of a real score).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+NEG_INF = float("-inf")
+
+
+def exclusion_index(
+    exclude: "torch.Tensor | KeyedJaggedTensor", batch_size: int, key: str = "item"
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """(rows, cols) of the (B, N + 1) score matrix to mask, from either form of `exclude`:
+
+    * a (B, T) int tensor of item ids padded with 0 (padding masks column 0, which is masked
+      anyway), or
+    * a KeyedJaggedTensor whose `key` feature holds each row's items (values (sum L,), lengths (B,)).
+    """
+    import torch
+
+    if isinstance(exclude, torch.Tensor):
+        if exclude.dim() != 2 or exclude.shape[0] != batch_size:
+            raise ValueError(f"exclude must be (B={batch_size}, T), got {tuple(exclude.shape)}")
+        rows = torch.arange(batch_size, device=exclude.device).unsqueeze(1).expand_as(exclude)
+        return rows.reshape(-1), exclude.reshape(-1).long()
+    jt = exclude[key]
+    lengths = jt.lengths().long()
+    if lengths.shape[0] != batch_size:
+        raise ValueError(f"exclude KJT has {lengths.shape[0]} rows, expected {batch_size}")
+    rows = torch.repeat_interleave(torch.arange(batch_size, device=lengths.device), lengths)
+    return rows, jt.values().long()
+
+
+def topk_from_scores(
+    scores: "torch.Tensor", k: int, exclude: "torch.Tensor | KeyedJaggedTensor | None" = None
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Top-k of a (B, N + 1) score matrix (column 0 = padding). Modifies `scores` in place.
+
+    Returns (scores (B, k'), ids (B, k') int64) with k' = min(k, N), best first; see the module
+    docstring for masking, clamping and the tie rule (equal scores: lower id first).
+    """
+    import torch
+
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    b, n1 = scores.shape
+    k = min(int(k), n1 - 1)
+    if b == 0 or k <= 0:
+        k = max(k, 0)
+        return scores.new_empty((b, k)), torch.zeros((b, k), dtype=torch.long, device=scores.device)
+    scores[:, 0] = NEG_INF
+    if exclude is not None:
+        rows, cols = exclusion_index(exclude, b)
+        scores[rows, cols] = NEG_INF
+
+    # One unsorted top-(k+1) pass does the heavy work. torch.topk orders ties arbitrarily, so
+    # its set is only trusted where the k-th and (k+1)-th values differ (no tie across the
+    # boundary: the top-k set is then unique); the few rows with a boundary tie are redone
+    # exactly below. k + 1 <= N + 1 always, the padding column being the spare.
+    vals, idx = torch.topk(scores, k + 1, dim=1, sorted=False)
+    if bool(torch.isnan(vals).any()):  # topk ranks NaN first; NaN means "no score": -inf
+        scores.masked_fill_(torch.isnan(scores), NEG_INF)
+        vals, idx = torch.topk(scores, k + 1, dim=1, sorted=False)
+    low = torch.topk(vals, 2, dim=1, largest=False, sorted=True)
+    kth, past = low.values[:, 1], low.values[:, 0]
+    # drop the (k+1)-th entry of each row
+    keep = torch.ones_like(vals, dtype=torch.bool)
+    keep.scatter_(1, low.indices[:, :1], False)
+    ids = idx[keep].view(b, k)
+    tied = (kth == past) & (kth > NEG_INF)  # an -inf boundary only concerns slots reported as 0
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        ids[rows] = _exact_topk_ids(scores[rows], k, kth[rows].unsqueeze(1))
+    ids, _ = torch.sort(ids, dim=1)
+    top = torch.gather(scores, 1, ids)
+    # A stable sort by score keeps ascending ids within equal scores: lower id first.
+    top, order = torch.sort(top, dim=1, descending=True, stable=True)
+    ids = torch.gather(ids, 1, order)
+    ids.masked_fill_(top == NEG_INF, 0)
+    return top, ids
+
+
+def _exact_topk_ids(scores: "torch.Tensor", k: int, thr: "torch.Tensor") -> "torch.Tensor":
+    """(R, k) ids, ascending, of the exact top-k set of each row of `scores` (R, N + 1) whose
+    k-th best value `thr` (R, 1) is tied: everything above `thr`, then the lowest ids equal to it."""
+    import torch
+
+    above = scores > thr
+    at = scores == thr
+    need = k - above.sum(dim=1, keepdim=True)
+    selected = above | (at & (torch.cumsum(at, dim=1, dtype=torch.int32) <= need))
+    return selected.nonzero()[:, 1].view(-1, k)
+
+
+def topk(
+    query: "torch.Tensor",
+    items: "torch.Tensor",
+    k: int,
+    exclude: "torch.Tensor | KeyedJaggedTensor | None" = None,
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Exact top-k items for each query by dot product over the full catalogue.
+
+    query:   (B, D) query vectors
+    items:   (N + 1, D) item vectors, row 0 = padding (never returned)
+    k:       list length; clamped to N
+    exclude: items not to return per query: (B, T) ids padded with 0, or a KeyedJaggedTensor
+             with key "item" (e.g. `SeqBatch.seq` or the full history), or None
+    Returns (scores (B, min(k, N)) float, ids (B, min(k, N)) int64), best first. Equal scores:
+    the lower item id first. Slots left when fewer than k items are not excluded: id 0, -inf.
+    """
+    if query.dim() != 2 or items.dim() != 2 or query.shape[1] != items.shape[1]:
+        raise ValueError(f"query (B, D) and items (N+1, D) must agree, got {tuple(query.shape)} and {tuple(items.shape)}")
+    scores = query @ items.T
+    return topk_from_scores(scores, k, exclude)
