@@ -1,0 +1,571 @@
+"""`prepare`: raw interaction log (+ item/user tables) -> prepared dataset (see data/format.py).
+
+Steps, each a function over Arrow tables so that the Ray engine (data/ray_engine.py) reuses them:
+
+1. `select_columns`  pick and type the configured columns (user, item, timestamp, rating, event)
+2. `drop_missing`    drop rows with a null id, then with a null timestamp (counted)
+3. `sorted_unique` / `encode_ids`  vocabularies sorted by raw value (numeric ids numerically),
+                     ids -> 1..n (0 = padding). Sorted vocabularies make the encoding
+                     independent of row order, so both engines produce the same indices.
+4. `sort_rows` / `drop_duplicates`  sort by (user, timestamp, item, rating, event); exact
+                     duplicates are then adjacent and dropped (counted)
+5. `rating_filter`   keep rating >= min_rating (counted)
+6. `kcore`           iterated user/item k-core until stable (rounds counted)
+7. `compact`         re-index the surviving ids to contiguous 1..n (order preserved)
+8. `split_leave_one_out` / `split_temporal`  per-user time-ordered list columns
+9. `entity_table`    item/user feature tables aligned to the vocab
+
+Everything is Arrow compute plus numpy vectorized over whole columns; no per-row Python.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from unirec_dist import __version__
+from unirec_dist.config.dataset import DatasetConfig, FeatureConfig, FilterConfig, SplitConfig
+from unirec_dist.config.loader import to_dict
+from unirec_dist.data import features as F
+from unirec_dist.data.format import FORMAT_VERSION, MANIFEST
+from unirec_dist.errors import DataError
+from unirec_dist.utils.atomic import atomic_dir, check_output_dir
+
+log = logging.getLogger(__name__)
+
+ROLES = ("user", "item", "timestamp", "rating", "event")
+SORT_KEYS = ["user", "timestamp", "item", "rating", "event"]
+_INT_RE = r"^\s*[-+]?\d+\s*$"
+_NUM_RE = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+# ----------------------------------------------------------------------------- column typing
+def _first_bad(col: pa.Array, pattern: str) -> str | None:
+    s = col.cast(pa.string())
+    ok = pc.match_substring_regex(s, pattern).fill_null(True)
+    bad = s.filter(pc.invert(ok))
+    return bad[0].as_py() if len(bad) else None
+
+
+def id_column(col: pa.ChunkedArray | pa.Array, where: str, name: str, role: str) -> pa.Array:
+    """Ids as int64 (integer columns) or string (anything else)."""
+    col = F.as_array(col)
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if col.null_count == len(col):
+        raise DataError(f"{where}: column {name!r} ({role}) is null in every row")
+    if pa.types.is_integer(col.type):
+        return col.cast(pa.int64())
+    if pa.types.is_string(col.type):
+        return col
+    return col.cast(pa.string())
+
+
+def timestamp_column(col: pa.ChunkedArray | pa.Array, where: str, name: str) -> pa.Array:
+    """Timestamps as int64: integers as they are, datetimes as epoch seconds; else DataError."""
+    col = F.as_array(col)
+    t = col.type
+    if pa.types.is_integer(t):
+        return col.cast(pa.int64())
+    if pa.types.is_timestamp(t):
+        return col.cast(pa.timestamp("s")).cast(pa.int64())
+    if pa.types.is_date(t):
+        return col.cast(pa.timestamp("s")).cast(pa.int64())
+    if pa.types.is_floating(t):
+        return pc.floor(col).cast(pa.int64())
+    if pa.types.is_null(t):
+        return pa.nulls(len(col), pa.int64())
+    bad = _first_bad(col, _INT_RE)
+    if bad is not None:
+        raise DataError(f"{where}: column {name!r} (timestamp) has a non-numeric value {bad!r}")
+    return pc.utf8_trim_whitespace(col.cast(pa.string())).cast(pa.int64())
+
+
+def number_column(col: pa.ChunkedArray | pa.Array, where: str, name: str, role: str) -> pa.Array:
+    col = F.as_array(col)
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type):
+        return col.cast(pa.float32())
+    bad = _first_bad(col, _NUM_RE)
+    if bad is not None:
+        raise DataError(f"{where}: column {name!r} ({role}) has a non-numeric value {bad!r}")
+    return pc.utf8_trim_whitespace(col.cast(pa.string())).cast(pa.float32())
+
+
+def check_columns(names: list[str], wanted: dict[str, str | None], where: str, prefix: str) -> None:
+    for role, c in wanted.items():
+        if c is not None and c not in names:
+            raise DataError(f"{where}: column {c!r} ({prefix}{role}) not found; columns are: {', '.join(names)}")
+
+
+def select_columns(table: pa.Table, cfg: DatasetConfig, where: str) -> pa.Table:
+    """Raw interactions -> user (int64|string), item, timestamp: int64, [rating: float32], [event: string]."""
+    c = cfg.columns
+    wanted = {r: getattr(c, r) for r in ROLES}
+    check_columns(table.column_names, wanted, where, "columns.")
+    cols = {
+        "user": id_column(table[c.user], where, c.user, "user"),
+        "item": id_column(table[c.item], where, c.item, "item"),
+        "timestamp": timestamp_column(table[c.timestamp], where, c.timestamp),
+    }
+    if c.rating is not None:
+        cols["rating"] = number_column(table[c.rating], where, c.rating, "rating")
+    if c.event is not None:
+        cols["event"] = F.as_array(table[c.event]).cast(pa.string())
+    return pa.table(cols)
+
+
+def drop_missing(t: pa.Table) -> tuple[pa.Table, int, int]:
+    """Drop rows with a null user/item id, then rows with a null timestamp."""
+    n0 = t.num_rows
+    ok = pc.and_(pc.is_valid(t["user"]), pc.is_valid(t["item"]))
+    t = t.filter(ok)
+    n1 = t.num_rows
+    t = t.filter(pc.is_valid(t["timestamp"]))
+    return t, n0 - n1, n1 - t.num_rows
+
+
+# ----------------------------------------------------------------------------- vocabularies
+def sorted_unique(cols: list[pa.Array | pa.ChunkedArray] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Distinct non-null values, sorted ascending (numbers numerically, strings bytewise)."""
+    if not isinstance(cols, list):
+        cols = [cols]
+    chunks = [F.as_array(pc.unique(c)) for c in cols if len(c)]
+    if not chunks:
+        return pa.array([], pa.string())
+    u = pc.unique(pa.concat_arrays(chunks)) if len(chunks) > 1 else chunks[0]
+    u = u.drop_null()
+    return u.take(pc.sort_indices(u))
+
+
+def encode_ids(col: pa.Array | pa.ChunkedArray, vocab: pa.Array) -> pa.Array:
+    """Raw ids -> int32 index in 1..len(vocab) (null when absent)."""
+    idx = pc.index_in(col, value_set=vocab)
+    return F.as_array(pc.add(idx, 1)).cast(pa.int32())
+
+
+def vocab_table(values: pa.Array) -> pa.Table:
+    return pa.table({
+        "raw": values.cast(pa.string()),
+        "index": pa.array(np.arange(1, len(values) + 1, dtype=np.int32)),
+    })
+
+
+def vocab_hash(user_vocab: pa.Table, item_vocab: pa.Table) -> str:
+    """sha256 over the user and item vocab tables (raw strings in index order)."""
+    h = hashlib.sha256()
+    for name, tbl in (("user", user_vocab), ("item", item_vocab)):
+        tbl = tbl.sort_by("index")
+        raw = F.as_array(tbl["raw"]).cast(pa.large_string())
+        raw = pa.concat_arrays([raw])  # fresh buffers
+        lengths = pc.binary_length(raw).to_numpy(zero_copy_only=False).astype("<i8")
+        offsets = np.frombuffer(raw.buffers()[1], dtype=np.int64)[raw.offset: raw.offset + len(raw) + 1]
+        data = raw.buffers()[2]
+        h.update(name.encode() + b"\0" + np.int64(len(raw)).tobytes())
+        h.update(lengths.tobytes())
+        if data is not None and len(raw):
+            h.update(memoryview(data)[int(offsets[0]): int(offsets[-1])])
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- cleaning
+def sort_rows(t: pa.Table) -> pa.Table:
+    keys = [(k, "ascending") for k in SORT_KEYS if k in t.column_names]
+    return t.take(pc.sort_indices(t, sort_keys=keys)).combine_chunks()
+
+
+def _same_as_prev(col: pa.Array) -> np.ndarray:
+    n = len(col)
+    a, b = col.slice(1), col.slice(0, n - 1)
+    eq = pc.fill_null(pc.equal(a, b), False)
+    if col.null_count:
+        eq = pc.or_(eq, pc.and_(pc.is_null(a), pc.is_null(b)))
+    return np.r_[False, eq.to_numpy(zero_copy_only=False)]
+
+
+def drop_duplicates(t: pa.Table) -> tuple[pa.Table, int]:
+    """Drop exact duplicate rows of a table sorted by all its columns (duplicates adjacent)."""
+    if t.num_rows < 2:
+        return t, 0
+    dup = np.ones(t.num_rows, dtype=bool)
+    for name in t.column_names:
+        dup &= _same_as_prev(F.as_array(t[name]))
+    n = int(dup.sum())
+    return (t.filter(pa.array(~dup)) if n else t), n
+
+
+def rating_filter(t: pa.Table, min_rating: float | None) -> tuple[pa.Table, int]:
+    if min_rating is None:
+        return t, 0
+    if "rating" not in t.column_names:
+        raise DataError("filter.min_rating is set but columns.rating is not configured")
+    n = t.num_rows
+    t = t.filter(pc.fill_null(pc.greater_equal(t["rating"], pa.scalar(min_rating, pa.float32())), False))
+    return t, n - t.num_rows
+
+
+def kcore_mask(users: np.ndarray, items: np.ndarray, user_core: int, item_core: int) -> tuple[np.ndarray, int]:
+    """Rows kept by the iterated k-core filter, and the number of rounds that removed rows."""
+    keep = np.ones(len(users), dtype=bool)
+    rounds = 0
+    if user_core <= 1 and item_core <= 1:
+        return keep, 0
+    idx = np.arange(len(users))
+    u, i = users, items
+    while True:
+        uc = np.bincount(u)
+        ic = np.bincount(i)
+        ok = (uc[u] >= user_core) & (ic[i] >= item_core)
+        if ok.all():
+            break
+        rounds += 1
+        idx, u, i = idx[ok], u[ok], i[ok]
+        if len(idx) == 0:
+            break
+    keep[:] = False
+    keep[idx] = True
+    return keep, rounds
+
+
+def kcore(t: pa.Table, user_core: int, item_core: int) -> tuple[pa.Table, int]:
+    u = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
+    i = F.as_array(t["item"]).to_numpy(zero_copy_only=False)
+    keep, rounds = kcore_mask(u, i, user_core, item_core)
+    if not keep.all():
+        t = t.filter(pa.array(keep))
+    if t.num_rows == 0:
+        raise DataError(f"k-core filter (user_core={user_core}, item_core={item_core}) leaves no interactions")
+    return t, rounds
+
+
+def compact_mapping(present: np.ndarray, n_old: int) -> np.ndarray:
+    """Old index (1..n_old) -> new contiguous index (1..len(present)), 0 where dropped."""
+    m = np.zeros(n_old + 1, dtype=np.int32)
+    m[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+    return m
+
+
+def compact(t: pa.Table, user_vals: pa.Array, item_vals: pa.Array) -> tuple[pa.Table, pa.Array, pa.Array]:
+    """Re-index surviving users/items to 1..n, preserving order (so sorting is preserved)."""
+    out = t
+    vals = {"user": user_vals, "item": item_vals}
+    for key in ("user", "item"):
+        codes = F.as_array(t[key]).to_numpy(zero_copy_only=False)
+        present = np.flatnonzero(np.bincount(codes, minlength=len(vals[key]) + 1))
+        present = present[present > 0]
+        if len(present) == len(vals[key]):
+            continue
+        m = compact_mapping(present, len(vals[key]))
+        out = out.set_column(out.column_names.index(key), key, pa.array(m[codes], pa.int32()))
+        vals[key] = vals[key].take(pa.array(present - 1))
+    return out, vals["user"], vals["item"]
+
+
+# ----------------------------------------------------------------------------- sequences, splits
+def _user_offsets(users: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.bincount(users, minlength=n_users + 1)[1:]
+    offsets = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return counts, offsets
+
+
+def keep_last(mask: np.ndarray, rows: np.ndarray, n_rows: int, k: int | None) -> np.ndarray:
+    """Restrict `mask` (over values grouped by non-decreasing `rows`) to the last k per row."""
+    if k is None:
+        return mask
+    idx = np.flatnonzero(mask)
+    r = rows[idx]
+    ends = np.cumsum(np.bincount(r, minlength=n_rows))
+    from_end = ends[r] - 1 - np.arange(len(idx))
+    out = np.zeros_like(mask)
+    out[idx[from_end < k]] = True
+    return out
+
+
+def _lists(col: pa.Array, mask: np.ndarray, rows: np.ndarray, n_rows: int) -> pa.ListArray:
+    return F.lists_from_parents(col.filter(pa.array(mask)), rows[mask], n_rows)
+
+
+def _query_table(users: np.ndarray, hist: pa.ListArray, targets: pa.ListArray,
+                 target_ratings: pa.ListArray | None, select: np.ndarray) -> pa.Table:
+    sel = pa.array(np.flatnonzero(select))
+    cols = {
+        "user": pa.array(users[select], pa.int32()),
+        "history": hist.take(sel),
+        "targets": targets.take(sel),
+    }
+    if target_ratings is not None:
+        cols["target_ratings"] = target_ratings.take(sel)
+    return pa.table(cols)
+
+
+def _train_table(t: pa.Table, mask: np.ndarray, rows: np.ndarray, n_users: int, max_history: int | None) -> pa.Table:
+    mask = keep_last(mask, rows, n_users, max_history)
+    lens = np.bincount(rows[mask], minlength=n_users)
+    cols = {"user": pa.array(np.arange(1, n_users + 1, dtype=np.int32)),
+            "items": _lists(F.as_array(t["item"]), mask, rows, n_users),
+            "timestamps": _lists(F.as_array(t["timestamp"]), mask, rows, n_users)}
+    if "rating" in t.column_names:
+        cols["ratings"] = _lists(F.as_array(t["rating"]), mask, rows, n_users)
+    return pa.table(cols).filter(pa.array(lens > 0))
+
+
+def split_leave_one_out(t: pa.Table, n_users: int, max_history: int | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Per user by time: test target = last, valid target = second to last (users with >= 3)."""
+    users = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
+    rows = users.astype(np.int64) - 1
+    counts, offsets = _user_offsets(users, n_users)
+    pos = np.arange(t.num_rows) - np.repeat(offsets[:-1], counts)
+    cnt = np.repeat(counts, counts)
+    has_eval = cnt >= 3
+    train_mask = ~has_eval | (pos < cnt - 2)
+    train = _train_table(t, train_mask, rows, n_users, max_history)
+
+    item = F.as_array(t["item"])
+    rating = F.as_array(t["rating"]) if "rating" in t.column_names else None
+    user_ids = np.arange(1, n_users + 1)
+    eval_users = counts >= 3
+    out = []
+    for hist_mask, tgt_mask in ((has_eval & (pos < cnt - 2), has_eval & (pos == cnt - 2)),
+                                (has_eval & (pos < cnt - 1), has_eval & (pos == cnt - 1))):
+        hist = _lists(item, keep_last(hist_mask, rows, n_users, max_history), rows, n_users)
+        tgt = _lists(item, tgt_mask, rows, n_users)
+        tr = _lists(rating, tgt_mask, rows, n_users) if rating is not None else None
+        out.append(_query_table(user_ids, hist, tgt, tr, eval_users))
+    return train, out[0], out[1]
+
+
+def temporal_cuts(ts: pa.Array | pa.ChunkedArray, split: SplitConfig) -> tuple[int, int]:
+    q = pc.quantile(ts, q=[1 - split.valid_fraction - split.test_fraction, 1 - split.test_fraction],
+                    interpolation="lower")
+    return int(q[0].as_py()), int(q[1].as_py())
+
+
+def split_temporal(t: pa.Table, n_users: int, split: SplitConfig) -> tuple[pa.Table, pa.Table, pa.Table, dict]:
+    """Global time cuts: train before cut1; valid window [cut1, cut2); test window [cut2, end]."""
+    users = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
+    rows = users.astype(np.int64) - 1
+    ts = F.as_array(t["timestamp"]).to_numpy(zero_copy_only=False)
+    cut1, cut2 = temporal_cuts(t["timestamp"], split)
+    if split.valid_fraction == 0:
+        cut1 = cut2
+    train = _train_table(t, ts < cut1, rows, n_users, split.max_history)
+    item = F.as_array(t["item"])
+    rating = F.as_array(t["rating"]) if "rating" in t.column_names else None
+    user_ids = np.arange(1, n_users + 1)
+    out = []
+    for lo, hi in ((cut1, cut2), (cut2, None)):
+        tgt_mask = (ts >= lo) & (ts < hi) if hi is not None else ts >= lo
+        hist = _lists(item, keep_last(ts < lo, rows, n_users, split.max_history), rows, n_users)
+        tgt = _lists(item, tgt_mask, rows, n_users)
+        tr = _lists(rating, tgt_mask, rows, n_users) if rating is not None else None
+        out.append(_query_table(user_ids, hist, tgt, tr, np.bincount(rows[tgt_mask], minlength=n_users) > 0))
+    return train, out[0], out[1], {"cut_valid": cut1, "cut_test": cut2}
+
+
+# ----------------------------------------------------------------------------- feature tables
+def _key_strings(col: pa.Array) -> pa.Array:
+    return col.cast(pa.string())
+
+
+def entity_table(raw: pa.Table | None, key: str, vocab_values: pa.Array, feats: list[FeatureConfig],
+                 where: str, entity: str) -> tuple[pa.Table, dict[str, pa.Table], list[dict], dict]:
+    """Feature table with one row per index 1..n (sorted), features encoded per data/format.py."""
+    n = len(vocab_values)
+    cols: dict[str, pa.Array] = {entity: pa.array(np.arange(1, n + 1, dtype=np.int32))}
+    vocabs: dict[str, pa.Table] = {}
+    meta: list[dict] = []
+    stats: dict = {}
+    if not feats:
+        return pa.table(cols), vocabs, meta, stats
+    if raw is None:
+        raise DataError(f"{entity}_features are configured but the source has no {entity} table "
+                        f"(source.{entity}s)")
+    check_columns(raw.column_names, {"key": key, **{f"features[{k}].column": f.column for k, f in enumerate(feats)}},
+                  where, f"{entity} table ")
+    keys = _key_strings(id_column(raw[key], where, key, f"{entity} key"))
+    pos = F.as_array(pc.index_in(keys, value_set=_key_strings(vocab_values)))
+    valid = pos.is_valid().to_numpy(zero_copy_only=False)
+    posn = pos.fill_null(-1).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(valid)
+    uniq, first = np.unique(posn[rows], return_index=True)      # first row of each known key
+    rowmap = np.full(n, -1, dtype=np.int64)
+    rowmap[uniq] = rows[first]
+    stats = {"rows": raw.num_rows, "matched": int(len(uniq)), "unknown_keys": int((~valid).sum()),
+             "duplicate_keys": int(len(rows) - len(uniq)), "missing": int(n - len(uniq))}
+    aligned = raw.select([f.column for f in feats]).take(pa.array(rowmap, mask=rowmap < 0))
+    for f in feats:
+        col = F.as_array(aligned[f.column])
+        fwhere = f"{where}: column {f.column!r}"
+        m = {"name": f.feature_name, "table": f"{entity}s", "kind": f.kind, "column": f.column}
+        if f.kind == "categorical":
+            vals = id_column(col, where, f.column, f"{entity} feature") if col.null_count < len(col) else col.cast(pa.string())
+            vocab = sorted_unique(vals)
+            cols[f.feature_name] = encode_ids(vals, vocab).fill_null(0)
+            vocabs[f.feature_name] = vocab_table(vocab)
+            m["cardinality"] = len(vocab) + 1
+        elif f.kind == "multi":
+            values, parents = F.split_multi(col, f.sep, f.max_values, fwhere)
+            vocab = sorted_unique(values)
+            ids = encode_ids(values, vocab) if len(values) else pa.array([], pa.int32())
+            cols[f.feature_name] = F.lists_from_parents(ids, parents, n)
+            vocabs[f.feature_name] = vocab_table(vocab)
+            m["cardinality"] = len(vocab) + 1
+            m["max_len"] = f.max_values
+        elif f.kind == "text":
+            cols[f.feature_name] = F.encode_text(col, f.buckets, f.max_tokens)
+            m["cardinality"] = f.buckets
+            m["max_len"] = f.max_tokens
+            m["tokenizer"] = F.TOKENIZER
+        elif f.kind == "dense":
+            arr = F.dense_vectors(col, fwhere)
+            cols[f.feature_name] = arr
+            m["dim"] = arr.type.list_size
+        meta.append(m)
+    return pa.table(cols), vocabs, meta, stats
+
+
+# ----------------------------------------------------------------------------- the pipeline
+@dataclass
+class PreparedTables:
+    interactions: pa.Table
+    user_vocab: pa.Table
+    item_vocab: pa.Table
+    train: pa.Table
+    valid: pa.Table
+    test: pa.Table
+    items: pa.Table
+    users: pa.Table | None
+    feature_vocabs: dict[str, pa.Table] = field(default_factory=dict)
+    features: list[dict] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    split: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)   # items/users alignment stats
+
+
+def clean_encode_arrow(t: pa.Table, filt: FilterConfig, counts: dict) -> tuple[pa.Table, pa.Array, pa.Array]:
+    """Steps 2-7 on one table; fills `counts`. Returns (interactions, user values, item values)."""
+    counts["raw"] = t.num_rows
+    t, n_ids, n_ts = drop_missing(t)
+    counts["dropped_null_ids"], counts["dropped_null_timestamps"] = n_ids, n_ts
+    if t.num_rows == 0:
+        raise DataError("no interaction has a user id, an item id and a timestamp")
+    uv, iv = sorted_unique(t["user"]), sorted_unique(t["item"])
+    t = t.set_column(0, "user", encode_ids(t["user"], uv)).set_column(1, "item", encode_ids(t["item"], iv))
+    t = sort_rows(t)
+    t, counts["dropped_duplicates"] = drop_duplicates(t)
+    t, counts["dropped_rating_filter"] = rating_filter(t, filt.min_rating)
+    if t.num_rows == 0:
+        raise DataError(f"filter.min_rating={filt.min_rating} leaves no interactions")
+    n_before = t.num_rows
+    t, rounds = kcore(t, filt.user_core, filt.item_core)
+    counts["after_kcore"] = {"rows": t.num_rows, "dropped": n_before - t.num_rows, "iterations": rounds}
+    t, uv, iv = compact(t, uv, iv)
+    return t, uv, iv
+
+
+def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, counts: dict) -> PreparedTables:
+    """Steps 8-9 (splits and feature tables) from encoded, sorted interactions."""
+    n_users, n_items = len(uv), len(iv)
+    counts["final"] = t.num_rows
+    counts["users"], counts["items"] = n_users, n_items
+    sp = cfg.split
+    if sp.protocol == "leave_one_out":
+        train, valid, test = split_leave_one_out(t, n_users, sp.max_history)
+        split = {"protocol": "leave_one_out", "max_history": sp.max_history}
+    else:
+        train, valid, test, cuts = split_temporal(t, n_users, sp)
+        split = {"protocol": "temporal", "valid_fraction": sp.valid_fraction,
+                 "test_fraction": sp.test_fraction, "max_history": sp.max_history, **cuts}
+    split["users"] = {"train": train.num_rows, "valid": valid.num_rows, "test": test.num_rows}
+    items, ivocabs, imeta, istats = entity_table(src.items, cfg.columns.item, iv, cfg.item_features,
+                                                 src.where.get("items", "items"), "item")
+    users = None
+    uvocabs, umeta, ustats = {}, [], {}
+    if cfg.user_features:
+        users, uvocabs, umeta, ustats = entity_table(src.users, cfg.columns.user, uv, cfg.user_features,
+                                                     src.where.get("users", "users"), "user")
+    return PreparedTables(
+        interactions=t, user_vocab=vocab_table(uv), item_vocab=vocab_table(iv),
+        train=train, valid=valid, test=test, items=items, users=users,
+        feature_vocabs={**ivocabs, **uvocabs}, features=imeta + umeta, counts=counts, split=split,
+        tables={k: v for k, v in (("items", istats), ("users", ustats)) if v},
+    )
+
+
+def run_arrow(src, cfg: DatasetConfig) -> PreparedTables:
+    counts: dict = {}
+    t = select_columns(src.interactions, cfg, src.where.get("interactions", "interactions"))
+    t, uv, iv = clean_encode_arrow(t, cfg.filter, counts)
+    return finish(t, uv, iv, src, cfg, counts)
+
+
+def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine: str) -> dict:
+    """Write every file of the format into `out` (a fresh temp dir) and return the manifest."""
+    import pyarrow.parquet as pq
+
+    (out / "vocab").mkdir()
+    files = {
+        "interactions.parquet": p.interactions, "train.parquet": p.train, "valid.parquet": p.valid,
+        "test.parquet": p.test, "items.parquet": p.items,
+        "vocab/user.parquet": p.user_vocab, "vocab/item.parquet": p.item_vocab,
+    }
+    if p.users is not None:
+        files["users.parquet"] = p.users
+    for name, tbl in p.feature_vocabs.items():
+        files[f"vocab/{name}.parquet"] = tbl
+    for rel, tbl in files.items():
+        pq.write_table(tbl, out / rel)
+    vocab_sizes = {"user": len(p.user_vocab) + 1, "item": len(p.item_vocab) + 1}
+    vocab_sizes.update({k: len(v) + 1 for k, v in p.feature_vocabs.items()})
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": cfg.name,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"kind": src.kind, "files": src.files},
+        "config": to_dict(cfg),
+        "engine": engine,
+        "counts": p.counts,
+        "schema": {rel: {f.name: str(f.type) for f in tbl.schema} for rel, tbl in files.items()},
+        "split": p.split,
+        "vocab_sizes": vocab_sizes,
+        "features": p.features,
+        "tables": p.tables,
+        "versions": {"unirec_dist": __version__, "pyarrow": pa.__version__},
+        "vocab_hash": vocab_hash(p.user_vocab, p.item_vocab),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+def prepare(cfg: DatasetConfig, out: str | os.PathLike, overwrite: bool = False, engine: str = "arrow",
+            ray_address: str | None = None) -> Path:
+    """Prepare the dataset described by `cfg` into directory `out` (atomically); returns `out`."""
+    out = check_output_dir(out, overwrite)
+    if engine not in ("arrow", "ray"):
+        raise DataError(f"unknown engine {engine!r}; use 'arrow' or 'ray'")
+    t0 = time.perf_counter()
+    if engine == "ray":
+        from unirec_dist.data.ray_engine import run_ray
+
+        p, src = run_ray(cfg, ray_address=ray_address)
+    else:
+        from unirec_dist.data.sources import load_source
+
+        src = load_source(cfg)
+        p = run_arrow(src, cfg)
+    with atomic_dir(out, overwrite) as tmp:
+        write_prepared(p, tmp, cfg, src, engine)
+    c = p.counts
+    log.info("prepared %s: %d -> %d interactions, %d users, %d items, splits %s in %.2fs -> %s",
+             cfg.name, c["raw"], c["final"], c["users"], c["items"], p.split["users"],
+             time.perf_counter() - t0, out)
+    return out
