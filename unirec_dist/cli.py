@@ -20,6 +20,7 @@ COMMANDS = [
     "demo",
     "data",
     "prepare",
+    "evaluate", "recommend",
 ]
 
 

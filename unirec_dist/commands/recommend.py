@@ -1,0 +1,86 @@
+"""`unirec recommend`: top-N items per user as Parquet (user, rank, item, score; raw ids).
+
+    unirec recommend --checkpoint runs/x/ckpt --users 1,2,3 --k 10 --out recs.parquet
+    unirec recommend --checkpoint runs/x/ckpt --users @users.txt --k 10 --out recs.parquet
+    unirec recommend --checkpoint runs/x/ckpt --all-users --k 50 --out recs.parquet
+    unirec recommend --baseline popularity --data DIR --all-users --k 10 --out recs.parquet
+
+Items a user already interacted with are excluded unless --include-seen. Every input is checked
+before any work starts (unknown user ids are listed in one error line, exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recommend", help="top-N items per user (raw ids) as a Parquet file")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="checkpoint directory (with manifest.json)")
+    src.add_argument("--baseline", choices=["popularity"], help="recommend with a baseline instead (needs --data)")
+    p.add_argument("--data", help="prepared dataset directory (default: the one recorded in the checkpoint)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--users", help="raw user ids: comma-separated, or @FILE with one id per line")
+    who.add_argument("--all-users", action="store_true", help="every user of the dataset")
+    p.add_argument("--k", default="10", help="items per user (default: 10)")
+    p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
+    p.add_argument("--batch-size", type=int, default=1024, help="users per batch (default: 1024)")
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run)
+
+
+def parse_k(text: str) -> int:
+    from unirec_dist.errors import UnirecError
+
+    try:
+        k = int(text)
+    except (TypeError, ValueError):
+        raise UnirecError(f"--k must be a positive integer, got {text!r}") from None
+    if k <= 0:
+        raise UnirecError(f"--k must be a positive integer, got {k}")
+    return k
+
+
+def parse_users(text: str) -> list[str]:
+    """`a,b,c` or `@file` (one id per line; blank lines ignored) -> raw ids in order."""
+    from pathlib import Path
+
+    from unirec_dist.errors import DataError
+
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise DataError(f"--users file {path} does not exist")
+        ids = [line.strip() for line in path.read_text().splitlines()]
+    else:
+        ids = [x.strip() for x in text.split(",")]
+    ids = [x for x in ids if x]
+    if not ids:
+        raise DataError(f"--users {text!r} names no user id")
+    return ids
+
+
+def run(args: argparse.Namespace) -> int:
+    from unirec_dist.commands.evaluate import load_scorer, open_inputs
+    from unirec_dist.errors import UnirecError
+    from unirec_dist.serving.topn import all_users, check_output_file, recommend, resolve_users, write_parquet_atomic
+
+    k = parse_k(args.k)
+    if args.batch_size <= 0:
+        raise UnirecError(f"--batch-size must be positive, got {args.batch_size}")
+    if not args.users and not args.all_users:
+        raise UnirecError("give --users ID,ID,... (or @FILE) or --all-users")
+    users = parse_users(args.users) if args.users else None
+    check_output_file(args.out, args.overwrite)
+    dataset, _ = open_inputs(args)
+    if users is None:
+        users = all_users(dataset)
+    else:
+        resolve_users(dataset, users)  # unknown ids fail here, before the model is loaded
+    scorer = load_scorer(args, dataset)
+    table = recommend(scorer, dataset, users, k, exclude_seen=not args.include_seen, batch_size=args.batch_size)
+    write_parquet_atomic(table, args.out)
+    seen = "seen items included" if args.include_seen else "seen items excluded"
+    print(f"wrote {table.num_rows:,} rows (top-{k} for {len(users):,} users, {seen}) to {args.out}")
+    return 0

@@ -1,0 +1,174 @@
+"""Top-N lists for known users of a prepared dataset, with raw ids, written as Parquet.
+
+    recommend(retriever, dataset, users, k, exclude_seen=True) -> pa.Table
+        user: string (raw id), rank: int32 (1 = best), item: string (raw id), score: float32
+
+A user's query is built from ALL their known interactions (the prepared `interactions` table,
+time-ordered; the model reads the last `max_len`), so the list is "what next after everything we
+know". Ranking is the project's one exact top-K (`unirec_dist.metrics.topk`): full catalogue,
+padding never returned, ties by lower item index. With `exclude_seen`, items the user already
+interacted with are not recommended; a user with fewer than k unseen items gets a shorter list.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from unirec_dist.data.batch import make_seq_batch
+from unirec_dist.errors import DataError
+from unirec_dist.metrics.topk import topk
+
+if TYPE_CHECKING:
+    from unirec_dist.models.protocol import Retriever
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", pa.string()), ("score", pa.float32())])
+_LISTED = 20  # unknown ids named in the error message (then "... and N more")
+
+
+def resolve_users(dataset: Any, users: Sequence[str]) -> np.ndarray:
+    """Raw user ids -> (U,) int64 vocab indices, in the given order. Unknown ids raise one
+    DataError that lists them (the first 20, then a count); nothing is dropped silently."""
+    vocab = dataset.vocab("user")
+    raw = pa.array([str(u) for u in users], pa.string())
+    pos = pc.index_in(raw, value_set=vocab["raw"].cast(pa.string()))
+    missing = pc.is_null(pos).to_numpy(zero_copy_only=False)
+    if missing.any():
+        unknown = [str(u) for u, m in zip(users, missing) if m]
+        shown = ", ".join(unknown[:_LISTED]) + (f", ... and {len(unknown) - _LISTED} more" if len(unknown) > _LISTED else "")
+        raise DataError(f"{len(unknown)} user id(s) not in the dataset's user vocab: {shown}")
+    return vocab["index"].take(pos).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def all_users(dataset: Any) -> list[str]:
+    """Every raw user id of the dataset, in vocab index order."""
+    vocab = dataset.vocab("user")
+    order = pc.sort_indices(vocab["index"])
+    return vocab["raw"].take(order).cast(pa.string()).to_pylist()
+
+
+def user_histories(dataset: Any, user_index: np.ndarray) -> pa.ListArray:
+    """(U,) user indices -> each user's full time-ordered item list from `interactions`."""
+    inter = dataset.table("interactions", columns=["user", "item"])
+    u = inter["user"].to_numpy().astype(np.int64)
+    items = inter["item"].to_numpy().astype(np.int32)
+    if len(u) > 1 and (np.diff(u) < 0).any():  # the format promises sorting; do not rely on it
+        order = np.argsort(u, kind="stable")
+        u, items = u[order], items[order]
+    starts = np.searchsorted(u, user_index, side="left")
+    lengths = np.searchsorted(u, user_index, side="right") - starts
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(items[gather], pa.int32()))
+
+
+def item_raw_ids(dataset: Any) -> np.ndarray:
+    """(N + 1,) object array: raw item id by index (index 0 -> None)."""
+    vocab = dataset.vocab("item")
+    out = np.empty(int(dataset.n_items) + 1, dtype=object)
+    out[vocab["index"].to_numpy().astype(np.int64)] = np.asarray(vocab["raw"].cast(pa.string()).to_pylist(), dtype=object)
+    return out
+
+
+def recommend(
+    retriever: "Retriever",
+    dataset: Any,
+    users: Sequence[str],
+    k: int,
+    exclude_seen: bool = True,
+    batch_size: int = 1024,
+) -> pa.Table:
+    """Top-k per user as a Table (user, rank, item, score) in the order of `users`; see module doc."""
+    import torch
+
+    if k <= 0:
+        raise DataError(f"k must be a positive integer, got {k}")
+    index = resolve_users(dataset, users)
+    raw_items = item_raw_ids(dataset)
+    n_items = int(dataset.n_items)
+    users_arr = np.asarray([str(u) for u in users], dtype=object)
+    parts: list[pa.Table] = []
+    was_training = getattr(retriever, "training", None)
+    if was_training:
+        retriever.eval()
+    try:
+        with torch.no_grad():
+            items = retriever.item_embeddings()
+            if items.shape[0] != n_items + 1:
+                raise DataError(f"the model scores {items.shape[0] - 1} items but the dataset has {n_items}")
+            device = items.device
+            max_len = getattr(retriever, "max_len", None)
+            histories = user_histories(dataset, index)
+            for begin in range(0, len(index), batch_size):
+                idx = index[begin : begin + batch_size]
+                hist = histories.slice(begin, batch_size)
+                batch = make_seq_batch(idx, hist, max_len).to(device)
+                exclude = None
+                if exclude_seen:
+                    exclude = make_seq_batch(idx, hist, None).seq.to(device)
+                scores, ids = topk(retriever.query_embeddings(batch), items, k, exclude=exclude)
+                ids_np, scores_np = ids.cpu().numpy(), scores.float().cpu().numpy()
+                keep = ids_np != 0
+                rows = np.nonzero(keep)[0]
+                parts.append(
+                    pa.table(
+                        {
+                            "user": pa.array(users_arr[begin : begin + batch_size][rows], pa.string()),
+                            "rank": pa.array(np.nonzero(keep)[1].astype(np.int32) + 1),
+                            "item": pa.array(raw_items[ids_np[keep]], pa.string()),
+                            "score": pa.array(scores_np[keep], pa.float32()),
+                        },
+                        schema=SCHEMA,
+                    )
+                )
+    finally:
+        if was_training:
+            retriever.train()
+    table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+    log.info("top-%d for %d users: %d rows", k, len(index), table.num_rows)
+    return table
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write `table` as Parquet via a temp file beside `path` and a rename: never half-written."""
+    import pyarrow.parquet as pq
+
+    return _atomic_file(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write `text` via a temp file beside `path` and a rename."""
+    return _atomic_file(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail before any work when the output file exists (without `overwrite`) or is a directory."""
+    from unirec_dist.utils.atomic import check_output_dir
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"output {path} is a directory; give a file name")
+    return check_output_dir(path, overwrite)
+
+
+def _atomic_file(path: str | os.PathLike, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
