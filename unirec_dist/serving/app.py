@@ -1,0 +1,182 @@
+"""The HTTP API over a `Recommender` (FastAPI; the OpenAPI schema is at /openapi.json, docs at /docs).
+
+    POST /recommend  {"user_id": "42"} or {"history": ["1193", "661"]}, "k": 10, "exclude_seen": true
+    POST /explain    the same + "top" (history items per recommended item), "method", "items"
+    GET  /health     {"status": "ok"}
+    GET  /metadata   model, vocab sizes, index (kind, recall@10 when approximate), limits, manifest
+
+Every client mistake is a 4xx with a JSON body {"detail": "<one line>"} (and "errors" for schema
+violations): unknown user -> 404; unknown item ids, empty or over-long history, k out of range,
+both or neither of user_id/history, malformed JSON -> 422. A fuzz test against the OpenAPI schema
+(tests/integration/test_serve_fuzz.py) checks that no request yields a 5xx.
+Endpoints are plain `def`: FastAPI runs them in its thread pool, so model work never blocks the
+event loop.
+"""
+# No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime,
+# and the request models are local classes (their limits come from the Recommender), which string
+# annotations could not resolve.
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from unirec_dist.serving.recommender import Recommender
+
+MAX_ID_LEN = 256
+
+
+def _coerce_id(v: Any) -> Any:
+    """Raw ids are strings; JSON integers are accepted as their decimal string (bools are not)."""
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise ValueError("must be a string or an integer id")
+    return str(v)
+
+
+def _message(e: dict[str, Any]) -> str:
+    """One line for one pydantic error, naming the field."""
+    loc = [p for p in e.get("loc", ()) if p != "body"]
+    kind = e.get("type", "")
+    msg = str(e.get("msg", "invalid request"))
+    if kind == "json_invalid":
+        err = (e.get("ctx") or {}).get("error", "")
+        return f"malformed JSON body{': ' + str(err) if err else ''} (at character {loc[0] if loc else '?'})"
+    if not loc and kind in ("model_attributes_type", "dict_type", "model_type"):
+        return "request body must be a JSON object"
+    if not loc and kind == "missing":
+        return "request body is missing; send a JSON object"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    where = ".".join(str(p) for p in loc)
+    return " ".join(f"{where}: {msg}".split()) if where else " ".join(msg.split())
+
+
+def create_app(rec: "Recommender", title: str = "unirec_dist recommender") -> "FastAPI":
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+
+    from unirec_dist import __version__
+    from unirec_dist.serving.recommender import RequestError
+
+    RawId = Annotated[
+        str, BeforeValidator(_coerce_id), StringConstraints(max_length=MAX_ID_LEN),
+        WithJsonSchema({"anyOf": [{"type": "string", "maxLength": MAX_ID_LEN}, {"type": "integer"}],
+                        "description": "a raw id as in the dataset (integers are read as strings)"}),
+    ]
+    max_k, max_hist = rec.max_k, rec.max_history
+    examples = rec.examples()
+
+    class Query(BaseModel):
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": examples})
+        user_id: RawId | None = Field(None, description="a known user's raw id (their full known history is used)")
+        history: list[RawId] | None = Field(
+            None, min_length=1, max_length=max_hist,
+            description="raw item ids of a live session, oldest first (used instead of user_id)")
+        k: int = Field(10, ge=1, le=max_k, description="number of items to return")
+        exclude_seen: bool = Field(True, description="leave out items already in the history")
+
+        @model_validator(mode="after")
+        def _one_source(self):
+            if (self.user_id is None) == (self.history is None):
+                raise ValueError("give exactly one of user_id or history")
+            return self
+
+    class RecommendRequest(Query):
+        pass
+
+    class ExplainRequest(Query):
+        top: int = Field(5, ge=1, le=100, description="history items listed per recommended item")
+        method: Literal["auto", "occlusion", "similarity", "attention"] = Field(
+            "auto", description="auto: attention rollout when the model exposes attention, else occlusion")
+        items: list[RawId] | None = Field(
+            None, min_length=1, max_length=max_k, description="explain these items instead of the top-k")
+
+    class ItemScore(BaseModel):
+        item: str
+        score: float
+        rank: int
+
+    class RecommendResponse(BaseModel):
+        items: list[ItemScore]
+        user_id: str | None
+        history_length: int
+        k: int
+        exclude_seen: bool
+        index: str
+
+    class ContributionOut(BaseModel):
+        item: str
+        position: int = Field(description="0-based position in the history, oldest first")
+        weight: float
+
+    class ItemExplanationOut(BaseModel):
+        item: str
+        score: float
+        rank: int
+        contributions: list[ContributionOut]
+
+    class ExplainResponse(BaseModel):
+        method: str = Field(description="occlusion, similarity or attention (see unirec_dist.serving.explain)")
+        per_item: bool
+        history_length: int
+        items: list[ItemExplanationOut]
+
+    class ErrorItem(BaseModel):
+        loc: list[Union[str, int]]
+        msg: str
+        type: str
+
+    class ErrorResponse(BaseModel):
+        detail: str
+        errors: list[ErrorItem] | None = None
+
+    class Health(BaseModel):
+        status: str
+
+    errors = {400: {"model": ErrorResponse, "description": "unreadable body (e.g. not UTF-8)"},
+              404: {"model": ErrorResponse, "description": "unknown user id"},
+              422: {"model": ErrorResponse, "description": "invalid request"}}
+
+    app = FastAPI(title=title, version=__version__,
+                  description="Top-K recommendations and explanations from a unirec_dist bundle.")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = list(exc.errors())
+        items = [{"loc": [p if isinstance(p, (str, int)) else str(p) for p in e.get("loc", ())],
+                  "msg": _message(e), "type": str(e.get("type", ""))} for e in errs]
+        detail = items[0]["msg"] if items else "invalid request"
+        return JSONResponse(status_code=422, content={"detail": detail, "errors": items})
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc)})
+
+    @app.get("/health", response_model=Health)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metadata")
+    def metadata() -> dict[str, Any]:
+        return rec.metadata()
+
+    @app.post("/recommend", response_model=RecommendResponse, responses=errors)
+    def recommend(req: RecommendRequest) -> dict[str, Any]:
+        items = rec.recommend(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen)
+        return {
+            "items": [vars(r) for r in items],
+            "user_id": None if req.user_id is None else str(req.user_id),
+            "history_length": len(req.history) if req.history is not None else len(rec.resolve(user_id=req.user_id)[1]),
+            "k": req.k,
+            "exclude_seen": req.exclude_seen,
+            "index": rec.index.kind,
+        }
+
+    @app.post("/explain", response_model=ExplainResponse, responses=errors)
+    def explain(req: ExplainRequest) -> dict[str, Any]:
+        ex = rec.explain(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen,
+                         items=req.items, top=req.top, method=req.method)
+        return ex.to_dict()
+
+    return app

@@ -1,0 +1,383 @@
+"""`Recommender`: a trained model, its item vectors and vocabularies, answering top-K queries in raw
+ids. The one serving object behind the Python API, `unirec recommend/explain --bundle`, the HTTP
+app and the Ray Serve deployment.
+
+    rec = Recommender.from_bundle("runs/demo/bundle")
+    rec.recommend(user_id="42", k=10)                      # a known user: their full history
+    rec.recommend(history=["1193", "661", "914"], k=10)    # a live session, raw item ids
+    rec.explain(user_id="42", k=5)                         # + which history items mattered
+
+Queries are encoded by the model (`Retriever.query_embeddings`); candidates are scored against
+the precomputed (N + 1, D) item matrix, exactly (`metrics.topk`) or with an HNSW index.
+Items already in the history are excluded unless `exclude_seen=False`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from unirec_dist.errors import UnirecError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_K = 1000
+DEFAULT_MAX_HISTORY = 2048
+RECALL_K = 10
+
+
+class RequestError(UnirecError):
+    """A query the Recommender cannot answer as asked (maps to HTTP 422)."""
+
+    status = 422
+
+
+class UnknownUserError(RequestError):
+    """A user id that is not in the bundle's vocabulary (HTTP 404)."""
+
+    status = 404
+
+
+@dataclass
+class Recommendation:
+    item: str
+    score: float
+    rank: int
+
+
+@dataclass
+class Contribution:
+    item: str
+    position: int   # 0-based position in the full history, oldest first
+    weight: float
+
+
+@dataclass
+class ItemExplanation:
+    item: str
+    score: float
+    rank: int
+    contributions: list[Contribution] = field(default_factory=list)
+
+
+@dataclass
+class Explanation:
+    method: str
+    per_item: bool
+    history_length: int
+    items: list[ItemExplanation]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Vocab:
+    """raw id (string) <-> index (1..n; 0 = padding)."""
+
+    def __init__(self, table: pa.Table, name: str) -> None:
+        raw = table["raw"].combine_chunks().cast(pa.string())
+        index = table["index"].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+        n = int(index.max()) if len(index) else 0
+        self.name = name
+        self.size = n + 1  # incl. padding
+        self._to_raw: list[str | None] = [None] * (n + 1)
+        raws = raw.to_pylist()
+        for r, i in zip(raws, index.tolist()):
+            self._to_raw[i] = r
+        self._to_index = dict(zip(raws, index.tolist()))
+
+    def __len__(self) -> int:
+        return self.size - 1
+
+    def index(self, raw: Any) -> int | None:
+        return self._to_index.get(_raw_key(raw))
+
+    def raw(self, index: int) -> str:
+        return self._to_raw[index]  # type: ignore[return-value]
+
+
+def _raw_key(raw: Any) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise RequestError(f"ids must be strings or integers, got {type(raw).__name__}")
+    return str(raw)
+
+
+class Recommender:
+    """Top-K recommendations and explanations in raw ids for known users or live histories.
+
+    model: a Retriever (eval mode); item_matrix: (N + 1, D), default `model.item_embeddings()`;
+    item_vocab/user_vocab: (raw, index) tables; histories: (user int32, items list<int32>) with
+    each known user's full sequence; index: "exact" or "hnsw".
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        item_vocab: pa.Table,
+        user_vocab: pa.Table | None = None,
+        histories: pa.Table | None = None,
+        *,
+        item_matrix: "torch.Tensor | None" = None,
+        index: str = "exact",
+        manifest: dict[str, Any] | None = None,
+        max_k: int = DEFAULT_MAX_K,
+        max_history: int = DEFAULT_MAX_HISTORY,
+        hnsw: dict[str, Any] | None = None,
+        ann: Any = None,
+        recall_queries: int = 256,
+    ) -> None:
+        import torch
+
+        from unirec_dist.serving.index import ExactIndex, HNSWIndex, recall_at_k
+
+        self.model = model.eval() if hasattr(model, "eval") else model
+        if item_matrix is None:
+            with torch.inference_mode():
+                item_matrix = model.item_embeddings()
+        self.items = item_matrix.detach().to("cpu", torch.float32).contiguous()
+        self.items_vocab = Vocab(item_vocab, "item")
+        if self.items.shape[0] != self.items_vocab.size:
+            raise UnirecError(
+                f"item matrix has {self.items.shape[0] - 1} items but the item vocab has {len(self.items_vocab)}"
+            )
+        self.users_vocab = Vocab(user_vocab if user_vocab is not None else
+                                 pa.table({"raw": pa.array([], pa.string()), "index": pa.array([], pa.int32())}), "user")
+        self.max_len = int(getattr(model, "max_len", 0) or max_history)
+        self.manifest = manifest or {}
+        self.max_k = max(1, min(int(max_k), len(self.items_vocab)))
+        self.max_history = int(max_history)
+        self._load_histories(histories)
+        self.exact = ExactIndex(self.items)
+        self.index_recall: float | None = None
+        if index == "exact":
+            self.index = self.exact
+        elif index == "hnsw":
+            t0 = time.perf_counter()
+            self.index = ann if ann is not None else HNSWIndex.build(self.items, **(hnsw or {}))
+            build_s = time.perf_counter() - t0
+            q = self._sample_queries(recall_queries)
+            self.index_recall = recall_at_k(self.index, self.exact, q, RECALL_K)
+            log.info("hnsw index ready in %.1fs (%s); recall@%d vs exact = %.4f over %d queries",
+                     build_s, self.index.params(), RECALL_K, self.index_recall, q.shape[0])
+        else:
+            raise UnirecError(f"index must be 'exact' or 'hnsw', got {index!r}")
+
+    # ---- loading
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, index: str = "exact", *, ef_search: int | None = None,
+                    hnsw: dict[str, Any] | None = None, **kwargs: Any) -> "Recommender":
+        """Load a bundle written by `unirec export` (no torch.distributed, no sharding, no pickle)."""
+        import json
+
+        import pyarrow.parquet as pq
+
+        from unirec_dist.serving import bundle as B
+        from unirec_dist.serving.index import HNSWIndex
+
+        path = Path(path)
+        manifest = B.read_bundle_manifest(path)
+        items = B.load_tensors(path / B.ITEMS).get("items")
+        if items is None:
+            raise UnirecError(f"bundle {path}: {B.ITEMS} has no 'items' tensor")
+        config = json.loads((path / B.CONFIG).read_text())
+        builder = (manifest.get("model") or {}).get("builder")
+        if builder not in B.MODEL_BUILDERS:
+            raise UnirecError(f"bundle {path}: unknown model builder {builder!r}")
+        model = B.MODEL_BUILDERS[builder](config, manifest, path, items)
+        ann = None
+        if index == "hnsw":
+            stored = manifest.get("ann") or {}
+            if stored.get("kind") == "hnsw" and (path / stored["file"]).is_file() and not hnsw:
+                ann = HNSWIndex.load(path / stored["file"], int(items.shape[0]) - 1, stored, ef_search)
+                log.info("loaded prebuilt HNSW index %s", stored)
+            else:
+                hnsw = dict(hnsw or {})
+                if ef_search is not None:
+                    hnsw["ef_search"] = ef_search
+        return cls(
+            model,
+            pq.read_table(path / B.ITEM_VOCAB),
+            pq.read_table(path / B.USER_VOCAB),
+            pq.read_table(path / B.HISTORIES),
+            item_matrix=items,
+            index=index,
+            manifest=manifest,
+            hnsw=hnsw,
+            ann=ann,
+            **kwargs,
+        )
+
+    def _load_histories(self, histories: pa.Table | None) -> None:
+        n_users = self.users_vocab.size
+        self._hist_row = np.full(n_users, -1, dtype=np.int64)
+        if histories is None or histories.num_rows == 0:
+            self._hist_offsets = np.zeros(1, dtype=np.int64)
+            self._hist_values = np.zeros(0, dtype=np.int64)
+            return
+        lists = histories["items"].combine_chunks()
+        users = histories["user"].combine_chunks().to_numpy(zero_copy_only=False).astype(np.int64)
+        if users.max(initial=0) >= n_users or users.min(initial=1) < 1:
+            raise UnirecError("histories reference users outside the user vocab")
+        lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        self._hist_values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+        self._hist_offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self._hist_row[users] = np.arange(len(users))
+
+    def _sample_queries(self, n: int) -> "torch.Tensor":
+        """Query vectors of up to n known users (or random history-like queries without users)."""
+        import torch
+
+        rows = np.flatnonzero(self._hist_row >= 0)[:n]
+        hists = [self._user_history(int(u)) for u in rows]
+        hists = [h for h in hists if len(h)]
+        if not hists:
+            rng = np.random.default_rng(0)
+            hists = [rng.integers(1, len(self.items_vocab) + 1, size=5) for _ in range(n)]
+            rows = np.zeros(len(hists), dtype=np.int64)
+        return self._encode(list(rows[: len(hists)]), hists)
+
+    # ---- queries
+
+    def _user_history(self, user: int) -> np.ndarray:
+        r = self._hist_row[user]
+        if r < 0:
+            return np.zeros(0, dtype=np.int64)
+        return self._hist_values[self._hist_offsets[r]: self._hist_offsets[r + 1]]
+
+    def resolve(self, user_id: Any = None, history: list[Any] | None = None) -> tuple[int, np.ndarray]:
+        """(user index or 0, history item ids (H,) oldest first) for a known user or a live history."""
+        if (user_id is None) == (history is None):
+            raise RequestError("give exactly one of user_id (a known user) or history (raw item ids)")
+        if user_id is not None:
+            u = self.users_vocab.index(user_id)
+            if u is None:
+                raise UnknownUserError(f"unknown user_id {str(user_id)[:64]!r}")
+            return u, self._user_history(u)
+        if not isinstance(history, (list, tuple)):
+            raise RequestError("history must be a list of raw item ids")
+        if len(history) == 0:
+            raise RequestError("history is empty; give at least one item id")
+        if len(history) > self.max_history:
+            raise RequestError(f"history has {len(history)} items; at most {self.max_history} are accepted")
+        idx = [self.items_vocab.index(h) for h in history]
+        unknown = [str(h)[:64] for h, i in zip(history, idx) if i is None]
+        if unknown:
+            more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+            raise RequestError(f"unknown item id(s) in history: {', '.join(map(repr, unknown[:3]))}{more}")
+        return 0, np.asarray(idx, dtype=np.int64)
+
+    def _check_k(self, k: Any) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise RequestError(f"k must be an integer, got {k!r}")
+        if not 1 <= k <= self.max_k:
+            raise RequestError(f"k must be between 1 and {self.max_k}, got {k}")
+        return int(k)
+
+    def _encode(self, users: list[int], histories: list[np.ndarray]) -> "torch.Tensor":
+        """(B, D) query vectors; each history is cut to the model's last `max_len` items."""
+        import torch
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+        from unirec_dist.data.batch import ITEM_KEY, SeqBatch
+
+        kept = [h[-self.max_len:] if self.max_len else h for h in histories]
+        values = torch.from_numpy(np.concatenate(kept).astype(np.int64)) if kept else torch.zeros(0, dtype=torch.long)
+        lengths = torch.tensor([len(h) for h in kept], dtype=torch.long)
+        seq = KeyedJaggedTensor.from_lengths_sync(keys=[ITEM_KEY], values=values, lengths=lengths)
+        batch = SeqBatch(users=torch.tensor(users, dtype=torch.long), seq=seq)
+        with torch.inference_mode():
+            return self.model.query_embeddings(batch).float()
+
+    def _top(self, user: int, hist: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        q = self._encode([user], [hist])
+        scores, ids = self.index.search(q, k, [hist] if exclude_seen else None)
+        keep = ids[0] > 0
+        return scores[0][keep], ids[0][keep]
+
+    def recommend(self, user_id: Any = None, history: list[Any] | None = None, k: int = 10,
+                  exclude_seen: bool = True) -> list[Recommendation]:
+        """Top-k items (raw ids, best first) for a known `user_id` or a live `history` of raw item
+        ids (oldest first). Fewer than k come back only if the catalogue runs out."""
+        k = self._check_k(k)
+        user, hist = self.resolve(user_id, history)
+        scores, ids = self._top(user, hist, k, exclude_seen)
+        return [Recommendation(self.items_vocab.raw(int(i)), float(s), r + 1)
+                for r, (s, i) in enumerate(zip(scores, ids))]
+
+    def explain(self, user_id: Any = None, history: list[Any] | None = None, k: int = 10,
+                exclude_seen: bool = True, items: list[Any] | None = None, top: int = 5,
+                method: str = "auto") -> Explanation:
+        """For each recommended item (or each of `items`), the `top` history items with the largest
+        weights under `method` (see `unirec_dist.serving.explain`)."""
+        from unirec_dist.serving.explain import attribute, resolve_method
+
+        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= 100:
+            raise RequestError(f"top must be an integer between 1 and 100, got {top!r}")
+        method = resolve_method(self.model, method)
+        user, hist = self.resolve(user_id, history)
+        if len(hist) == 0:
+            raise RequestError(f"user {str(user_id)[:64]!r} has no known history to explain")
+        if items is not None:
+            if not isinstance(items, (list, tuple)) or not 1 <= len(items) <= self.max_k:
+                raise RequestError(f"items must be a list of 1 to {self.max_k} raw item ids")
+            tgt = [self.items_vocab.index(i) for i in items]
+            unknown = [str(i)[:64] for i, t in zip(items, tgt) if t is None]
+            if unknown:
+                raise RequestError(f"unknown item id(s): {', '.join(map(repr, unknown[:3]))}")
+            ids = np.asarray(tgt, dtype=np.int64)
+            q = self._encode([user], [hist])
+            scores = (q @ self.items[ids].T)[0].numpy()
+        else:
+            k = self._check_k(k)
+            scores, ids = self._top(user, hist, k, exclude_seen)
+        att = attribute(self.model, self.items, hist, user, ids, method)
+        out = []
+        for r, (s, i) in enumerate(zip(scores, ids)):
+            w = att.weights[r]
+            order = np.argsort(-w, kind="stable")[:top]
+            contrib = [Contribution(self.items_vocab.raw(int(hist[att.positions[j]])), int(att.positions[j]),
+                                    float(w[j])) for j in order]
+            out.append(ItemExplanation(self.items_vocab.raw(int(i)), float(s), r + 1, contrib))
+        return Explanation(method=method, per_item=att.per_item, history_length=int(len(hist)), items=out)
+
+    def examples(self) -> list[dict[str, Any]]:
+        """Example requests for the OpenAPI schema: a known user and a short live history."""
+        out: list[dict[str, Any]] = []
+        users = np.flatnonzero(self._hist_row >= 0)
+        if len(users):
+            out.append({"user_id": self.users_vocab.raw(int(users[0])), "k": 10})
+        n = min(3, len(self.items_vocab))
+        if n:
+            out.append({"history": [self.items_vocab.raw(i) for i in range(1, n + 1)], "k": 10, "exclude_seen": True})
+        return out
+
+    def known_history(self, user_id: Any) -> list[str]:
+        """A known user's full history as raw item ids, oldest first."""
+        _, hist = self.resolve(user_id=user_id)
+        return [self.items_vocab.raw(int(i)) for i in hist]
+
+    def metadata(self) -> dict[str, Any]:
+        from unirec_dist.serving.explain import has_attention
+
+        m = self.manifest
+        return {
+            "model": {**(m.get("model") or {}), "class": type(self.model).__name__, "max_len": self.max_len,
+                      "dim": int(self.items.shape[1])},
+            "vocab_sizes": {"item": self.items_vocab.size, "user": self.users_vocab.size},
+            "index": {"kind": self.index.kind, **self.index.params(),
+                      f"recall_at_{RECALL_K}": self.index_recall},
+            "limits": {"max_k": self.max_k, "max_history": self.max_history},
+            "explain_methods": ["occlusion", "similarity"] + (["attention"] if has_attention(self.model) else []),
+            "manifest": {k: v for k, v in m.items() if k != "files"},
+        }
