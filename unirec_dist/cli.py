@@ -20,6 +20,7 @@ COMMANDS = [
     "demo",
     "data",
     "prepare",
+    "train",
     "evaluate", "recommend",
 ]
 

@@ -1,0 +1,258 @@
+"""Schema of a training YAML (configs/pretrain/*.yaml), read by `unirec train`.
+
+Sections: data, model (embedding, encoder), task (retrieval, rating, ctr, multi-task weights,
+augmentation), optim, trainer. Every key has a default except data.path; unknown keys, wrong
+types and out-of-range values are `ConfigError`s naming the dotted key (see config/loader.py).
+
+Example::
+
+    name: ml-1m-sasrec
+    data: {path: data/ml-1m, max_len: 200, batch_size: 128, train_on: train}
+    model:
+      embedding: {dim: 50, item_features: []}
+      encoder: {kind: sasrec, num_blocks: 2, num_heads: 1, ffn_dim: 50, dropout: 0.2}
+    task:
+      kind: retrieval
+      retrieval: {loss: sampled_softmax, num_negatives: 128, temperature: 0.05}
+    optim: {lr: 0.001, weight_decay: 0.0}
+    trainer: {max_epochs: 100, seed: 42}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from unirec_dist.errors import ConfigError
+
+ENCODERS = ("sasrec", "hstu", "mean_pool", "mf")
+TASKS = ("retrieval", "rating", "ctr")
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class DataSection:
+    path: str                                   # prepared dataset directory
+    train_on: Literal["train", "train+valid"] = "train"   # train+valid: append the valid target
+    max_len: int = 200                          # items the encoder reads (training sequences keep max_len + 1)
+    batch_size: int = 128                       # sequences per batch
+    length_grouped: bool = True                 # batch sequences of similar length (less padding)
+    valid_batch_size: int = 512
+    valid_max_users: int | None = None          # evaluate on a fixed random subset (None: all)
+
+    def validate(self) -> None:
+        _check(self.max_len >= 1, "data.max_len", f"must be >= 1, got {self.max_len}")
+        _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.valid_batch_size >= 1, "data.valid_batch_size", f"must be >= 1, got {self.valid_batch_size}")
+        _check(self.valid_max_users is None or self.valid_max_users >= 1, "data.valid_max_users",
+               f"must be >= 1 or null, got {self.valid_max_users}")
+
+
+@dataclass
+class EmbeddingSection:
+    dim: int = 50
+    # item features from the dataset manifest added to the id embedding ("*" = all)
+    item_features: list[str] = field(default_factory=lambda: ["*"])
+    item_id: bool = True                        # False: content only (every item, even unseen, alike)
+    user_id: bool = False                       # a user id table (always on for encoder.kind=mf)
+
+    def validate(self) -> None:
+        _check(self.dim >= 1, "model.embedding.dim", f"must be >= 1, got {self.dim}")
+
+
+@dataclass
+class EncoderSection:
+    kind: Literal["sasrec", "hstu", "mean_pool", "mf"] = "sasrec"
+    num_blocks: int = 2
+    num_heads: int = 1
+    ffn_dim: int = 50                           # sasrec feed-forward width
+    dqk: int = 25                               # hstu per-head query/key dim
+    dv: int = 25                                # hstu per-head value dim
+    dropout: float = 0.2
+    attn_dropout: float = 0.0
+    hidden: list[int] = field(default_factory=lambda: [128])   # mean_pool tower MLP widths
+
+    def validate(self) -> None:
+        _check(self.num_blocks >= 0, "model.encoder.num_blocks", f"must be >= 0, got {self.num_blocks}")
+        _check(self.num_heads >= 1, "model.encoder.num_heads", f"must be >= 1, got {self.num_heads}")
+        for k in ("ffn_dim", "dqk", "dv"):
+            v = getattr(self, k)
+            _check(v >= 1, f"model.encoder.{k}", f"must be >= 1, got {v}")
+        for k in ("dropout", "attn_dropout"):
+            v = getattr(self, k)
+            _check(0.0 <= v < 1.0, f"model.encoder.{k}", f"must be in [0, 1), got {v}")
+        _check(all(h >= 1 for h in self.hidden), "model.encoder.hidden", f"widths must be >= 1, got {self.hidden}")
+
+
+@dataclass
+class ModelSection:
+    embedding: EmbeddingSection = field(default_factory=EmbeddingSection)
+    encoder: EncoderSection = field(default_factory=EncoderSection)
+    normalize: bool = True                      # L2-normalise query and item vectors
+
+    def validate(self) -> None:
+        if self.encoder.kind == "sasrec":
+            _check(self.embedding.dim % self.encoder.num_heads == 0, "model.encoder.num_heads",
+                   f"must divide model.embedding.dim ({self.embedding.dim}), got {self.encoder.num_heads}")
+
+
+@dataclass
+class RetrievalTask:
+    loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
+    num_negatives: int = 128                    # uniform negatives drawn per position
+    in_batch_negatives: int = 0                 # batch positives shared as negatives (logQ-corrected)
+    temperature: float = 0.05
+
+    def validate(self) -> None:
+        _check(self.num_negatives >= 0, "task.retrieval.num_negatives", f"must be >= 0, got {self.num_negatives}")
+        _check(self.in_batch_negatives >= 0, "task.retrieval.in_batch_negatives",
+               f"must be >= 0, got {self.in_batch_negatives}")
+        _check(self.temperature > 0, "task.retrieval.temperature", f"must be > 0, got {self.temperature}")
+        if self.loss == "sampled_softmax":
+            _check(self.num_negatives + self.in_batch_negatives >= 1, "task.retrieval.num_negatives",
+                   "sampled_softmax needs at least one negative")
+
+
+@dataclass
+class RatingTask:
+    hidden: list[int] = field(default_factory=lambda: [64])
+
+    def validate(self) -> None:
+        _check(all(h >= 1 for h in self.hidden), "task.rating.hidden", f"widths must be >= 1, got {self.hidden}")
+
+
+@dataclass
+class CTRTask:
+    num_negatives: int = 4                      # sampled non-clicked items per positive
+    positions_per_seq: int = 4                  # positions scored per sequence (most recent first)
+    hidden: list[int] = field(default_factory=lambda: [64])
+    label_min_rating: float | None = None       # positives are next items rated >= this (None: all)
+
+    def validate(self) -> None:
+        _check(self.num_negatives >= 1, "task.ctr.num_negatives", f"must be >= 1, got {self.num_negatives}")
+        _check(self.positions_per_seq >= 1, "task.ctr.positions_per_seq",
+               f"must be >= 1, got {self.positions_per_seq}")
+
+
+@dataclass
+class AugmentSection:
+    crop: float = 0.0                           # probability a sequence is cropped to a random span
+    crop_ratio: float = 0.8                     # kept share of a cropped sequence
+    mask: float = 0.0                           # per-item probability of being dropped
+    reorder: float = 0.0                        # probability a random span is shuffled
+    reorder_ratio: float = 0.2
+    contrastive_weight: float = 0.0             # > 0: two augmented views + InfoNCE (CL4SRec-style)
+    contrastive_temperature: float = 1.0
+
+    def validate(self) -> None:
+        for k in ("crop", "mask", "reorder"):
+            v = getattr(self, k)
+            _check(0.0 <= v <= 1.0, f"task.augment.{k}", f"must be in [0, 1], got {v}")
+        for k in ("crop_ratio", "reorder_ratio"):
+            v = getattr(self, k)
+            _check(0.0 < v <= 1.0, f"task.augment.{k}", f"must be in (0, 1], got {v}")
+        _check(self.contrastive_weight >= 0, "task.augment.contrastive_weight",
+               f"must be >= 0, got {self.contrastive_weight}")
+        _check(self.contrastive_temperature > 0, "task.augment.contrastive_temperature",
+               f"must be > 0, got {self.contrastive_temperature}")
+
+    @property
+    def active(self) -> bool:
+        return self.crop > 0 or self.mask > 0 or self.reorder > 0
+
+
+@dataclass
+class TaskSection:
+    kind: Literal["retrieval", "rating", "ctr", "multi"] = "retrieval"
+    weights: dict[str, float] = field(default_factory=dict)   # multi: task name -> loss weight
+    retrieval: RetrievalTask = field(default_factory=RetrievalTask)
+    rating: RatingTask = field(default_factory=RatingTask)
+    ctr: CTRTask = field(default_factory=CTRTask)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+
+    def validate(self) -> None:
+        if self.kind == "multi":
+            _check(bool(self.weights), "task.weights", "task.kind multi needs weights, e.g. {retrieval: 1.0, rating: 0.5}")
+            for k, w in self.weights.items():
+                _check(k in TASKS, f"task.weights.{k}", f"unknown task; valid: {', '.join(TASKS)}")
+                _check(w >= 0, f"task.weights.{k}", f"must be >= 0, got {w}")
+
+    @property
+    def active_tasks(self) -> dict[str, float]:
+        return dict(self.weights) if self.kind == "multi" else {self.kind: 1.0}
+
+
+@dataclass
+class OptimSection:
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+               f"must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class TrainerSection:
+    max_epochs: int = 10
+    max_steps: int = -1                         # -1: no step limit
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = 2                     # torch CPU threads (None: torch's default)
+    out_dir: str = "runs/train"                 # checkpoints/ and logs/ go here
+    loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
+    progress_bar: bool = True
+    val_every_n_epochs: int = 1
+    log_every_n_steps: int = 20
+    limit_train_batches: int | float = 1.0
+    early_stop_patience: int | None = None      # validations without NDCG@10 improvement
+    checkpoint_every_n_epochs: int = 1          # DCP "last" checkpoint cadence (0: only at the end)
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+
+    def validate(self) -> None:
+        _check(self.max_epochs >= 1, "trainer.max_epochs", f"must be >= 1, got {self.max_epochs}")
+        _check(self.max_steps == -1 or self.max_steps >= 1, "trainer.max_steps",
+               f"must be -1 or >= 1, got {self.max_steps}")
+        _check(self.threads is None or self.threads >= 1, "trainer.threads", f"must be >= 1, got {self.threads}")
+        _check(self.val_every_n_epochs >= 1, "trainer.val_every_n_epochs",
+               f"must be >= 1, got {self.val_every_n_epochs}")
+        _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", f"must be >= 1, got {self.log_every_n_steps}")
+        _check(self.limit_train_batches > 0, "trainer.limit_train_batches",
+               f"must be > 0, got {self.limit_train_batches}")
+        _check(self.early_stop_patience is None or self.early_stop_patience >= 1, "trainer.early_stop_patience",
+               f"must be >= 1 or null, got {self.early_stop_patience}")
+        _check(self.checkpoint_every_n_epochs >= 0, "trainer.checkpoint_every_n_epochs",
+               f"must be >= 0, got {self.checkpoint_every_n_epochs}")
+
+
+@dataclass
+class TrainConfig:
+    data: DataSection
+    name: str = "train"
+    model: ModelSection = field(default_factory=ModelSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+
+    def validate(self) -> None:
+        tasks = self.task.active_tasks
+        if self.model.encoder.kind == "mf" and ("ctr" in tasks):
+            raise ConfigError("task.kind: ctr needs a sequence encoder (sasrec, hstu or mean_pool), not mf")
+        if self.task.augment.contrastive_weight > 0:
+            _check(self.task.augment.active, "task.augment.contrastive_weight",
+                   "needs at least one augmentation (crop, mask or reorder) > 0")
+            _check(self.model.encoder.kind != "mf", "task.augment.contrastive_weight",
+                   "needs a sequence encoder, not mf")
+
+
+def load_train_config(path, overrides: list[str] | None = None) -> TrainConfig:
+    from unirec_dist.config.loader import load_config
+
+    return load_config(TrainConfig, path, overrides)

@@ -1,0 +1,77 @@
+"""HSTU-style encoder (Zhai et al. 2024, "Actions Speak Louder than Words"): pointwise
+(SiLU, not softmax) causal attention with a learned relative-position bias and gating.
+
+Block:  u, v, q, k = split(SiLU(W1 LN(x)));  A = SiLU(q k^T + rab) / max_len  (causal)
+        x <- x + W2 dropout(LN(A v) * u)
+The attention scale divides by the fixed max_len (not the batch's padded length) so that
+length-grouped batches and evaluation see the same normalisation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class HSTUBlock(nn.Module):
+    def __init__(self, dim: int, max_len: int, num_heads: int, dqk: int, dv: int,
+                 dropout: float, attn_dropout: float) -> None:
+        super().__init__()
+        self.h, self.dqk, self.dv, self.max_len = num_heads, dqk, dv, max_len
+        self.norm_in = nn.LayerNorm(dim, eps=1e-6)
+        self.uvqk = nn.Linear(dim, num_heads * (2 * dv + 2 * dqk))
+        nn.init.xavier_uniform_(self.uvqk.weight)
+        nn.init.zeros_(self.uvqk.bias)
+        self.norm_attn = nn.LayerNorm(num_heads * dv, eps=1e-6)
+        self.out = nn.Linear(num_heads * dv, dim)
+        # relative position bias: index (i - j) in [0, max_len) for causal pairs
+        self.rel_pos = nn.Parameter(torch.zeros(max_len))
+        self.drop = nn.Dropout(dropout)
+        self.attn_drop = nn.Dropout(attn_dropout)
+
+    def forward(self, x: torch.Tensor, causal: torch.Tensor, rel_idx: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D); causal (L, L) bool; rel_idx (L, L) long -> (B, L, D)."""
+        B, L, _ = x.shape
+        H = self.h
+        u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).split(
+            [H * self.dv, H * self.dv, H * self.dqk, H * self.dqk], dim=-1)
+        q = q.view(B, L, H, self.dqk).transpose(1, 2)
+        k = k.view(B, L, H, self.dqk).transpose(1, 2)
+        v = v.view(B, L, H, self.dv).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) + self.rel_pos[rel_idx]            # (B, H, L, L)
+        attn = F.silu(scores) * (causal.to(scores.dtype) / self.max_len)
+        attn = self.attn_drop(attn)
+        av = (attn @ v).transpose(1, 2).reshape(B, L, H * self.dv)
+        return x + self.out(self.drop(self.norm_attn(av) * u))
+
+
+class HSTUEncoder(nn.Module):
+    """(B, L, D) item embeddings + lengths (B,) -> (B, L, D) causal states (padding rows = 0)."""
+
+    def __init__(self, dim: int, max_len: int, num_blocks: int = 8, num_heads: int = 2,
+                 dqk: int = 25, dv: int = 25, dropout: float = 0.2, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dim, self.max_len = dim, max_len
+        self.pos = nn.Embedding(max_len, dim)
+        nn.init.trunc_normal_(self.pos.weight, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList([
+            HSTUBlock(dim, max_len, num_heads, dqk, dv, dropout, attn_dropout) for _ in range(num_blocks)
+        ])
+        self.final_norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        if L > self.max_len:
+            raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
+        mask = (torch.arange(L, device=x.device)[None, :] < lengths[:, None]).unsqueeze(-1).to(x.dtype)
+        x = self.drop(x * math.sqrt(D) + self.pos.weight[:L]) * mask
+        ar = torch.arange(L, device=x.device)
+        rel = ar[:, None] - ar[None, :]
+        causal = rel >= 0
+        rel_idx = rel.clamp(min=0)
+        for blk in self.blocks:
+            x = blk(x, causal, rel_idx) * mask
+        return self.final_norm(x) * mask

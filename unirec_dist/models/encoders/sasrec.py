@@ -1,0 +1,76 @@
+"""SASRec-style causal self-attention encoder (Kang & McAuley 2018, as in generative-recommenders).
+
+Input item embeddings are scaled by sqrt(D), learned absolute positions (0 = oldest kept item)
+are added, then `num_blocks` pre-LN blocks of causal multi-head attention and a point-wise FFN.
+Every position is encoded in one causal pass, so a sequence of length n trains n targets.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, attn_dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.attn_dropout = attn_dropout
+
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor) -> torch.Tensor:
+        """q_in, kv_in: (B, L, D) -> (B, L, D), position i attends to positions <= i."""
+        B, L, D = q_in.shape
+        H = self.num_heads
+        w_q, w_kv = self.qkv.weight.split([D, 2 * D])
+        b_q, b_kv = self.qkv.bias.split([D, 2 * D])
+        q = F.linear(q_in, w_q, b_q).view(B, L, H, D // H).transpose(1, 2)
+        k, v = F.linear(kv_in, w_kv, b_kv).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        return self.out(o.transpose(1, 2).reshape(B, L, D))
+
+
+class PointWiseFFN(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(self.fc2(self.drop(F.relu(self.fc1(x)))))
+
+
+class SASRecEncoder(nn.Module):
+    """(B, L, D) item embeddings + lengths (B,) -> (B, L, D) causal states (padding rows = 0)."""
+
+    def __init__(self, dim: int, max_len: int, num_blocks: int = 2, num_heads: int = 1,
+                 ffn_dim: int = 50, dropout: float = 0.2, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.max_len = max_len
+        self.pos = nn.Embedding(max_len, dim)
+        nn.init.trunc_normal_(self.pos.weight, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        self.attn_norms = nn.ModuleList([nn.LayerNorm(dim, eps=1e-8) for _ in range(num_blocks)])
+        self.attns = nn.ModuleList([CausalSelfAttention(dim, num_heads, attn_dropout) for _ in range(num_blocks)])
+        self.ffn_norms = nn.ModuleList([nn.LayerNorm(dim, eps=1e-8) for _ in range(num_blocks)])
+        self.ffns = nn.ModuleList([PointWiseFFN(dim, ffn_dim, dropout) for _ in range(num_blocks)])
+        self.final_norm = nn.LayerNorm(dim, eps=1e-8)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        if L > self.max_len:
+            raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
+        mask = (torch.arange(L, device=x.device)[None, :] < lengths[:, None]).unsqueeze(-1).to(x.dtype)
+        x = x * math.sqrt(D) + self.pos.weight[:L]
+        x = self.drop(x) * mask
+        for ln1, attn, ln2, ffn in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns):
+            q = ln1(x)
+            x = q + attn(q, x)
+            x = ffn(ln2(x)) * mask
+        return self.final_norm(x) * mask

@@ -1,0 +1,79 @@
+"""The sequential recommender: universal embedding -> encoder -> (dot-product retrieval, heads).
+
+Implements the Retriever protocol (models/protocol.py). Plain single-device PyTorch + TorchRec
+modules: sharding is applied from outside (training/strategy.py), never here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unirec_dist.models.embedding import UniversalEmbedding
+from unirec_dist.models.encoders.pooling import MFEncoder
+
+
+def pad_jagged(values: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Jagged rows -> right-padded dense. values (T, D) or (T,), lengths (B,) -> (B, width, D) / (B, width)."""
+    B = lengths.shape[0]
+    offsets = torch.cumsum(lengths, 0) - lengths
+    row = torch.repeat_interleave(torch.arange(B, device=values.device), lengths, output_size=values.shape[0])
+    col = torch.arange(values.shape[0], device=values.device) - offsets[row]
+    out = values.new_zeros((B, width) + tuple(values.shape[1:]))
+    out[row, col] = values
+    return out
+
+
+class SeqRecModel(nn.Module):
+    """Universal embedding + sequence encoder, scoring by dot product.
+
+    item_embeddings() -> (n_items, D);  query_embeddings(batch) -> (B, D);
+    encode(items (B, L, D), lengths (B,), users (B,)) -> (B, L, D) per-position states.
+    """
+
+    def __init__(self, embedding: UniversalEmbedding, encoder: nn.Module, encoder_kind: str, max_len: int,
+                 normalize: bool = True, heads: dict[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.encoder = encoder
+        self.encoder_kind = encoder_kind
+        self.max_len = max_len
+        self.normalize = normalize
+        self.heads = nn.ModuleDict(heads or {})
+
+    # -- building blocks used by tasks ------------------------------------------------------
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+    def embed_sequences(self, seq) -> tuple[torch.Tensor, torch.Tensor]:
+        """KeyedJaggedTensor (key "item") -> (raw item vectors (B, Lmax, D), lengths (B,))."""
+        jt = seq["item"]
+        lengths = jt.lengths().long()
+        width = max(int(lengths.max()) if lengths.numel() else 1, 1)
+        vecs = self.embedding.item_vectors(jt.values().long())
+        return pad_jagged(vecs, lengths, width), lengths
+
+    def encode(self, items: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """items (B, L, D), lengths (B,) -> (B, L, D) un-normalised states at every position."""
+        if isinstance(self.encoder, MFEncoder):
+            return self.encoder(self.embedding.user_vectors(users), lengths, items.shape[1])
+        return self.encoder(items, lengths)
+
+    # -- Retriever --------------------------------------------------------------------------
+    def item_embeddings(self) -> torch.Tensor:
+        """(n_items, D) item vectors (normalised if configured), row 0 (padding) zeroed."""
+        v = self.norm(self.embedding.all_item_vectors())
+        return torch.cat([torch.zeros_like(v[:1]), v[1:]], dim=0)
+
+    def query_embeddings(self, batch) -> torch.Tensor:
+        """SeqBatch -> (B, D): the state after the last history item (user vector for MF)."""
+        items, lengths = self.embed_sequences(batch.seq)
+        if items.shape[1] > self.max_len:   # batch built with a longer max_len: keep the newest
+            raise ValueError(f"history longer than max_len {self.max_len}; build batches with max_len")
+        states = self.encode(items, lengths.clamp(min=1), batch.users)
+        last = (lengths - 1).clamp(min=0)
+        q = states[torch.arange(states.shape[0], device=states.device), last]
+        if self.encoder_kind != "mf":
+            # an empty history has no state: fall back to zeros (scores all items alike)
+            q = q * (lengths > 0).unsqueeze(-1).to(q.dtype)
+        return self.norm(q)

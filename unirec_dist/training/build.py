@@ -1,0 +1,181 @@
+"""Model construction from config + dataset manifest, and loading a trained model back.
+
+    build_model(model_cfg, dataset_manifest, task_cfg=None, device=None) -> SeqRecModel
+    build_task(task_cfg, dataset_manifest, item_counts=None) -> SequenceTask
+    load_retriever(checkpoint_dir, dataset=None) -> (model (eval, CPU), manifest)
+    checkpoint_state(model, optimizer=None, loop=None) -> the dict every writer saves with DCP
+
+Components are picked by name from small explicit maps (ENCODERS, HEADS); no import paths in
+YAML. `device="meta"` builds without allocating (for DMP to materialise and shard).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unirec_dist.config.train import EncoderSection, ModelSection, TaskSection, TrainConfig
+from unirec_dist.embeddings.features import FeatureSpec
+from unirec_dist.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+# The state layout inside a DCP checkpoint: {"model": model.state_dict(), "optim": ..., "loop": ...}
+MODEL_KEY = "model"
+OPTIM_KEY = "optim"
+LOOP_KEY = "loop"
+
+
+def _sasrec(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
+    from unirec_dist.models.encoders.sasrec import SASRecEncoder
+
+    return SASRecEncoder(dim, max_len, enc.num_blocks, enc.num_heads, enc.ffn_dim, enc.dropout, enc.attn_dropout)
+
+
+def _hstu(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
+    from unirec_dist.models.encoders.hstu import HSTUEncoder
+
+    return HSTUEncoder(dim, max_len, enc.num_blocks, enc.num_heads, enc.dqk, enc.dv, enc.dropout, enc.attn_dropout)
+
+
+def _mean_pool(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
+    from unirec_dist.models.encoders.pooling import MeanPoolEncoder
+
+    return MeanPoolEncoder(dim, enc.hidden, enc.dropout)
+
+
+def _mf(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
+    from unirec_dist.models.encoders.pooling import MFEncoder
+
+    return MFEncoder()
+
+
+ENCODERS = {"sasrec": _sasrec, "hstu": _hstu, "mean_pool": _mean_pool, "mf": _mf}
+
+
+def _rating_head(task: TaskSection, dim: int) -> nn.Module:
+    from unirec_dist.models.heads.rating import RatingHead
+
+    return RatingHead(dim, task.rating.hidden)
+
+
+def _ctr_head(task: TaskSection, dim: int) -> nn.Module:
+    from unirec_dist.models.heads.ctr import CTRHead
+
+    return CTRHead(dim, task.ctr.hidden)
+
+
+HEADS = {"rating": _rating_head, "ctr": _ctr_head}
+
+
+def build_model(model_cfg: ModelSection, dataset_manifest: dict[str, Any], task_cfg: TaskSection | None = None,
+                max_len: int = 200, device: str | torch.device | None = None) -> nn.Module:
+    """A SeqRecModel for the dataset described by `dataset_manifest` (prepared-dataset manifest, or
+    a checkpoint manifest's "dataset" section, which carries the same vocab_sizes and features).
+
+    Heads are added for the tasks in `task_cfg` that need parameters (rating, ctr). Content
+    buffers are zeros until `model.embedding.set_item_features(items_table)` or a checkpoint load.
+    """
+    from unirec_dist.models.embedding import UniversalEmbedding
+    from unirec_dist.models.seqrec import SeqRecModel
+
+    spec = FeatureSpec.from_manifest(dataset_manifest)
+    dev = torch.device(device) if device is not None else None
+    emb_cfg, enc_cfg = model_cfg.embedding, model_cfg.encoder
+    feats = spec.item_features(emb_cfg.item_features)
+    user_id = emb_cfg.user_id or enc_cfg.kind == "mf"
+    with torch.device(dev) if dev is not None else _nullctx():
+        embedding = UniversalEmbedding(spec, emb_cfg.dim, feats, item_id=emb_cfg.item_id, user_id=user_id, device=dev)
+        encoder = ENCODERS[enc_cfg.kind](enc_cfg, emb_cfg.dim, max_len)
+        heads = {}
+        if task_cfg is not None:
+            for name in task_cfg.active_tasks:
+                if name in HEADS:
+                    heads[name] = HEADS[name](task_cfg, emb_cfg.dim)
+        model = SeqRecModel(embedding, encoder, enc_cfg.kind, max_len, model_cfg.normalize, heads)
+    return model
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def build_task(task_cfg: TaskSection, dataset_manifest: dict[str, Any], item_counts=None):
+    from unirec_dist.tasks.sequence import SequenceTask
+
+    spec = FeatureSpec.from_manifest(dataset_manifest)
+    counts = None if item_counts is None else torch.as_tensor(item_counts)
+    return SequenceTask(task_cfg, spec.n_items, counts)
+
+
+def build_from_config(cfg: TrainConfig, dataset_manifest: dict[str, Any], device=None) -> nn.Module:
+    return build_model(cfg.model, dataset_manifest, cfg.task, cfg.data.max_len, device=device)
+
+
+def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                     loop: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dict saved with DCP by every writer (single process or N workers)."""
+    state: dict[str, Any] = {MODEL_KEY: model.state_dict()}
+    if optimizer is not None:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        state[OPTIM_KEY] = get_optimizer_state_dict(model, optimizer)
+    if loop is not None:
+        state[LOOP_KEY] = loop
+    return state
+
+
+def dataset_section(path: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint manifest's "dataset" entry; carries the feature spec so the model can be
+    rebuilt without the dataset."""
+    return {
+        "path": str(path),
+        "name": manifest.get("name"),
+        "vocab_hash": manifest.get("vocab_hash"),
+        "vocab_sizes": manifest.get("vocab_sizes"),
+        "features": manifest.get("features") or [],
+    }
+
+
+def load_retriever(checkpoint_dir: str | os.PathLike, dataset: str | os.PathLike | dict | None = None):
+    """Rebuild the model a checkpoint was trained with and load its weights (CPU, eval mode).
+
+    dataset: a prepared dataset dir or its manifest dict; when given, a checkpoint trained on a
+    different vocabulary is refused (CheckpointError). Returns (model, checkpoint manifest).
+    """
+    from unirec_dist.checkpoint.dcp import check_vocab, load_checkpoint, read_manifest
+    from unirec_dist.config.loader import from_dict
+
+    path = Path(checkpoint_dir)
+    manifest = read_manifest(path)
+    if dataset is not None:
+        if isinstance(dataset, dict):
+            ds_manifest, where = dataset, "dataset"
+        else:
+            from unirec_dist.training.data import open_prepared
+
+            _, ds_manifest = open_prepared(dataset)
+            where = str(dataset)
+        check_vocab(manifest, str(ds_manifest.get("vocab_hash")), where)
+    if "config" not in manifest or "dataset" not in manifest:
+        raise CheckpointError(f"{path}: manifest has no config/dataset; not a training checkpoint")
+    cfg = from_dict(TrainConfig, manifest["config"], where=f"{path}/manifest.json config")
+    model = build_from_config(cfg, manifest["dataset"])
+    state = {MODEL_KEY: model.state_dict()}
+    try:
+        load_checkpoint(path, state)
+    except CheckpointError:
+        raise
+    except Exception as e:  # DCP raises plain exceptions for missing keys / shape mismatches
+        raise CheckpointError(f"{path}: cannot load model weights: {str(e).splitlines()[0][:200]}") from None
+    model.load_state_dict(state[MODEL_KEY])
+    model.eval()
+    return model, manifest

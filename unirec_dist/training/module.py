@@ -1,0 +1,116 @@
+"""The LightningModule: thin glue between a model, its task and Lightning's loop.
+
+training_step: task.loss(model, batch). Validation: full-ranking HR@10 / NDCG@10 on the
+validation queries (all items ranked, seen items not masked), computed once per validation
+epoch with `unirec_dist.metrics.evaluate_table` over the whole query table (sharded over ranks
+and all-reduced when a process group exists). The distributed strategy may replace
+`self.model` with a sharded wrapper in `configure_model`; nothing here assumes a plain module.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import pyarrow as pa
+import torch
+
+from unirec_dist.config.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+VAL_KS = (10,)
+
+
+def _private_hr_ndcg(model, queries: pa.Table, n_items: int, batch_size: int) -> dict[str, float]:
+    """Fallback HR@10/NDCG@10 (single process) if unirec_dist.metrics is unavailable."""
+    from unirec_dist.data.batch import iter_query_batches
+
+    hr = nd = 0.0
+    n = 0
+    with torch.no_grad():
+        items = model.item_embeddings()
+        for b in iter_query_batches(queries, batch_size, model.max_len):
+            s = model.query_embeddings(b) @ items.T
+            s[:, 0] = float("-inf")
+            top = s.topk(10, dim=1).indices
+            t = b.targets[:, :1]
+            hit = (top == t)
+            rank = hit.float().argmax(1)
+            found = hit.any(1)
+            hr += found.sum().item()
+            nd += (found.float() / torch.log2(rank.float() + 2)).sum().item()
+            n += len(b)
+    return {"HR@10": hr / max(n, 1), "NDCG@10": nd / max(n, 1), "queries": n}
+
+
+class RecModule(L.LightningModule):
+    """LightningModule over (model, task); logs train/loss, val/HR@10, val/NDCG@10."""
+
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, task, valid: pa.Table | None = None,
+                 n_items: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        self.task = task
+        self.valid = valid
+        self.n_items = n_items           # catalogue size N (ids 1..N)
+        self.best_ndcg = float("-inf")
+        self.last_metrics: dict[str, float] = {}
+        self._validated_epoch = -1
+
+    def forward(self, batch):
+        return self.model.query_embeddings(batch)
+
+    def training_step(self, batch, batch_idx: int):
+        loss, parts = self.task.loss(self.model, batch)
+        bs = len(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        if len(parts) > 1:
+            for k, v in parts.items():
+                self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def run_validation(self) -> dict[str, float]:
+        """Full-ranking metrics on the validation queries (collective when distributed)."""
+        if self.valid is None or self.valid.num_rows == 0:
+            return {}
+        model = self.model
+        was = model.training
+        model.eval()
+        try:
+            try:
+                from unirec_dist.metrics.evaluate import evaluate_table
+            except ImportError:  # metrics package not there: private fallback
+                return _private_hr_ndcg(model, self.valid, self.n_items, self.cfg.data.valid_batch_size)
+            return evaluate_table(model, self.valid, self.n_items, ks=VAL_KS, mask_seen=False,
+                                  batch_size=self.cfg.data.valid_batch_size, progress=False)
+        finally:
+            model.train(was)
+
+    # Validation runs as one pass over the query table at the end of the epoch, not through a
+    # val dataloader: the item matrix is computed once and the metric code is shared with
+    # `unirec evaluate`.
+    def on_train_epoch_end(self) -> None:
+        if (self.current_epoch + 1) % self.cfg.trainer.val_every_n_epochs and \
+                self.current_epoch + 1 != self.trainer.max_epochs:
+            return
+        m = self.run_validation()
+        if not m:
+            return
+        self.last_metrics = {k: float(v) for k, v in m.items()}
+        self._validated_epoch = self.current_epoch
+        hr, ndcg = float(m["HR@10"]), float(m["NDCG@10"])
+        self.best_ndcg = max(self.best_ndcg, ndcg)
+        self.log("val/HR@10", hr, prog_bar=True, sync_dist=False)
+        self.log("val/NDCG@10", ndcg, prog_bar=True, sync_dist=False)
+        log.info("epoch %d: val HR@10 %.4f NDCG@10 %.4f", self.current_epoch, hr, ndcg)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+        return cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # pragma: no cover - DCP is used instead
+        checkpoint["unirec_best_ndcg"] = self.best_ndcg
