@@ -21,8 +21,8 @@ Layout of a bundle directory (written atomically by `write_bundle`, e.g. via `un
                             binary format, no pickle), with its parameters in manifest["ann"]
 
 `builder` names a function in `MODEL_BUILDERS` (no import paths in files): "unirec" rebuilds the
-model with `unirec_dist.training.build_model(config.model, dataset manifest)` and loads the
-weights; "synthetic-meanpool" is the weight-free mean-pool model used by tests and benchmarks.
+model with `unirec_dist.training.build.build_from_config(config, manifest["dataset"])` and loads
+the weights; "synthetic-meanpool" is the weight-free mean-pool model used by tests and benchmarks.
 """
 from __future__ import annotations
 
@@ -189,37 +189,24 @@ def load_tensors(path: Path) -> dict[str, "torch.Tensor"]:
 # ---- model builders: bundle manifest name -> function(config, manifest, bundle path, item matrix)
 
 def _build_unirec(config: dict[str, Any], manifest: dict[str, Any], path: Path, items: "torch.Tensor"):
-    from unirec_dist.training import build_model
+    """Rebuild the trained model from the resolved train config + the checkpoint's dataset section
+    (vocab sizes and feature spec) and fill it from weights.safetensors (strict: every tensor)."""
+    from unirec_dist.config.loader import from_dict
+    from unirec_dist.config.train import TrainConfig
+    from unirec_dist.training.build import build_from_config
 
-    ds_manifest = (manifest.get("dataset") or {}).get("manifest") or manifest.get("dataset") or {}
-    model = build_model(_model_section(config), ds_manifest)
-    # build_model may create parameters on the meta device (the strategy materialises them in
-    # training); for serving, materialise on CPU and fill every tensor from the weights file.
-    if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
-        model = model.to_empty(device="cpu")
+    cfg = from_dict(TrainConfig, config, where=f"{path / CONFIG}")
+    dataset = {k: v for k, v in (manifest.get("dataset") or {}).items() if k != "manifest"}
+    model = build_from_config(cfg, dataset, device="cpu")
     if not (path / WEIGHTS).is_file():
         raise CheckpointError(f"bundle {path} is incomplete: {WEIGHTS} is missing")
     state = load_tensors(path / WEIGHTS)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"bundle {path}: weights do not fit the model built from its config: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"bundle {path}: weights do not fit the model built from its config: {first}") from None
     return model.eval()
-
-
-def _model_section(config: dict[str, Any]) -> Any:
-    """The model part of a resolved config, as build_model wants it (a dataclass when possible)."""
-    section = config.get("model", config)
-    try:
-        from unirec_dist.config import model as model_config_mod  # type: ignore[attr-defined]
-    except ImportError:
-        return section
-    cls = getattr(model_config_mod, "ModelConfig", None)
-    if cls is None:
-        return section
-    from unirec_dist.config.loader import from_dict
-
-    return from_dict(cls, section, where="bundle config.json", prefix="model")
 
 
 def _build_synthetic(config: dict[str, Any], manifest: dict[str, Any], path: Path, items: "torch.Tensor"):

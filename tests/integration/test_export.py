@@ -1,0 +1,149 @@
+"""export -> bundle -> Recommender: the bundle's recommendations are the checkpoint's own top-N
+(`load_retriever` + `metrics.topk`, via `serving.topn.recommend`), for every encoder kind; the
+bundle loads without pickle; export is atomic and refuses a mismatched dataset."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unirec_dist.errors import CheckpointError, UnirecError
+
+ENCODERS = {
+    "sasrec": {"kind": "sasrec", "num_blocks": 1, "num_heads": 2, "ffn_dim": 16, "dropout": 0.1},
+    "hstu": {"kind": "hstu", "num_blocks": 1, "num_heads": 2, "dqk": 4, "dv": 4, "dropout": 0.1},
+    "mean_pool": {"kind": "mean_pool", "hidden": [16], "dropout": 0.1},
+    "mf": {"kind": "mf"},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    from tests.synthetic import prepared_dataset
+
+    return prepared_dataset(tmp_path_factory.mktemp("ds"), n_users=30, n_items=40)
+
+
+def make_checkpoint(dataset_dir: Path, out: Path, encoder: dict, seed: int = 0) -> Path:
+    """A training checkpoint with randomly initialised weights (export does not care about quality)."""
+    import torch
+
+    from unirec_dist.checkpoint.dcp import save_checkpoint
+    from unirec_dist.config.loader import from_dict, to_dict
+    from unirec_dist.config.train import TrainConfig
+    from unirec_dist.data.dataset import PreparedDataset
+    from unirec_dist.training.build import build_from_config, checkpoint_state, dataset_section
+
+    ds = PreparedDataset.open(dataset_dir)
+    cfg = from_dict(TrainConfig, {"name": f"t-{encoder['kind']}", "data": {"path": str(dataset_dir), "max_len": 8},
+                                  "model": {"embedding": {"dim": 16}, "encoder": encoder}})
+    torch.manual_seed(seed)
+    section = dataset_section(dataset_dir, ds.manifest)
+    model = build_from_config(cfg, section)
+    model.embedding.set_item_features(ds.table("items"))
+    manifest = {"kind": "train", "config": to_dict(cfg), "dataset": section, "step": 0, "epoch": 0}
+    return save_checkpoint(out, checkpoint_state(model), manifest)
+
+
+@pytest.fixture(scope="module", params=sorted(ENCODERS))
+def exported(request, dataset_dir, tmp_path_factory):
+    from unirec_dist.checkpoint.export import export_bundle
+
+    tmp = tmp_path_factory.mktemp(request.param)
+    ckpt = make_checkpoint(dataset_dir, tmp / "ckpt", ENCODERS[request.param])
+    bundle = export_bundle(ckpt, tmp / "bundle")
+    return request.param, ckpt, bundle
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_bundle_equals_checkpoint_topn(exported, dataset_dir, exclude_seen):
+    from unirec_dist.data.dataset import PreparedDataset
+    from unirec_dist.serving.recommender import Recommender
+    from unirec_dist.serving.topn import all_users, recommend
+    from unirec_dist.training.build import load_retriever
+
+    kind, ckpt, bundle = exported
+    ds = PreparedDataset.open(dataset_dir)
+    model, _ = load_retriever(ckpt)
+    users = all_users(ds)
+    ref = recommend(model, ds, users, k=10, exclude_seen=exclude_seen).to_pylist()
+    rec = Recommender.from_bundle(bundle)
+    got = []
+    for u in users:
+        got += [{"user": u, "rank": r.rank, "item": r.item, "score": r.score}
+                for r in rec.recommend(user_id=u, k=10, exclude_seen=exclude_seen)]
+    assert [(r["user"], r["rank"], r["item"]) for r in got] == [(r["user"], r["rank"], r["item"]) for r in ref]
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in ref], rtol=1e-5, atol=1e-6)
+
+
+def test_live_history_equals_known_user(exported):
+    from unirec_dist.serving.recommender import Recommender
+
+    kind, _, bundle = exported
+    if kind == "mf":
+        pytest.skip("MF reads the user id, not the history: a live session has no user vector")
+    rec = Recommender.from_bundle(bundle)
+    for u in ["1000", "1007", "1029"]:
+        hist = rec.known_history(u)
+        assert [r.item for r in rec.recommend(history=hist, k=5)] == [r.item for r in rec.recommend(user_id=u, k=5)]
+
+
+def test_bundle_contents_and_no_pickle(exported, dataset_dir, monkeypatch):
+    import torch
+
+    from unirec_dist.data.dataset import PreparedDataset
+    from unirec_dist.serving.recommender import Recommender
+
+    kind, ckpt, bundle = exported
+    names = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
+    assert names == {"manifest.json", "config.json", "weights.safetensors", "items.safetensors",
+                     "vocab/item.parquet", "vocab/user.parquet", "histories.parquet"}
+    m = json.loads((bundle / "manifest.json").read_text())
+    ds = PreparedDataset.open(dataset_dir)
+    assert m["dataset"]["vocab_hash"] == ds.vocab_hash
+    assert m["checkpoint"]["manifest"]["config"]["model"]["encoder"]["kind"] == kind
+    assert m["created_at"] and m["counts"]["items"] == ds.n_items
+    assert not list(bundle.parent.glob(".bundle.tmp-*"))
+
+    def forbidden(*a, **k):
+        raise AssertionError("bundle loading must not unpickle")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    rec = Recommender.from_bundle(bundle)
+    assert rec.items.shape == (ds.n_items + 1, 16)
+    assert not torch.distributed.is_initialized()
+
+
+def test_export_refuses_existing_output_and_other_dataset(exported, tmp_path):
+    from tests.synthetic import prepared_dataset
+    from unirec_dist.checkpoint.export import export_bundle
+
+    _, ckpt, bundle = exported
+    before = (bundle / "manifest.json").read_text()
+    with pytest.raises(UnirecError, match="already exists"):
+        export_bundle(ckpt, bundle)
+    assert (bundle / "manifest.json").read_text() == before
+    other = prepared_dataset(tmp_path / "other", n_users=12, n_items=15, seed=3)
+    with pytest.raises(CheckpointError, match="vocab_hash"):
+        export_bundle(ckpt, tmp_path / "b2", dataset=other)
+    assert not (tmp_path / "b2").exists()
+
+
+def test_broken_bundle_is_a_clear_error(exported, tmp_path):
+    import shutil
+
+    from unirec_dist.serving.recommender import Recommender
+
+    _, _, bundle = exported
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    (broken / "histories.parquet").unlink()
+    with pytest.raises(CheckpointError, match="histories.parquet is missing"):
+        Recommender.from_bundle(broken)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Recommender.from_bundle(tmp_path / "nope")
