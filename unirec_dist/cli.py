@@ -22,6 +22,7 @@ COMMANDS = [
     "prepare",
     "train",
     "evaluate", "recommend",
+    "export", "serve", "explain",
 ]
 
 

@@ -1,0 +1,136 @@
+"""The same `Recommender` and HTTP app as a Ray Serve deployment with replicas.
+
+Locally (what `unirec serve --ray --replicas N` does)::
+
+    app = build_app("runs/demo/bundle", replicas=2)
+    serve.run(app, name="unirec", route_prefix="/")          # after ray.init / serve.start
+
+On a cluster (bundle on storage every node can read; unirec_dist installed in the image)::
+
+    ray start --head ...                                       # or a KubeRay RayService
+    serve run unirec_dist.serving.ray_app:app_builder bundle=/shared/bundle replicas=4 index=hnsw
+    # or, in a Serve config file (`serve deploy serve.yaml`):
+    #   applications:
+    #   - name: unirec
+    #     route_prefix: /
+    #     import_path: unirec_dist.serving.ray_app:app_builder
+    #     args: {bundle: /shared/bundle, replicas: 4, index: exact, cpus_per_replica: 2}
+
+Each replica loads the bundle once in its constructor and serves the FastAPI app of
+`unirec_dist.serving.app` (same routes, schema and validation); Ray's proxy balances requests
+across replicas. Replicas are independent, so throughput scales with them; latency per request
+is that of one replica plus the proxy hop.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_PKG_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding unirec_dist/
+
+
+def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: float = 1.0,
+              threads: int | None = None, name: str = "UnirecRecommender", **options: Any):
+    """A bound Ray Serve application: `replicas` copies of the HTTP app over `bundle`.
+
+    options go to `Recommender.from_bundle` (index, ef_search, max_k, max_history).
+    """
+    from ray import serve
+
+    bundle = str(Path(bundle).resolve())
+
+    @serve.ingress()
+    class RecommenderDeployment:
+        def __init__(self, bundle: str, threads: int | None, options: dict[str, Any]) -> None:
+            from unirec_dist.serving.recommender import Recommender
+            from unirec_dist.utils.logging import quiet_noisy_loggers
+
+            quiet_noisy_loggers()
+            if threads:
+                import torch
+
+                torch.set_num_threads(int(threads))
+            self.rec = Recommender.from_bundle(bundle, **options)
+
+        def __serve_build_asgi_app__(self):
+            from unirec_dist.serving.app import create_app
+
+            return create_app(self.rec)
+
+    deployment = serve.deployment(
+        RecommenderDeployment,
+        name=name,
+        num_replicas=int(replicas),
+        ray_actor_options={
+            "num_cpus": float(cpus_per_replica),
+            # workers must import unirec_dist even when it is not pip-installed (a source checkout)
+            "runtime_env": {"env_vars": {"PYTHONPATH": _pythonpath()}},
+        },
+    )
+    return deployment.bind(bundle, threads, dict(options))
+
+
+def _pythonpath() -> str:
+    cur = os.environ.get("PYTHONPATH")
+    return _PKG_ROOT + (os.pathsep + cur if cur else "")
+
+
+def app_builder(args: dict[str, Any]):
+    """Entry point for `serve run unirec_dist.serving.ray_app:app_builder bundle=... replicas=...`
+    and Serve config files (`import_path` + `args`)."""
+    from unirec_dist.errors import UnirecError
+
+    args = dict(args)
+    if "bundle" not in args:
+        raise UnirecError("app_builder needs bundle=<path to a bundle directory>")
+    conv = {"replicas": int, "cpus_per_replica": float, "threads": int, "ef_search": int, "max_k": int,
+            "max_history": int, "index": str}
+    unknown = set(args) - set(conv) - {"bundle"}
+    if unknown:
+        raise UnirecError(f"app_builder: unknown argument(s) {sorted(unknown)}; known: bundle, {', '.join(sorted(conv))}")
+    kw = {k: conv[k](v) for k, v in args.items() if k != "bundle"}
+    return build_app(args["bundle"], **kw)
+
+
+def start(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
+          address: str | None = None, num_cpus: int | None = None, **kw: Any) -> str:
+    """Start (or attach to) Ray, start Serve's HTTP proxy on host:port and deploy; returns the URL."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        init = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+        ray.init(log_to_driver=False, logging_level=logging.WARNING, **init)
+    serve.start(http_options={"host": host, "port": int(port)})
+    serve.run(build_app(bundle, replicas=replicas, **kw), name="unirec", route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def serve_blocking(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
+                   address: str | None = None, **kw: Any) -> None:
+    """`unirec serve --ray`: deploy, then wait until interrupted; shuts Serve down on exit."""
+    url = start(bundle, host=host, port=port, replicas=replicas, address=address, **kw)
+    print(f"serving {bundle} with Ray Serve ({replicas} replica(s)) on {url} (docs: /docs)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
