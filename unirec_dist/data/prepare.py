@@ -56,12 +56,13 @@ def _first_bad(col: pa.Array, pattern: str) -> str | None:
     return bad[0].as_py() if len(bad) else None
 
 
-def id_column(col: pa.ChunkedArray | pa.Array, where: str, name: str, role: str) -> pa.Array:
+def id_column(col: pa.ChunkedArray | pa.Array, where: str, name: str, role: str,
+              check_all_null: bool = True) -> pa.Array:
     """Ids as int64 (integer columns) or string (anything else)."""
     col = F.as_array(col)
     if pa.types.is_dictionary(col.type):
         col = col.dictionary_decode()
-    if col.null_count == len(col):
+    if check_all_null and col.null_count == len(col):
         raise DataError(f"{where}: column {name!r} ({role}) is null in every row")
     if pa.types.is_integer(col.type):
         return col.cast(pa.int64())
@@ -106,14 +107,17 @@ def check_columns(names: list[str], wanted: dict[str, str | None], where: str, p
             raise DataError(f"{where}: column {c!r} ({prefix}{role}) not found; columns are: {', '.join(names)}")
 
 
-def select_columns(table: pa.Table, cfg: DatasetConfig, where: str) -> pa.Table:
-    """Raw interactions -> user (int64|string), item, timestamp: int64, [rating: float32], [event: string]."""
+def select_columns(table: pa.Table, cfg: DatasetConfig, where: str, check_all_null: bool = True) -> pa.Table:
+    """Raw interactions -> user (int64|string), item, timestamp: int64, [rating: float32], [event: string].
+
+    `check_all_null=False` skips the 'null in every row' check (the Ray engine checks it globally,
+    since one block may legitimately be all null)."""
     c = cfg.columns
     wanted = {r: getattr(c, r) for r in ROLES}
     check_columns(table.column_names, wanted, where, "columns.")
     cols = {
-        "user": id_column(table[c.user], where, c.user, "user"),
-        "item": id_column(table[c.item], where, c.item, "item"),
+        "user": id_column(table[c.user], where, c.user, "user", check_all_null),
+        "item": id_column(table[c.item], where, c.item, "item", check_all_null),
         "timestamp": timestamp_column(table[c.timestamp], where, c.timestamp),
     }
     if c.rating is not None:
