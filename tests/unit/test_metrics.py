@@ -80,6 +80,19 @@ def test_recall_divides_by_all_targets():
     assert got["Precision@2"] == pytest.approx(1.0)
 
 
+def test_many_targets_per_row():
+    # 100 targets (the wide-row code path): items 1..100 are targets, the list is 1, 200, 2, ...
+    ids = torch.tensor([[1, 200, 2, 150, 3]])
+    targets = torch.arange(1, 101).unsqueeze(0)
+    acc = RankingAccumulator((5,), n_items=200)
+    acc.update(ids, targets)
+    got = acc.compute()
+    assert got["Recall@5"] == pytest.approx(3 / 100)
+    assert got["Precision@5"] == pytest.approx(3 / 5)
+    idcg = sum(1 / math.log2(i + 1) for i in range(1, 6))
+    assert got["NDCG@5"] == pytest.approx((1 + 1 / 2 + 1 / math.log2(6)) / idcg)
+
+
 def test_one_target_recall_equals_hr():
     torch.manual_seed(0)
     ids = torch.stack([torch.randperm(20) + 1 for _ in range(30)])

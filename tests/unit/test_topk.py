@@ -123,3 +123,20 @@ def test_bad_arguments():
         topk(torch.ones(2, 3), torch.ones(4, 2), 1)
     with pytest.raises(ValueError):
         topk_from_scores(torch.zeros(2, 4), 1, exclude=torch.tensor([[1]]))
+
+
+def test_against_full_stable_sort_with_exclusions_and_ties():
+    torch.manual_seed(2)
+    items = torch.randint(-1, 2, (40, 2)).float()  # 9 distinct vectors: ties everywhere
+    q = torch.randint(-1, 2, (25, 2)).float()
+    exclude = torch.randint(0, 40, (25, 30))  # most items excluded for some rows
+    for k in (1, 5, 39):
+        scores, ids = topk(q, items, k, exclude=exclude)
+        s = q @ items.T
+        s[:, 0] = NEG
+        s[torch.arange(25).unsqueeze(1).expand_as(exclude), exclude] = NEG
+        ref_s, ref = torch.sort(s, dim=1, descending=True, stable=True)
+        ref, ref_s = ref[:, :k].clone(), ref_s[:, :k]
+        ref[ref_s == NEG] = 0
+        assert torch.equal(ids, ref), k
+        assert torch.equal(scores, ref_s), k

@@ -95,12 +95,15 @@ class RankingAccumulator:
         n_targets = distinct.sum(dim=1)  # (B,)
         valid = n_targets > 0
 
-        # hit[b, r]: the r-th returned item is one of row b's targets. Row-offset keys turn the
-        # per-row membership test into one vectorized isin over flat arrays.
-        stride = self.n_items + 1
-        row = torch.arange(b, device=self.device).unsqueeze(1) * stride
-        t_keys = (row + t_sorted)[distinct]
-        hit = torch.isin(row + ids, t_keys) & (ids != 0)  # (B, L)
+        # hit[b, r]: the r-th returned item is one of row b's (distinct, non-zero) targets
+        uniq = torch.where(distinct, t_sorted, -1)  # -1 matches no id
+        if uniq.shape[1] <= 64:  # the usual case (leave-one-out: 1): a broadcast compare
+            hit = (ids.unsqueeze(2) == uniq.unsqueeze(1)).any(dim=2)
+        else:  # many targets per row: row-offset keys make it one isin over flat arrays
+            stride = self.n_items + 2
+            row = torch.arange(b, device=self.device).unsqueeze(1) * stride
+            hit = torch.isin(row + ids, (row + uniq)[distinct])
+        hit &= ids != 0  # (B, L)
         hit_f = hit.to(torch.float64)
 
         ranks = torch.arange(1, width + 1, device=self.device, dtype=torch.float64)

@@ -71,29 +71,31 @@ def topk_from_scores(
         rows, cols = exclusion_index(exclude, b)
         scores[rows, cols] = NEG_INF
 
-    # One unsorted top-(k+1) pass does the heavy work. torch.topk orders ties arbitrarily, so
-    # its set is only trusted where the k-th and (k+1)-th values differ (no tie across the
-    # boundary: the top-k set is then unique); the few rows with a boundary tie are redone
-    # exactly below. k + 1 <= N + 1 always, the padding column being the spare.
-    vals, idx = torch.topk(scores, k + 1, dim=1, sorted=False)
+    # One sorted top-(k+1) pass does the heavy work. torch.topk orders ties arbitrarily, so its
+    # answer is only trusted as is where no two kept values are equal; the rare rows with a tie
+    # (inside the list, or across the boundary between the k-th and (k+1)-th value, where the
+    # SET itself is ambiguous) are redone exactly below. k + 1 <= N + 1 always (padding column).
+    vals, idx = torch.topk(scores, k + 1, dim=1, sorted=True)
     if bool(torch.isnan(vals).any()):  # topk ranks NaN first; NaN means "no score": -inf
         scores.masked_fill_(torch.isnan(scores), NEG_INF)
-        vals, idx = torch.topk(scores, k + 1, dim=1, sorted=False)
-    low = torch.topk(vals, 2, dim=1, largest=False, sorted=True)
-    kth, past = low.values[:, 1], low.values[:, 0]
-    # drop the (k+1)-th entry of each row
-    keep = torch.ones_like(vals, dtype=torch.bool)
-    keep.scatter_(1, low.indices[:, :1], False)
-    ids = idx[keep].view(b, k)
-    tied = (kth == past) & (kth > NEG_INF)  # an -inf boundary only concerns slots reported as 0
-    if bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
-        ids[rows] = _exact_topk_ids(scores[rows], k, kth[rows].unsqueeze(1))
-    ids, _ = torch.sort(ids, dim=1)
-    top = torch.gather(scores, 1, ids)
-    # A stable sort by score keeps ascending ids within equal scores: lower id first.
-    top, order = torch.sort(top, dim=1, descending=True, stable=True)
-    ids = torch.gather(ids, 1, order)
+        vals, idx = torch.topk(scores, k + 1, dim=1, sorted=True)
+    top, ids = vals[:, :k], idx[:, :k]
+    # -inf slots are reported as id 0 whatever their order, so -inf ties need no fixing
+    boundary = (vals[:, k - 1] == vals[:, k]) & (vals[:, k - 1] > NEG_INF)
+    if bool(boundary.any()):
+        rows = boundary.nonzero().squeeze(1)
+        ids[rows] = _exact_topk_ids(scores[rows], k, vals[rows, k - 1 : k])
+    fix = boundary
+    if k > 1:
+        fix = fix | ((top[:, 1:] == top[:, :-1]) & (top[:, 1:] > NEG_INF)).any(dim=1)
+    if bool(fix.any()):
+        rows = fix.nonzero().squeeze(1)
+        sub_ids = torch.sort(ids[rows], dim=1).values
+        sub_top = torch.gather(scores[rows], 1, sub_ids)
+        # a stable sort by score keeps ascending ids within equal scores: lower id first
+        sub_top, order = torch.sort(sub_top, dim=1, descending=True, stable=True)
+        ids[rows] = torch.gather(sub_ids, 1, order)
+        top[rows] = sub_top
     ids.masked_fill_(top == NEG_INF, 0)
     return top, ids
 
