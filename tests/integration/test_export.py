@@ -147,3 +147,21 @@ def test_broken_bundle_is_a_clear_error(exported, tmp_path):
         Recommender.from_bundle(broken)
     with pytest.raises(CheckpointError, match="does not exist"):
         Recommender.from_bundle(tmp_path / "nope")
+
+
+def test_cli_export_with_hnsw(exported, tmp_path, capsys):
+    from unirec_dist.cli import main
+    from unirec_dist.serving.recommender import Recommender
+
+    kind, ckpt, bundle = exported
+    if kind != "sasrec":
+        pytest.skip("one encoder is enough for the CLI path")
+    out = tmp_path / "cli-bundle"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--ann", "hnsw", "--hnsw-m", "8"]) == 0
+    assert "bundle" in capsys.readouterr().out and (out / "ann" / "hnsw.faiss").is_file()
+    rec = Recommender.from_bundle(out, index="hnsw")
+    assert rec.index.params()["M"] == 8 and rec.index_recall is not None
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: output")
+    assert main(["export", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err

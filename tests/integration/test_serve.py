@@ -108,22 +108,18 @@ def test_explain_validation(client):
     assert c.post("/explain", json={"user_id": "u1", "items": []}).status_code == 422
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "unirec_dist", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+def test_cli_explain(bundle, capsys):
+    from unirec_dist.cli import main
 
-
-def test_cli_explain(bundle):
-    p = _cli("explain", "--bundle", str(bundle), "--user", "u3", "-k", "2", "--top", "2")
-    assert p.returncode == 0, p.stderr
-    assert "method: occlusion" in p.stdout and "  1. i" in p.stdout
-    p = _cli("explain", "--bundle", str(bundle), "--history", "i1,i2", "--json", "--method", "similarity")
-    assert p.returncode == 0 and json.loads(p.stdout)["method"] == "similarity"
-    p = _cli("explain", "--bundle", str(bundle), "--user", "ghost")
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: unknown user_id")
-    p = _cli("explain", "--bundle", str(bundle.parent / "missing"), "--user", "u1")
-    assert p.returncode == 2 and "does not exist" in p.stderr
+    assert main(["explain", "--bundle", str(bundle), "--user", "u3", "-k", "2", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "method: occlusion" in out and "  1. i" in out and "  2. i" in out
+    assert main(["explain", "--bundle", str(bundle), "--history", "i1,i2", "--json", "--method", "similarity"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "similarity"
+    assert main(["explain", "--bundle", str(bundle), "--user", "ghost"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown user_id 'ghost'"
+    assert main(["explain", "--bundle", str(bundle.parent / "missing"), "--user", "u1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_cli_serve_answers_on_loopback(bundle):

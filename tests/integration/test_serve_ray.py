@@ -1,0 +1,35 @@
+"""Ray Serve smoke test: the Recommender's HTTP app as a local deployment with one replica answers
+a request like the single-process server does. About 30 s (Ray + Serve start-up on 2 cores)."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+
+
+def _free_port() -> int:
+    # Serve's proxy binds the port itself, so it cannot take a pre-bound socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_serve_one_replica_answers(tmp_path):
+    from unirec_dist.serving import ray_app
+    from unirec_dist.serving.recommender import Recommender
+    from unirec_dist.serving.synthetic import make_synthetic_bundle
+
+    bundle = make_synthetic_bundle(tmp_path / "bundle", n_items=200, dim=8, n_users=10, history_len=6)
+    expected = [r.item for r in Recommender.from_bundle(bundle).recommend(user_id="u2", k=4)]
+    url = ray_app.start(bundle, host="127.0.0.1", port=_free_port(), replicas=1, num_cpus=2, cpus_per_replica=0.5)
+    try:
+        r = httpx.post(url + "/recommend", json={"user_id": "u2", "k": 4}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert [x["item"] for x in r.json()["items"]] == expected
+        assert httpx.post(url + "/recommend", json={"user_id": "ghost"}, timeout=60).status_code == 404
+    finally:
+        ray_app.stop()
