@@ -279,3 +279,26 @@ def test_info_nce_by_hand():
     # row 0 (a0): sims to [a1, b0, b1] = [0, 1, 0]; positive b0
     want = -1.0 + math.log(math.exp(0) + math.exp(1) + math.exp(0))
     assert abs(loss.item() - want) < 1e-5
+
+
+def test_grouped_negatives_by_hand():
+    from unirec_dist.models.heads.retrieval import sampled_softmax_loss
+
+    torch.manual_seed(0)
+    P, D, N, K, G = 5, 3, 9, 4, 2
+    q = torch.nn.functional.normalize(torch.randn(P, D), dim=1)
+    items = torch.nn.functional.normalize(torch.randn(N, D), dim=1)
+    pos = torch.tensor([1, 2, 3, 4, 5])
+    loss = sampled_softmax_loss(q, pos, items, 0.5, K, generator=torch.Generator().manual_seed(3), group=G)
+    # replay the draws: perm over 6 slots (5 positions + 1 pad), then 3 groups of K negatives
+    g = torch.Generator().manual_seed(3)
+    perm = torch.randperm(6, generator=g)
+    negs = torch.randint(1, N, (3, K), generator=g)
+    total = 0.0
+    for p in range(P):
+        slot = int((perm == p).nonzero())
+        vals = [float(q[p] @ items[pos[p]]) / 0.5]
+        for n in negs[slot // G].tolist():
+            vals.append(-1e4 if n == int(pos[p]) else float(q[p] @ items[n]) / 0.5)
+        total += -vals[0] + math.log(sum(math.exp(v) for v in vals))
+    assert abs(loss.item() - total / P) < 1e-5

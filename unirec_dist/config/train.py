@@ -103,6 +103,7 @@ class ModelSection:
 class RetrievalTask:
     loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
     num_negatives: int = 128                    # uniform negatives drawn per position
+    negatives_group: int = 1                    # random positions sharing one draw (1: per position)
     in_batch_negatives: int = 0                 # batch positives shared as negatives (logQ-corrected)
     temperature: float = 0.05
 
@@ -110,6 +111,8 @@ class RetrievalTask:
         _check(self.num_negatives >= 0, "task.retrieval.num_negatives", f"must be >= 0, got {self.num_negatives}")
         _check(self.in_batch_negatives >= 0, "task.retrieval.in_batch_negatives",
                f"must be >= 0, got {self.in_batch_negatives}")
+        _check(self.negatives_group >= 1, "task.retrieval.negatives_group",
+               f"must be >= 1, got {self.negatives_group}")
         _check(self.temperature > 0, "task.retrieval.temperature", f"must be > 0, got {self.temperature}")
         if self.loss == "sampled_softmax":
             _check(self.num_negatives + self.in_batch_negatives >= 1, "task.retrieval.num_negatives",
@@ -203,6 +206,7 @@ class OptimSection:
 class TrainerSection:
     max_epochs: int = 10
     max_steps: int = -1                         # -1: no step limit
+    max_minutes: float | None = None            # stop after this much training wall time
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = 2                     # torch CPU threads (None: torch's default)
@@ -220,6 +224,8 @@ class TrainerSection:
         _check(self.max_epochs >= 1, "trainer.max_epochs", f"must be >= 1, got {self.max_epochs}")
         _check(self.max_steps == -1 or self.max_steps >= 1, "trainer.max_steps",
                f"must be -1 or >= 1, got {self.max_steps}")
+        _check(self.max_minutes is None or self.max_minutes > 0, "trainer.max_minutes",
+               f"must be > 0 or null, got {self.max_minutes}")
         _check(self.threads is None or self.threads >= 1, "trainer.threads", f"must be >= 1, got {self.threads}")
         _check(self.val_every_n_epochs >= 1, "trainer.val_every_n_epochs",
                f"must be >= 1, got {self.val_every_n_epochs}")

@@ -50,8 +50,10 @@ class SeqRecModel(nn.Module):
         jt = seq["item"]
         lengths = jt.lengths().long()
         width = max(int(lengths.max()) if lengths.numel() else 1, 1)
-        vecs = self.embedding.item_vectors(jt.values().long())
-        return pad_jagged(vecs, lengths, width), lengths
+        ids = pad_jagged(jt.values().long(), lengths, width)
+        vecs = self.embedding.item_vectors(ids.reshape(-1)).view(ids.shape[0], width, -1)
+        mask = (torch.arange(width, device=ids.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+        return vecs * mask.to(vecs.dtype), lengths
 
     def encode(self, items: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """items (B, L, D), lengths (B,) -> (B, L, D) un-normalised states at every position."""

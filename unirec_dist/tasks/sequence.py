@@ -40,9 +40,10 @@ def forward_sequences(model: SeqRecModel, batch, values: torch.Tensor | None = N
     if values is None:
         values, lengths = jt.values().long(), jt.lengths().long()
     width = max(int(lengths.max()), 2)
-    vecs = model.embedding.item_vectors(values)
-    items = pad_jagged(vecs, lengths, width)                   # (B, L+1, D)
     ids = pad_jagged(values, lengths, width)                   # (B, L+1)
+    # look up the padded id grid (pads hit row 0 and are masked downstream): cheaper on CPU than
+    # scattering jagged vectors into a padded tensor and back in backward
+    items = model.embedding.item_vectors(ids.reshape(-1)).view(ids.shape[0], width, -1)   # (B, L+1, D)
     in_len = (lengths - 1).clamp(min=0)
     states = model.encode(items[:, :-1], in_len, batch.users)
     L = width - 1
@@ -73,7 +74,7 @@ class RetrievalObjective:
             return full_softmax_loss(q, pos, all_items, self.cfg.temperature)
         lp = None if self.log_pop is None else self.log_pop.to(q.device)
         return sampled_softmax_loss(q, pos, all_items, self.cfg.temperature, self.cfg.num_negatives,
-                                    self.cfg.in_batch_negatives, lp)
+                                    self.cfg.in_batch_negatives, lp, group=self.cfg.negatives_group)
 
 
 class RatingObjective:

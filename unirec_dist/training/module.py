@@ -58,9 +58,15 @@ class RecModule(L.LightningModule):
         self.best_ndcg = float("-inf")
         self.last_metrics: dict[str, float] = {}
         self._validated_epoch = -1
+        self._t0 = None
 
     def forward(self, batch):
         return self.model.query_embeddings(batch)
+
+    def on_fit_start(self) -> None:
+        import time
+
+        self._t0 = time.perf_counter()
 
     def training_step(self, batch, batch_idx: int):
         loss, parts = self.task.loss(self.model, batch)
@@ -104,7 +110,11 @@ class RecModule(L.LightningModule):
         self.best_ndcg = max(self.best_ndcg, ndcg)
         self.log("val/HR@10", hr, prog_bar=True, sync_dist=False)
         self.log("val/NDCG@10", ndcg, prog_bar=True, sync_dist=False)
-        log.info("epoch %d: val HR@10 %.4f NDCG@10 %.4f", self.current_epoch, hr, ndcg)
+        import time
+
+        wall = time.perf_counter() - (self._t0 or time.perf_counter())
+        self.log("val/fit_seconds", wall, sync_dist=False)
+        log.info("epoch %d: val HR@10 %.4f NDCG@10 %.4f (%.0f s into fit)", self.current_epoch, hr, ndcg, wall)
 
     def configure_optimizers(self):
         o = self.cfg.optim

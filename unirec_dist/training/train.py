@@ -14,6 +14,7 @@ Checkpoints use `unirec_dist.checkpoint.dcp.save_checkpoint` with the state layo
 """
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import time
@@ -159,6 +160,7 @@ def train(cfg: TrainConfig) -> Path:
         devices=1,
         max_epochs=cfg.trainer.max_epochs,
         max_steps=cfg.trainer.max_steps,
+        max_time=None if cfg.trainer.max_minutes is None else datetime.timedelta(minutes=cfg.trainer.max_minutes),
         logger=loggers or False,
         callbacks=callbacks,
         enable_checkpointing=True,   # our DCPCheckpoint is the only Checkpoint callback

@@ -25,15 +25,35 @@ def sampled_softmax_loss(
     in_batch: int = 0,
     log_popularity: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    group: int = 1,
 ) -> torch.Tensor:
     """q (P, D) query vectors, pos_ids (P,) positives, item_vecs (N, D) (row 0 = padding, never
     sampled) -> scalar mean loss. `log_popularity` (N,): log training frequency of each item,
-    needed for the logQ correction of in-batch negatives."""
+    needed for the logQ correction of in-batch negatives.
+
+    group: positions are split at random into groups of `group` that share one draw of
+    negatives (1 = a fresh draw for every position). Groups are random across the batch, so
+    positions of one sequence almost never share; the cost of gathering negatives drops by
+    `group` (the (P, K, D) gather is what dominates a CPU step)."""
     P = q.shape[0]
     N = item_vecs.shape[0]
     pos_logit = (q * item_vecs[pos_ids]).sum(-1, keepdim=True) / temperature           # (P, 1)
     parts = [pos_logit]
-    if num_negatives > 0:
+    if num_negatives > 0 and group > 1:
+        G = group
+        n_groups = -(-P // G)
+        total = n_groups * G
+        qp = q if total == P else torch.cat([q, q.new_zeros(total - P, q.shape[1])])
+        perm = torch.randperm(total, device=q.device, generator=generator)   # slot s holds position perm[s]
+        negs = torch.randint(1, N, (n_groups, num_negatives), device=q.device, generator=generator)
+        lg = torch.bmm(qp[perm].view(n_groups, G, -1), item_vecs[negs].transpose(1, 2)).reshape(total, -1)
+        slot = torch.argsort(perm)[:P]                                          # position p sits in slot[p]
+        neg_logit = lg[slot] / temperature                                      # (P, K)
+        neg = negs[slot // G]
+        if in_batch > 0:
+            neg_logit = neg_logit - math.log(num_negatives / (N - 1))
+        parts.append(neg_logit.masked_fill(neg == pos_ids[:, None], _MASKED))
+    elif num_negatives > 0:
         neg = torch.randint(1, N, (P, num_negatives), device=q.device, generator=generator)
         if N <= num_negatives * q.shape[1]:
             # scoring the whole catalogue then gathering needs less memory than (P, K, D)

@@ -1,0 +1,202 @@
+"""Training config, data pipeline, checkpoint round trip and `unirec train` bad-input handling."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from tests.unit.test_models import make_prepared
+from unirec_dist.cli import main
+from unirec_dist.config.loader import load_config
+from unirec_dist.config.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+PRETRAIN = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Path:
+    return make_prepared(tmp_path_factory.mktemp("train_ds") / "prep")
+
+
+@pytest.mark.parametrize("path", PRETRAIN, ids=[p.name for p in PRETRAIN])
+def test_every_pretrain_config_loads(path):
+    cfg = load_config(TrainConfig, path)
+    assert cfg.data.path and cfg.name
+
+
+def test_required_configs_exist():
+    names = {p.name for p in PRETRAIN}
+    assert {"debug.yaml", "ml-100k-sasrec.yaml", "ml-1m-sasrec.yaml", "ml-1m-hstu.yaml"} <= names
+
+
+# -- bad input: one line, exit code 2, nothing written ------------------------------------------
+def _run_bad(capsys, tmp_path, *args) -> str:
+    out = tmp_path / "out"
+    rc = main(["train", "--config", str(REPO / "configs/pretrain/debug.yaml"), f"trainer.out_dir={out}", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error: ") and "\n" not in err
+    assert not out.exists()            # failed before any work
+    return err
+
+
+def test_unknown_key_suggests_nearest(capsys, tmp_path, ds):
+    err = _run_bad(capsys, tmp_path, f"data.path={ds}", "trainer.max_epoch=3")
+    assert "trainer.max_epoch: unknown key (did you mean 'trainer.max_epochs'?)" in err
+
+
+def test_unknown_section_key(capsys, tmp_path, ds):
+    err = _run_bad(capsys, tmp_path, f"data.path={ds}", "model.encoder.num_block=3")
+    assert "did you mean 'model.encoder.num_blocks'?" in err
+
+
+def test_wrong_type(capsys, tmp_path, ds):
+    err = _run_bad(capsys, tmp_path, f"data.path={ds}", "data.batch_size=big")
+    assert "data.batch_size: expected an integer, got 'big'" in err
+
+
+def test_out_of_range(capsys, tmp_path, ds):
+    err = _run_bad(capsys, tmp_path, f"data.path={ds}", "model.encoder.dropout=1.5")
+    assert "model.encoder.dropout: must be in [0, 1), got 1.5" in err
+
+
+def test_bad_choice(capsys, tmp_path, ds):
+    err = _run_bad(capsys, tmp_path, f"data.path={ds}", "model.encoder.kind=sasrek")
+    assert "did you mean 'sasrec'?" in err
+
+
+def test_missing_dataset(capsys, tmp_path):
+    err = _run_bad(capsys, tmp_path, f"data.path={tmp_path / 'nope'}")
+    assert "does not exist" in err and "nope" in err
+
+
+def test_incompatible_dataset_version(capsys, tmp_path):
+    old = make_prepared(tmp_path / "old", format_version=99)
+    err = _run_bad(capsys, tmp_path, f"data.path={old}")
+    assert "format_version 99 is not supported" in err
+
+
+def test_unknown_item_feature(capsys, tmp_path, ds):
+    err = _run_bad(capsys, tmp_path, f"data.path={ds}", "model.embedding.item_features=[genres]")
+    assert "'genres' is not an item feature" in err
+
+
+def test_missing_config_file(capsys, tmp_path):
+    rc = main(["train", "--config", str(tmp_path / "none.yaml")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+# -- data --------------------------------------------------------------------------------------
+def test_sequences_train_and_train_valid(ds):
+    from unirec_dist.training.data import TrainSequences
+
+    import pyarrow.parquet as pq
+
+    train = pq.read_table(ds / "train.parquet").to_pylist()
+    valid = {r["user"]: r["targets"][0] for r in pq.read_table(ds / "valid.parquet").to_pylist()}
+    s = TrainSequences.from_dir(ds, "train")
+    s2 = TrainSequences.from_dir(ds, "train+valid")
+    for k, row in enumerate(train):
+        items = row["items"]
+        if len(items) >= 2:
+            i = int(np.flatnonzero(s.users == row["user"])[0])
+            assert s.values[s.offsets[i]:s.offsets[i + 1]].tolist() == items
+        j = int(np.flatnonzero(s2.users == row["user"])[0])
+        assert s2.values[s2.offsets[j]:s2.offsets[j + 1]].tolist() == items + [valid[row["user"]]]
+    assert s2.ratings is not None and len(s2.ratings) == len(s2.values)
+
+
+def test_batches_truncate_to_last_max_len_plus_one():
+    from unirec_dist.training.data import SequenceBatches, TrainSequences
+
+    s = TrainSequences(users=np.array([5, 6]), values=np.arange(1, 11), offsets=np.array([0, 7, 10]))
+    b = next(iter(SequenceBatches(s, 2, max_len=3, shuffle=False)))
+    jt = b.seq["item"]
+    rows = dict(zip(b.users.tolist(), torch.split(jt.values(), jt.lengths().tolist())))
+    assert rows[5].tolist() == [4, 5, 6, 7] and rows[6].tolist() == [8, 9, 10]
+
+
+def test_rank_slices_are_disjoint_and_in_step():
+    from unirec_dist.training.data import SequenceBatches, TrainSequences
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 30, 103)
+    s = TrainSequences(users=np.arange(1, 104), values=rng.integers(1, 50, lengths.sum()),
+                       offsets=np.concatenate([[0], np.cumsum(lengths)]))
+    per_rank = []
+    for r in range(3):
+        sb = SequenceBatches(s, 8, 20, seed=1, rank=r, world_size=3)
+        sb.set_epoch(2)
+        batches = list(sb)
+        assert len(batches) == len(sb)
+        per_rank.append(batches)
+    assert len({len(b) for b in per_rank}) == 1                     # same number of steps
+    seen = [set(torch.cat([b.users for b in bs]).tolist()) for bs in per_rank]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    assert sum(len(x) for x in seen) >= 103 - 2                     # at most world - 1 dropped
+    # length grouping: at one step, ranks see similar lengths
+    for step in range(len(per_rank[0])):
+        maxes = [int(bs[step].seq["item"].lengths().max()) for bs in per_rank]
+        assert max(maxes) - min(maxes) <= 21
+
+
+def test_epochs_reshuffle_deterministically():
+    from unirec_dist.training.data import SequenceBatches, TrainSequences
+
+    lengths = np.full(40, 5)
+    s = TrainSequences(users=np.arange(40), values=np.ones(200, dtype=np.int64), offsets=np.arange(0, 201, 5))
+    a, b = SequenceBatches(s, 8, 10, seed=3), SequenceBatches(s, 8, 10, seed=3)
+    e0 = [x.users.tolist() for x in a]
+    e1 = [x.users.tolist() for x in a]
+    assert e0 != e1
+    assert e0 == [x.users.tolist() for x in b]
+    _ = lengths
+
+
+# -- checkpoint round trip ----------------------------------------------------------------------
+def _debug_cfg(ds: Path, out: Path, *extra: str) -> TrainConfig:
+    return load_config(TrainConfig, REPO / "configs/pretrain/debug.yaml",
+                       [f"data.path={ds}", f"trainer.out_dir={out}", "trainer.max_epochs=1",
+                        "data.max_len=10", *extra])
+
+
+def test_checkpoint_round_trip_and_vocab_check(ds, tmp_path):
+    from unirec_dist.checkpoint.dcp import read_manifest
+    from unirec_dist.data.batch import make_seq_batch
+    from unirec_dist.errors import CheckpointError
+    from unirec_dist.training.build import load_retriever
+    from unirec_dist.training.train import train
+
+    ckpt = train(_debug_cfg(ds, tmp_path / "run"))
+    mf = read_manifest(ckpt)
+    assert mf["kind"] == "train" and mf["plan"] is None and mf["world_size"] == 1
+    assert mf["dataset"]["vocab_hash"] == json.loads((ds / "manifest.json").read_text())["vocab_hash"]
+    assert mf["dataset"]["vocab_sizes"]["item"] == 31
+    assert mf["config"]["data"]["path"] == str(ds)
+    assert {"step", "epoch", "versions"} <= set(mf)
+    model, _ = load_retriever(ckpt, ds)
+    again, _ = load_retriever(ckpt)
+    batch = make_seq_batch(pa.array([1, 2]), pa.array([[1, 2, 3], [7]]), model.max_len)
+    torch.testing.assert_close(model.query_embeddings(batch), again.query_embeddings(batch))
+    torch.testing.assert_close(model.item_embeddings(), again.item_embeddings())
+    # content buffers came back from the checkpoint, not zeros
+    assert model.embedding.feat_genre.abs().sum() > 0
+    other = make_prepared(tmp_path / "other", n_items=30, seed=5)
+    with pytest.raises(CheckpointError, match="vocab_hash"):
+        load_retriever(ckpt, other)
+
+
+def test_same_seed_same_loss(ds, tmp_path):
+    from unirec_dist.training.train import train
+
+    losses = []
+    for k in range(2):
+        train(_debug_cfg(ds, tmp_path / f"r{k}", "trainer.checkpoint_every_n_epochs=0"))
+        lines = (tmp_path / f"r{k}" / "logs" / "metrics.csv").read_text().splitlines()
+        losses.append([ln for ln in lines if ln and ln[0].isdigit()])
+    assert losses[0] == losses[1] and losses[0]
