@@ -168,3 +168,45 @@ def test_missing_split_file(data_dir, tmp_path, capsys):
     (copy / "valid.parquet").unlink()
     assert main(["evaluate", "--baseline", "popularity", "--data", str(copy), "--split", "valid"]) == 2
     assert "valid" in one_error_line(capsys)
+
+
+# ---- a real checkpoint: the debug config trained on the synthetic dataset ----------------------
+
+
+@pytest.fixture(scope="module")
+def debug_checkpoint(data_dir, tmp_path_factory) -> Path:
+    train = pytest.importorskip("unirec_dist.training.train", reason="training not available")
+    from unirec_dist.config.loader import load_config
+    from unirec_dist.config.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("debugrun")
+    cfg = load_config(TrainConfig, Path(__file__).resolve().parents[2] / "configs/pretrain/debug.yaml",
+                      [f"data.path={data_dir}", f"trainer.out_dir={out}"])
+    return Path(train.train(cfg))
+
+
+def test_checkpoint_evaluate_and_recommend(debug_checkpoint, data_dir, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from unirec_dist.metrics.evaluate import evaluate
+    from unirec_dist.training.build import load_retriever
+
+    out = tmp_path / "ck.json"
+    # --data defaults to the dataset recorded in the checkpoint
+    assert main(["evaluate", "--checkpoint", str(debug_checkpoint), "--k", "10,50", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"checkpoint {debug_checkpoint}" in printed and "seen items NOT masked" in printed
+    report = json.loads(out.read_text())
+    assert report["model"]["checkpoint"] == str(debug_checkpoint)
+    model, _ = load_retriever(debug_checkpoint)
+    ds = PreparedDataset.open(data_dir)
+    again = evaluate(model, ds, "test", ks=(10, 50))
+    assert report["metrics"] == pytest.approx(again["metrics"], abs=1e-12)
+    assert 0.0 <= report["metrics"]["NDCG@10"] <= report["metrics"]["HR@10"] <= report["metrics"]["HR@50"] <= 1.0
+
+    recs = tmp_path / "recs.parquet"
+    assert main(["recommend", "--checkpoint", str(debug_checkpoint), "--all-users", "--k", "4",
+                 "--out", str(recs)]) == 0
+    t = pq.read_table(recs)
+    assert t.num_rows == 4 * ds.n_users
+    assert t["rank"].to_pylist()[:4] == [1, 2, 3, 4]
