@@ -95,8 +95,9 @@ def recommend(
     index = resolve_users(dataset, users)
     raw_items = item_raw_ids(dataset)
     n_items = int(dataset.n_items)
-    users_arr = np.asarray([str(u) for u in users], dtype=object)
-    parts: list[pa.Table] = []
+    kk = min(int(k), n_items)
+    all_ids = np.zeros((len(index), kk), dtype=np.int64)
+    all_scores = np.zeros((len(index), kk), dtype=np.float32)
     was_training = getattr(retriever, "training", None)
     if was_training:
         retriever.eval()
@@ -108,32 +109,35 @@ def recommend(
             device = items.device
             max_len = getattr(retriever, "max_len", None)
             histories = user_histories(dataset, index)
+            # batches of similar history length (less padding for the encoder); results go back
+            # to the caller's order below
+            lengths = pc.list_value_length(histories).to_numpy(zero_copy_only=False)
+            if max_len is not None:
+                lengths = np.minimum(lengths, max_len)
+            order = np.argsort(-lengths, kind="stable")
             for begin in range(0, len(index), batch_size):
-                idx = index[begin : begin + batch_size]
-                hist = histories.slice(begin, batch_size)
+                rows = order[begin : begin + batch_size]
+                idx, hist = index[rows], histories.take(pa.array(rows))
                 batch = make_seq_batch(idx, hist, max_len).to(device)
-                exclude = None
-                if exclude_seen:
-                    exclude = make_seq_batch(idx, hist, None).seq.to(device)
-                scores, ids = topk(retriever.query_embeddings(batch), items, k, exclude=exclude)
-                ids_np, scores_np = ids.cpu().numpy(), scores.float().cpu().numpy()
-                keep = ids_np != 0
-                rows = np.nonzero(keep)[0]
-                parts.append(
-                    pa.table(
-                        {
-                            "user": pa.array(users_arr[begin : begin + batch_size][rows], pa.string()),
-                            "rank": pa.array(np.nonzero(keep)[1].astype(np.int32) + 1),
-                            "item": pa.array(raw_items[ids_np[keep]], pa.string()),
-                            "score": pa.array(scores_np[keep], pa.float32()),
-                        },
-                        schema=SCHEMA,
-                    )
-                )
+                exclude = make_seq_batch(idx, hist, None).seq.to(device) if exclude_seen else None
+                scores, ids = topk(retriever.query_embeddings(batch), items, kk, exclude=exclude)
+                all_ids[rows] = ids.cpu().numpy()
+                all_scores[rows] = scores.float().cpu().numpy()
     finally:
         if was_training:
             retriever.train()
-    table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+    keep = all_ids != 0  # fewer than k unseen items: a shorter list
+    user_pos, rank0 = np.nonzero(keep)
+    users_arr = np.asarray([str(u) for u in users], dtype=object)
+    table = pa.table(
+        {
+            "user": pa.array(users_arr[user_pos], pa.string()),
+            "rank": pa.array(rank0.astype(np.int32) + 1),
+            "item": pa.array(raw_items[all_ids[keep]], pa.string()),
+            "score": pa.array(all_scores[keep], pa.float32()),
+        },
+        schema=SCHEMA,
+    )
     log.info("top-%d for %d users: %d rows", k, len(index), table.num_rows)
     return table
 
