@@ -286,3 +286,16 @@ def test_dataset_configs_load():
     kinds = {f.column: f.kind for f in cfg.item_features + cfg.user_features}
     assert kinds == {"title": "text", "genres": "multi", "year": "categorical", "gender": "categorical",
                      "age": "categorical", "occupation": "categorical"}
+
+
+def test_sort_rows_packed_key_matches_multikey_sort():
+    rng = np.random.default_rng(1)
+    n = 2000
+    base = {"user": pa.array(rng.integers(1, 20, n), pa.int32()), "item": pa.array(rng.integers(1, 9, n), pa.int32()),
+            "rating": pa.array(rng.integers(1, 4, n).astype(np.float32))}
+    for ts in (rng.integers(-5, 5, n), rng.integers(-(2**62), 2**62, n)):   # packs / does not fit
+        t = pa.table({**base, "timestamp": pa.array(ts, pa.int64())}).select(["user", "item", "timestamp", "rating"])
+        want = t.sort_by([("user", "ascending"), ("timestamp", "ascending"), ("item", "ascending"),
+                          ("rating", "ascending")])
+        assert P.sort_rows(t).equals(want.combine_chunks())
+    assert P._packed_key(pa.table({**base, "timestamp": pa.array(rng.integers(-(2**62), 2**62, n))})) is None

@@ -41,6 +41,25 @@ features (list of {name, table: items|users, kind, cardinality (vocab size incl.
 buckets), dim (dense only), max_len (multi/text)}), versions (unirec_dist, pyarrow), and
 vocab_hash (sha256 over the user and item vocab tables, used by checkpoints to refuse a
 mismatched dataset).
+
+Details fixed by the implementation (data/prepare.py, data/features.py):
+- Vocab order: indices follow the sorted raw values (integer ids numerically, strings bytewise),
+  so they do not depend on row order or on the engine. Raw values are stored as strings.
+- interactions.parquet ties on (user, timestamp, item) are ordered by rating, then event.
+- vocab_hash = sha256 over, for "user" then "item": name, NUL, row count (int64 LE), the UTF-8
+  byte length of every raw value in index order (int64 LE), then the concatenated raw bytes
+  (`prepare.vocab_hash`).
+- Text: lowercase, split on `[^\p{L}\p{N}]+`, first max_tokens non-empty tokens, each token's
+  UTF-8 bytes -> 64-bit FNV-1a -> 1 + h % (buckets - 1) (`features.encode_text`); the manifest
+  feature entry carries `tokenizer`. Multi cells: split on `sep` (or taken as lists), trimmed,
+  empties dropped, first max_values kept. Items/users absent from the feature table get 0,
+  empty lists and zero vectors. Duplicate keys in a feature table: the first row wins.
+- Extra manifest keys: engine ("arrow" | "ray"), tables (feature-table alignment counts: rows,
+  matched, unknown_keys, duplicate_keys, missing), features[].column (the source column);
+  source.files entries are {role, path, sha256, bytes} (MovieLens adds an "archive" entry with
+  the source and the archive checksum); split.cut_valid/cut_test for the temporal protocol.
+- temporal: train rows only for users with interactions before the first cut; a valid/test
+  query's history may be empty (a user first seen inside the window).
 """
 from __future__ import annotations
 
