@@ -43,11 +43,13 @@ class Lookup:
 
     def __init__(self, users, items):
         self.users, self.items = users, items
+        self.calls = 0
 
     def item_embeddings(self):
         return self.items
 
     def query_embeddings(self, batch):
+        self.calls += 1
         return self.users[batch.users]
 
 
@@ -55,7 +57,11 @@ def run(mask_seen: bool) -> dict:
     from unirec_dist.metrics.evaluate import evaluate_table
 
     users, items, table = make_case()
-    return evaluate_table(Lookup(users, items), table, N_ITEMS, ks=KS, mask_seen=mask_seen, batch_size=4)
+    model = Lookup(users, items)
+    # 37 queries on 2 ranks = 19 + 18 rows; batches of 3 would be 7 + 6 without padding
+    out = evaluate_table(model, table, N_ITEMS, ks=KS, mask_seen=mask_seen, batch_size=3)
+    out["batches"] = model.calls
+    return out
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
@@ -99,7 +105,13 @@ def test_sharded_equals_single_process(tmp_path, world):
     assert single["plain"]["queries"] == N_USERS
 
     mp.start_processes(worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True, start_method="spawn")
+    batches = set()
     for rank in range(world):
         got = json.loads(Path(tmp_path, f"rank{rank}.json").read_text())
+        for case in ("plain", "masked"):
+            batches.add(got[case].pop("batches"))
+            single[case].pop("batches", None)
         for case in ("plain", "masked", "acc"):
             assert got[case] == pytest.approx(single[case], abs=1e-12), (rank, case)
+    # every rank ran the same number of forward calls (a collective model forward cannot hang)
+    assert batches == {7}

@@ -91,6 +91,22 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _shard(queries: pa.Table, rank: int, world: int) -> pa.Table:
+    """This rank's rows: every world-th row (after the length sort every rank gets the same mix
+    of long and short histories), padded to ceil(n / world) rows with target-less copies of
+    row 0, which the metrics skip. Equal row counts mean equal batch counts on every rank, so a
+    model whose forward is collective (TorchRec-sharded tables) never waits on a finished rank."""
+    n = queries.num_rows
+    shard = queries.take(np.arange(rank, n, world))
+    missing = -(-n // world) - shard.num_rows
+    if missing and n:
+        pad = queries.take(np.zeros(missing, dtype=np.int64))
+        i = pad.schema.get_field_index("targets")
+        pad = pad.set_column(i, pad.schema.field(i), pa.array([[]] * missing, type=pad.schema.field(i).type))
+        shard = pa.concat_tables([shard, pad])
+    return shard
+
+
 def _by_length(queries: pa.Table, max_len: int | None) -> pa.Table:
     """Queries ordered by (truncated) history length, longest first. Metrics do not depend on
     the order, but an encoder pads each batch to its longest row: grouping equal lengths cuts
@@ -115,8 +131,8 @@ def evaluate_table(
 
     Returns the `RankingAccumulator.compute()` dict (metric@K -> value, "queries" -> count).
     With an initialised process group and `shard`, each rank ranks every world-th query (after
-    ordering by history length) and the metrics are all-reduced (collective: every rank must
-    call this).
+    ordering by history length; see `_shard`) and the metrics are all-reduced (collective:
+    every rank must call this, and every rank runs the same number of batches).
     progress: tqdm bar; None = only on a terminal and when there are several batches.
     """
     import torch
@@ -128,8 +144,7 @@ def evaluate_table(
     if shard:
         rank, world = _rank_world()
         if world > 1:
-            # strided after the length sort: every rank gets the same mix of long and short rows
-            queries = queries.take(np.arange(rank, queries.num_rows, world))
+            queries = _shard(queries, rank, world)
     was_training = getattr(retriever, "training", None)
     if was_training:
         retriever.eval()
