@@ -101,14 +101,7 @@ def _quiet() -> None:
 def train(cfg: TrainConfig) -> Path:
     """Train on one process (CPU, or one GPU when trainer.device allows) and return the
     checkpoint directory to use downstream (best by validation NDCG@10, else last)."""
-    import lightning as L
-    import pyarrow.parquet as pq
-    from lightning.pytorch.callbacks import EarlyStopping
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from unirec_dist.training.build import build_from_config, build_task, dataset_section
-    from unirec_dist.training.data import SequenceBatches, TrainSequences, open_prepared, read_valid
-    from unirec_dist.training.module import RecModule
+    from unirec_dist.training.data import open_prepared
     from unirec_dist.utils.device import resolve_device
 
     t0 = time.perf_counter()
@@ -120,6 +113,15 @@ def train(cfg: TrainConfig) -> Path:
 
     FeatureSpec.from_manifest(ds_manifest, where=str(path / "manifest.json")).item_features(
         cfg.model.embedding.item_features)
+
+    import lightning as L
+    import pyarrow.parquet as pq
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from unirec_dist.training.build import build_from_config, build_task, dataset_section
+    from unirec_dist.training.data import SequenceBatches, TrainSequences, read_valid
+    from unirec_dist.training.module import RecModule
 
     if cfg.trainer.threads is not None and device.type == "cpu":
         torch.set_num_threads(cfg.trainer.threads)
