@@ -159,6 +159,9 @@ class Recommender:
         self._load_histories(histories)
         self.exact = ExactIndex(self.items)
         self.index_recall: float | None = None
+        # The first query pays one-off costs (lazy imports, kernel selection: seconds); pay them
+        # at load time, not in the first request.
+        self._warm_query = self._sample_queries(1)
         if index == "exact":
             self.index = self.exact
         elif index == "hnsw":
@@ -171,6 +174,7 @@ class Recommender:
                      build_s, self.index.params(), RECALL_K, self.index_recall, q.shape[0])
         else:
             raise UnirecError(f"index must be 'exact' or 'hnsw', got {index!r}")
+        self.index.search(self._warm_query, min(10, self.max_k))
 
     # ---- loading
 

@@ -43,9 +43,14 @@ class MeanPoolRetriever(torch.nn.Module):
         return out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
 
 
-def synthetic_catalogue(n_items: int, dim: int = 64, n_clusters: int | None = None, noise: float = 0.5,
+def synthetic_catalogue(n_items: int, dim: int = 64, n_clusters: int | None = None, noise: float = 1.5,
                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(N + 1, D) float32 L2-normalised item vectors (row 0 zeros) and each item's cluster (N + 1,)."""
+    """(N + 1, D) float32 L2-normalised item vectors (row 0 zeros) and each item's cluster (N + 1,).
+
+    Items are a unit-variance Gaussian centre plus `noise` times unit-variance noise: noise 1.5
+    puts an item's cosine to its centre near 0.55 (clusters overlap, as trained embeddings do).
+    Much tighter clusters (noise 0.5) make an HNSW graph nearly disconnected between clusters, so
+    a query between two clusters (a two-interest history) needs a far larger efSearch."""
     rng = np.random.default_rng(seed)
     n_clusters = n_clusters or max(8, int(np.sqrt(n_items)))
     centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
@@ -84,13 +89,13 @@ def synthetic_histories(cluster: np.ndarray, n_users: int, length: int = 20, see
 
 
 def make_synthetic_bundle(out: str | os.PathLike, n_items: int, dim: int = 64, n_users: int = 200,
-                          history_len: int = 20, max_len: int = 50, seed: int = 0,
+                          history_len: int = 20, max_len: int = 50, seed: int = 0, noise: float = 1.5,
                           hnsw: dict | None = None, overwrite: bool = False,
                           item_prefix: str = "i", user_prefix: str = "u") -> Path:
     """A complete bundle over a synthetic catalogue (raw ids "i<n>", users "u<n>" by default)."""
     from unirec_dist.serving.bundle import vocab_table, write_bundle
 
-    items, cluster = synthetic_catalogue(n_items, dim, seed=seed)
+    items, cluster = synthetic_catalogue(n_items, dim, noise=noise, seed=seed)
     hist = synthetic_histories(cluster, n_users, history_len, seed=seed + 1)
     item_vocab = vocab_table(pa.array([f"{item_prefix}{i}" for i in range(1, n_items + 1)]))
     user_vocab = vocab_table(pa.array([f"{user_prefix}{u}" for u in range(1, n_users + 1)]))

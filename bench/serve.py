@@ -1,0 +1,172 @@
+"""Serving latency and throughput: live history -> top-10 through a real HTTP client on loopback.
+
+    python bench/serve.py [--sizes 10000 100000 1000000] [--dim 64] [--requests 2000]
+                          [--threads 1] [--cache runs/bench-serve] [--json out.json]
+
+For each synthetic catalogue size (dim 64, clustered L2-normalised item vectors, see
+`unirec_dist.serving.synthetic`) a bundle is written once (cached under --cache, with a prebuilt
+HNSW index), then served by ONE uvicorn worker in a child process (`unirec serve` code path,
+torch limited to --threads) with the exact index and with the approximate one in turn. The client
+(httpx, keep-alive, this process) sends POST /recommend {"history": 20 raw item ids, "k": 10,
+"exclude_seen": true} built from synthetic user sessions:
+
+  latency   sequential requests after a warm-up: p50 / p99 / mean in ms (client-side wall clock,
+            so it includes JSON, HTTP and the loopback hop), requests/s = 1 / mean
+  rps@4     requests/s with 4 client threads for a fixed number of requests (the machine has
+            2 cores shared by client and server, so this is a floor, not the server's ceiling)
+  recall@10 the approximate server's top-10 against the exact server's top-10 for the same
+            requests (and the server's own recall@10 measured at start-up, in /metadata)
+
+Targets (the issue): p99 < 10 ms at 100K items exact on one worker; approximate at 1M items
+p99 < 5 ms with recall@10 >= 0.95. Each row prints its ratio to the target (< 1 is better).
+Model: the weight-free mean-pool retriever (query = mean of the history's vectors), so the
+figures are the serving path (validation, encoding, top-K, HTTP), not a transformer's cost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .`
+
+HNSW = {"M": 16, "ef_construction": 80, "ef_search": 128}
+TARGETS = {("exact", 100_000): ("p99_ms", 10.0), ("hnsw", 1_000_000): ("p99_ms", 5.0)}
+RECALL_TARGET = 0.95
+
+
+def ensure_bundle(cache: Path, n_items: int, dim: int) -> Path:
+    from unirec_dist.serving.synthetic import make_synthetic_bundle
+
+    path = cache / f"synthetic-{n_items}-d{dim}-M{HNSW['M']}-efc{HNSW['ef_construction']}"
+    if (path / "manifest.json").is_file() and (path / "ann" / "hnsw.faiss").is_file():
+        return path
+    t0 = time.perf_counter()
+    print(f"writing bundle {path} (with an HNSW index {HNSW}) ...", flush=True)
+    make_synthetic_bundle(path, n_items, dim, n_users=500, history_len=20, max_len=50, hnsw=HNSW, overwrite=True)
+    print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
+
+
+def sessions(bundle: Path, n: int) -> list[list[str]]:
+    """n live histories of raw item ids (the synthetic users' sessions, cycled)."""
+    import pyarrow.parquet as pq
+
+    hist = pq.read_table(bundle / "histories.parquet")["items"].to_pylist()
+    vocab = pq.read_table(bundle / "vocab" / "item.parquet")
+    raw = dict(zip(vocab["index"].to_pylist(), vocab["raw"].to_pylist()))
+    return [[raw[i] for i in hist[j % len(hist)]] for j in range(n)]
+
+
+def measure(url: str, warm: list[list[str]], bodies: list[list[str]], max_seconds: float) -> dict:
+    import httpx
+
+    lat = []
+    answers = []
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for h in warm:
+            c.post("/recommend", json={"history": h, "k": 10})
+        t_start = time.perf_counter()
+        for h in bodies:
+            t0 = time.perf_counter()
+            r = c.post("/recommend", json={"history": h, "k": 10, "exclude_seen": True})
+            lat.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise RuntimeError(f"server answered {r.status_code}: {r.text[:200]}")
+            answers.append([x["item"] for x in r.json()["items"]])
+            if time.perf_counter() - t_start > max_seconds:
+                break
+        meta = c.get("/metadata").json()
+    lat_ms = sorted(x * 1000 for x in lat)
+    q = statistics.quantiles(lat_ms, n=100, method="inclusive")
+    return {"n": len(lat_ms), "p50_ms": q[49], "p99_ms": q[98], "mean_ms": statistics.fmean(lat_ms),
+            "rps_seq": 1000.0 / statistics.fmean(lat_ms), "answers": answers, "server_recall": meta["index"].get("recall_at_10")}
+
+
+def concurrent_rps(url: str, bodies: list[list[str]], threads: int = 4) -> float:
+    import httpx
+
+    chunks = [bodies[i::threads] for i in range(threads)]
+
+    def work(chunk):
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for h in chunk:
+                c.post("/recommend", json={"history": h, "k": 10})
+
+    ts = [threading.Thread(target=work, args=(ch,)) for ch in chunks]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return len(bodies) / (time.perf_counter() - t0)
+
+
+def recall(approx: list[list[str]], exact: list[list[str]]) -> float:
+    pairs = list(zip(approx, exact))
+    return statistics.fmean(len(set(a) & set(e)) / max(len(e), 1) for a, e in pairs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=2000, help="sequential timed requests per server")
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--max-seconds", type=float, default=60.0, help="cap on the timed sequential run")
+    ap.add_argument("--concurrent-requests", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    ap.add_argument("--cache", default=str(REPO / "runs" / "bench-serve"))
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    args = ap.parse_args()
+
+    from unirec_dist.serving.server import serve_in_process
+
+    rows = []
+    for n in args.sizes:
+        bundle = ensure_bundle(Path(args.cache), n, args.dim)
+        bodies = sessions(bundle, args.warmup + args.requests)
+        timed = bodies[args.warmup:]
+        exact_answers = None
+        for kind in ("exact", "hnsw"):
+            opts = {"index": kind, "threads": args.threads}
+            t0 = time.perf_counter()
+            with serve_in_process(str(bundle), **opts) as url:
+                load_s = time.perf_counter() - t0
+                m = measure(url, bodies[: args.warmup], timed, args.max_seconds)
+                rps4 = concurrent_rps(url, timed[: args.concurrent_requests])
+            answers = m.pop("answers")
+            row = {"items": n, "dim": args.dim, "index": kind, **m, "rps_4clients": rps4, "load_s": load_s}
+            if kind == "exact":
+                exact_answers = answers
+            else:
+                k = min(len(answers), len(exact_answers))
+                row["recall_at_10"] = recall(answers[:k], exact_answers[:k])
+            rows.append(row)
+            target = TARGETS.get((kind, n))
+            ratio = f"  p99/target {row['p99_ms'] / target[1]:.2f}" if target else ""
+            rec = f"  recall@10 {row['recall_at_10']:.4f} (server: {row['server_recall']:.4f})" if kind == "hnsw" else ""
+            print(f"{n:>9,} items  {kind:<5}  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
+                  f"{row['rps_seq']:7.0f} req/s (1 client)  {rps4:7.0f} req/s (4 clients)  "
+                  f"[{row['n']} requests, load {load_s:.1f} s]{rec}{ratio}", flush=True)
+
+    print("\ntargets: exact @100K p99 < 10 ms; hnsw @1M p99 < 5 ms with recall@10 >= 0.95")
+    for (kind, n), (key, limit) in TARGETS.items():
+        for r in rows:
+            if r["index"] == kind and r["items"] == n:
+                ok = r[key] < limit and (kind != "hnsw" or r["recall_at_10"] >= RECALL_TARGET)
+                extra = f", recall@10 {r['recall_at_10']:.4f}" if kind == "hnsw" else ""
+                print(f"  {kind} @ {n:,}: p99 {r[key]:.2f} ms vs {limit} ms (ratio {r[key] / limit:.2f}){extra}: "
+                      f"{'met' if ok else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
