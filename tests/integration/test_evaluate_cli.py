@@ -210,3 +210,10 @@ def test_checkpoint_evaluate_and_recommend(debug_checkpoint, data_dir, tmp_path,
     t = pq.read_table(recs)
     assert t.num_rows == 4 * ds.n_users
     assert t["rank"].to_pylist()[:4] == [1, 2, 3, 4]
+
+
+def test_bad_threads_and_batch_size(data_dir, capsys):
+    assert main(["evaluate", "--baseline", "popularity", "--data", str(data_dir), "--threads", "0"]) == 2
+    assert "--threads" in one_error_line(capsys)
+    assert main(["evaluate", "--baseline", "popularity", "--data", str(data_dir), "--batch-size", "0"]) == 2
+    assert "--batch-size" in one_error_line(capsys)

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-seen", action="store_true",
                    help="remove each query's history items from its ranking (default: not masked, the published ML-1M protocol)")
     p.add_argument("--batch-size", type=int, default=1024, help="queries per batch (default: 1024)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--out", help="also write the report as JSON to this file")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     ks = parse_ks(args.k)
     if args.batch_size <= 0:
         raise UnirecError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.threads is not None and args.threads <= 0:
+        raise UnirecError(f"--threads must be positive, got {args.threads}")
     if args.out:
         check_output_file(args.out, args.overwrite)
     dataset, manifest = open_inputs(args)
@@ -92,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
     from unirec_dist.metrics.evaluate import evaluate, format_table
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     scorer = load_scorer(args, dataset)
     report = evaluate(scorer, dataset, split=args.split, ks=ks, mask_seen=args.mask_seen, batch_size=args.batch_size)
     report["model"] = (

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", default="10", help="items per user (default: 10)")
     p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
     p.add_argument("--batch-size", type=int, default=1024, help="users per batch (default: 1024)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     k = parse_k(args.k)
     if args.batch_size <= 0:
         raise UnirecError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.threads is not None and args.threads <= 0:
+        raise UnirecError(f"--threads must be positive, got {args.threads}")
     if not args.users and not args.all_users:
         raise UnirecError("give --users ID,ID,... (or @FILE) or --all-users")
     users = parse_users(args.users) if args.users else None
@@ -78,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         users = all_users(dataset)
     else:
         resolve_users(dataset, users)  # unknown ids fail here, before the model is loaded
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     scorer = load_scorer(args, dataset)
     table = recommend(scorer, dataset, users, k, exclude_seen=not args.include_seen, batch_size=args.batch_size)
     write_parquet_atomic(table, args.out)

@@ -18,8 +18,9 @@ Queries with no target (an all-zero targets row) are skipped and not counted. Th
 HR/Recall/Precision/NDCG/MRR are means over the counted queries.
 
 Distributed: each rank feeds its own shard of queries; `compute()` all-reduces the sums (SUM)
-and the coverage bitsets (MAX) over the default process group when one is initialised, so every
-rank gets the metrics of the whole query set, identical to a single-process run.
+and the per-item best ranks behind coverage (MIN) over the default process group when one is
+initialised, so every rank gets the metrics of the whole query set, identical to a
+single-process run.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 METRICS = ("HR", "Recall", "NDCG", "MRR", "Precision")
+_NEVER = 2**31 - 1  # best_rank of an item never listed
 
 
 def metric_names(ks: Sequence[int]) -> list[str]:
@@ -59,8 +61,9 @@ class RankingAccumulator:
         # sums[i, j] = sum over queries of metric METRICS[j] at ks[i]
         self.sums = torch.zeros((len(ks), len(METRICS)), dtype=torch.float64, device=self.device)
         self.count = torch.zeros((), dtype=torch.float64, device=self.device)
-        # covered[i, item] = 1 when item appeared in some top-ks[i] list (column 0 unused)
-        self.covered = torch.zeros((len(ks), self.n_items + 1), dtype=torch.uint8, device=self.device)
+        # best_rank[item] = the best (lowest) rank at which item appeared in any counted list;
+        # top-K lists are prefixes, so Coverage@K = #(best_rank <= K) / N for every K at once
+        self.best_rank = torch.full((self.n_items + 1,), _NEVER, dtype=torch.int32, device=self.device)
 
     @property
     def max_k(self) -> int:
@@ -70,7 +73,7 @@ class RankingAccumulator:
     def reset(self) -> None:
         self.sums.zero_()
         self.count.zero_()
-        self.covered.zero_()
+        self.best_rank.fill_(_NEVER)
 
     def update(self, ids: "torch.Tensor", targets: "torch.Tensor") -> None:
         """ids: (B, L) top-L item ids, best first, 0 = empty slot, L >= min(max(ks), N).
@@ -114,54 +117,51 @@ class RankingAccumulator:
         # rank of the first hit (width + 1 when none) -> reciprocal rank
         first_hit = torch.where(hit.any(dim=1), hit.to(torch.int8).argmax(dim=1) + 1, width + 1)
 
-        vmask = valid.to(torch.float64)
-        nt = n_targets.clamp(min=1).to(torch.float64)
-        for i, k in enumerate(self.ks):
-            kk = min(k, self.n_items, width)  # list length actually available at K
-            h = cum_hits[:, kk - 1]
-            ideal = cum_idcg[(n_targets.clamp(min=1, max=kk) - 1)]
-            rr = torch.where(first_hit <= kk, 1.0 / first_hit.to(torch.float64), torch.zeros_like(h))
-            per_query = torch.stack(
-                [
-                    (h > 0).to(torch.float64),  # HR
-                    h / nt,  # Recall
-                    cum_dcg[:, kk - 1] / ideal,  # NDCG
-                    rr,  # MRR
-                    h / min(k, self.n_items),  # Precision
-                ],
-                dim=1,
-            )
-            self.sums[i] += (per_query * vmask.unsqueeze(1)).sum(dim=0)
-            top = ids[valid, :kk].reshape(-1)
-            self.covered[i, top] = 1
-        self.count += vmask.sum()
+        # every K at once: column i of each (B, len(ks)) tensor is cut-off ks[i]
+        cut = torch.tensor([min(k, self.n_items, width) for k in self.ks], device=self.device)  # list length at K
+        h = cum_hits[:, cut - 1]
+        ideal = cum_idcg[torch.minimum(n_targets.clamp(min=1).unsqueeze(1), cut) - 1]
+        fh = first_hit.unsqueeze(1)
+        rr = torch.where(fh <= cut, 1.0 / fh.to(torch.float64), 0.0)
+        per_query = torch.stack(
+            [
+                (h > 0).to(torch.float64),  # HR
+                h / n_targets.clamp(min=1).unsqueeze(1),  # Recall
+                cum_dcg[:, cut - 1] / ideal,  # NDCG
+                rr,  # MRR
+                h / torch.tensor([min(k, self.n_items) for k in self.ks], device=self.device),  # Precision
+            ],
+            dim=2,
+        )  # (B, len(ks), len(METRICS))
+        self.sums += per_query[valid].sum(dim=0)
+        self.count += valid.sum()
+        listed = ids[valid]
+        rank = torch.arange(1, width + 1, device=self.device, dtype=torch.int32).expand_as(listed)
+        self.best_rank.scatter_reduce_(0, listed.reshape(-1), rank.reshape(-1), reduce="amin")
 
     def _reduced(self) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
         import torch
         import torch.distributed as dist
 
-        sums, count, covered = self.sums.clone(), self.count.clone(), self.covered.clone()
+        sums, count, best = self.sums.clone(), self.count.clone(), self.best_rank.clone()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             flat = torch.cat([sums.reshape(-1), count.reshape(1)])
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             sums, count = flat[:-1].view_as(sums), flat[-1]
-            # gloo has no MAX for uint8 on every build; int32 is safe everywhere
-            cov = covered.to(torch.int32)
-            dist.all_reduce(cov, op=dist.ReduceOp.MAX)
-            covered = cov.to(torch.uint8)
-        return sums, count, covered
+            dist.all_reduce(best, op=dist.ReduceOp.MIN)
+        return sums, count, best
 
     def compute(self) -> dict[str, float]:
         """Metric name -> value (means over counted queries; Coverage over N), plus "queries".
 
         Collective when a process group is initialised: every rank must call it.
         """
-        sums, count, covered = self._reduced()
+        sums, count, best = self._reduced()
         n = float(count)
         out: dict[str, float] = {}
         for i, k in enumerate(self.ks):
             for j, m in enumerate(METRICS):
                 out[f"{m}@{k}"] = float(sums[i, j]) / n if n else math.nan
-            out[f"Coverage@{k}"] = float(covered[i, 1:].sum()) / self.n_items
+            out[f"Coverage@{k}"] = float((best[1:] <= k).sum()) / self.n_items
         out["queries"] = int(n)
         return out
