@@ -1,0 +1,79 @@
+"""Schema of a serving YAML (configs/serve/*.yaml), read by `unirec serve --config`.
+
+    bundle: runs/demo/bundle      # may also be given (or overridden) with --bundle
+    host: 127.0.0.1               # loopback unless told otherwise
+    port: 8000
+    index: exact                  # exact | hnsw
+    ef_search: null               # hnsw search breadth (null: the bundle's, else 128)
+    hnsw: {M: 32, ef_construction: 100, ef_search: 128}   # used when the bundle has no prebuilt index
+    max_k: 1000
+    max_history: 2048
+    threads: null                 # torch intra-op threads per worker/replica
+    ray: null                     # or {replicas: 2, cpus_per_replica: 1, address: null}
+
+Command-line flags override the file; key=value overrides work as for every config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from unirec_dist.errors import ConfigError
+
+
+@dataclass
+class HNSWConfig:
+    M: int = 32
+    ef_construction: int = 100
+    ef_search: int = 128
+
+    def validate(self) -> None:
+        if self.M < 2 or self.ef_construction < 1 or self.ef_search < 1:
+            raise ConfigError("hnsw: M must be >= 2, ef_construction and ef_search >= 1")
+
+
+@dataclass
+class RayServeConfig:
+    replicas: int = 1
+    cpus_per_replica: float = 1.0
+    address: str | None = None        # a running cluster (e.g. "auto"); null: start one locally
+
+    def validate(self) -> None:
+        if self.replicas < 1:
+            raise ConfigError(f"ray.replicas: must be >= 1, got {self.replicas}")
+        if self.cpus_per_replica <= 0:
+            raise ConfigError(f"ray.cpus_per_replica: must be > 0, got {self.cpus_per_replica}")
+
+
+@dataclass
+class ServeConfig:
+    bundle: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    index: Literal["exact", "hnsw"] = "exact"
+    ef_search: int | None = None
+    hnsw: HNSWConfig = field(default_factory=HNSWConfig)
+    max_k: int = 1000
+    max_history: int = 2048
+    threads: int | None = None
+    access_log: bool = False
+    ray: RayServeConfig | None = None
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: must be in 0..65535, got {self.port}")
+        if self.max_k < 1 or self.max_history < 1:
+            raise ConfigError("max_k/max_history: must be >= 1")
+        if self.ef_search is not None and self.ef_search < 1:
+            raise ConfigError(f"ef_search: must be >= 1, got {self.ef_search}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: must be >= 1, got {self.threads}")
+
+    def recommender_options(self) -> dict:
+        """Keyword arguments for `Recommender.from_bundle`."""
+        opts = {"index": self.index, "max_k": self.max_k, "max_history": self.max_history,
+                "ef_search": self.ef_search}
+        if self.index == "hnsw":
+            opts["hnsw"] = {"M": self.hnsw.M, "ef_construction": self.hnsw.ef_construction,
+                            "ef_search": self.ef_search or self.hnsw.ef_search}
+        return opts
