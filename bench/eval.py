@@ -19,6 +19,10 @@ What is timed (wall clock, best and median of --repeat passes after one warm-up 
                user's last 200 items with 2 causal self-attention blocks; and the encoder alone.
 Baseline: RecBole's full-sort evaluation of ML-1M, 6.3 s on this machine kind (the figure given in
 the issue, not re-measured here).
+
+On a machine that other jobs keep busy, 2 intra-op threads make every small tensor op wait for a
+second core (measured at load 13: ranking 2.6 s wall with 2 threads, 0.95 s with 1); the CPU s
+column is the contention-robust figure, and --threads 1 the fair wall-clock setting there.
 """
 from __future__ import annotations
 
