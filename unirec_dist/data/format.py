@@ -1,4 +1,4 @@
-"""The prepared-dataset format: the contract between `prepare` and every later stage.
+r"""The prepared-dataset format: the contract between `prepare` and every later stage.
 
 A prepared dataset is a directory written atomically by `unirec prepare`::
 
