@@ -49,17 +49,25 @@ def versions() -> dict[str, str]:
     return out
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], manifest: dict[str, Any]) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, state: dict[str, Any], manifest: dict[str, Any], per_rank_dirs: bool = False
+) -> Path:
     """Save `state` (tensors, ShardedTensors, DTensors or Stateful objects) with DCP.
 
     Collective when a process group is initialised: every rank must call it.
     `manifest` is completed with format_version, created_at, world_size and versions.
+
+    `per_rank_dirs=True`: `path` is local to each rank (no shared filesystem, as under Ray Train):
+    every rank writes only its own shard files into its own `path` (rank 0 adds `.metadata` and
+    the manifest); merging the ranks' dirs gives the complete checkpoint (Ray's report does it).
     """
     import torch.distributed.checkpoint as dcp
 
     path = Path(path)
     dist = _dist()
     rank = dist.get_rank() if dist else 0
+    if per_rank_dirs and dist:
+        return _save_per_rank(path, state, manifest, dist, rank)
     # Same temp name on every rank (no broadcast needed); the path must be on a filesystem all
     # ranks share, or Ray Train's per-worker storage (see launch/) must merge it.
     tmp = path.parent / f".{path.name}.tmp"
@@ -70,18 +78,65 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], manifest: di
         dist.barrier()
     dcp.save(state, checkpoint_id=str(tmp), no_dist=dist is None)
     if rank == 0:
-        full = {
-            "format_version": FORMAT_VERSION,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "world_size": dist.get_world_size() if dist else 1,
-            "versions": versions(),
-            **manifest,
-        }
+        full = _full_manifest(manifest, dist)
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
         publish_dir(tmp, path)
     if dist:
         dist.barrier()
     return path
+
+
+def _full_manifest(manifest: dict[str, Any], dist: Any) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "world_size": dist.get_world_size() if dist else 1,
+        "versions": versions(),
+        **manifest,
+    }
+
+
+def _save_per_rank(path: Path, state: dict[str, Any], manifest: dict[str, Any], dist: Any, rank: int) -> Path:
+    import torch.distributed.checkpoint as dcp
+
+    tmp = path.parent / f".{path.name}.tmp-{rank}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    dcp.save(state, checkpoint_id=str(tmp))
+    if rank == 0:
+        (tmp / MANIFEST).write_text(json.dumps(_full_manifest(manifest, dist), indent=2, sort_keys=True, default=str))
+    publish_dir(tmp, path)
+    dist.barrier()
+    return path
+
+
+def checkpoint_dirs(root: str | os.PathLike, prefix: str = "step-") -> list[Path]:
+    """Complete checkpoints under `root` named `<prefix><number>`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith(prefix) and (p / MANIFEST).is_file():
+            try:
+                found.append((int(p.name[len(prefix):]), p))
+            except ValueError:
+                continue
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: str | os.PathLike, prefix: str = "step-") -> Path | None:
+    dirs = checkpoint_dirs(root, prefix)
+    return dirs[-1] if dirs else None
+
+
+def prune_checkpoints(root: str | os.PathLike, keep_last: int, prefix: str = "step-") -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints (and stale temp dirs); returns removed."""
+    dirs = checkpoint_dirs(root, prefix)
+    removed = dirs[:-keep_last] if keep_last > 0 else []
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,0 +1,438 @@
+"""Sharding of embedding tables: topology, per-table constraints, planner, sharders, fused optimizer.
+
+This module and `unirec_dist.training.strategy` are the only places that import
+`torchrec.distributed`. Models stay plain single-device modules; here they are planned and wrapped
+in DistributedModelParallel (DMP).
+
+What runs where (see STACK.md):
+    EmbeddingBagCollection (bag tables): table_wise, column_wise, table_column_wise,
+        row_wise (the stock sharder offers row_wise only on CUDA; `CpuRowWiseEBCSharder` adds it
+        on CPU, where it trains and checkpoints correctly)
+    EmbeddingCollection (sequence tables): table_wise, row_wise, column_wise
+    data_parallel: refused (see _BAG_TYPES); EC data_parallel also fails on CPU
+Fused table optimizers: sgd, adagrad, rowwise_adagrad everywhere; adam only on CUDA.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+from unirec_dist.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_column_wise", "table_row_wise", "data_parallel")
+TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+
+# data_parallel is left out on purpose: a replicated table is updated by its in-backward optimizer
+# before any all-reduce can run (no DDP wrapper here), so replicas would drift apart. The planner
+# never picks it and a constraint naming it is refused with a clear message.
+_BAG_TYPES = {
+    "cpu": ("table_wise", "column_wise", "table_column_wise", "row_wise"),
+    "cuda": ("table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise"),
+}
+_SEQ_TYPES = {
+    "cpu": ("table_wise", "row_wise", "column_wise"),
+    "cuda": ("table_wise", "row_wise", "column_wise"),
+}
+_OPTIMIZERS_BY_DEVICE = {
+    "cpu": ("sgd", "adagrad", "rowwise_adagrad"),
+    "cuda": TABLE_OPTIMIZERS,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TableInfo:
+    """One embedding table found in a model."""
+
+    name: str
+    kind: str               # "bag" (EmbeddingBagCollection) or "seq" (EmbeddingCollection)
+    num_embeddings: int
+    embedding_dim: int
+    module_path: str        # dotted path of the collection that owns it
+    features: tuple[str, ...] = ()
+
+    @property
+    def bytes_fp32(self) -> int:
+        return self.num_embeddings * self.embedding_dim * 4
+
+
+def find_tables(module: "nn.Module") -> dict[str, TableInfo]:
+    """All TorchRec tables in `module` (unsharded), by table name."""
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+    out: dict[str, TableInfo] = {}
+    for path, m in module.named_modules():
+        if isinstance(m, EmbeddingBagCollection):
+            kind, cfgs = "bag", m.embedding_bag_configs()
+        elif isinstance(m, EmbeddingCollection):
+            kind, cfgs = "seq", m.embedding_configs()
+        else:
+            continue
+        for c in cfgs:
+            out[c.name] = TableInfo(c.name, kind, c.num_embeddings, c.embedding_dim, path, tuple(c.feature_names))
+    return out
+
+
+def allowed_sharding_types(kind: str, device_type: str) -> tuple[str, ...]:
+    dev = "cuda" if device_type == "cuda" else "cpu"
+    return (_BAG_TYPES if kind == "bag" else _SEQ_TYPES)[dev]
+
+
+def validate_sharding(constraints: dict[str, str], tables: dict[str, TableInfo], device_type: str) -> None:
+    """Fail fast (before any worker starts) on a constraint the planner or device cannot honour."""
+    for name, stype in constraints.items():
+        if name not in tables:
+            known = ", ".join(sorted(tables)) or "none"
+            raise ConfigError(f"distributed.sharding: table {name!r} does not exist in the model (tables: {known})")
+        if stype not in SHARDING_TYPES:
+            raise ConfigError(
+                f"distributed.sharding.{name}: unknown sharding type {stype!r}; expected one of {', '.join(SHARDING_TYPES)}"
+            )
+        ok = allowed_sharding_types(tables[name].kind, device_type)
+        if stype == "data_parallel":
+            raise ConfigError(
+                f"distributed.sharding.{name}: data_parallel is not supported (replicated tables would drift "
+                f"apart without a DDP wrapper); use one of {', '.join(ok)}"
+            )
+        if stype not in ok:
+            what = "EmbeddingBagCollection" if tables[name].kind == "bag" else "EmbeddingCollection"
+            raise ConfigError(
+                f"distributed.sharding.{name}: {stype} is not supported for an {what} table on {device_type}; "
+                f"use one of {', '.join(ok)}"
+            )
+
+
+def validate_table_optimizer(kind: str, device_type: str) -> None:
+    ok = _OPTIMIZERS_BY_DEVICE["cuda" if device_type == "cuda" else "cpu"]
+    if kind not in ok:
+        raise ConfigError(
+            f"distributed.table_optimizer.kind: {kind!r} is not supported on {device_type} "
+            f"(fused table optimizers there: {', '.join(ok)})"
+        )
+
+
+def make_topology(
+    world_size: int,
+    device_type: str,
+    memory_bytes: int | None = None,
+    local_world_size: int | None = None,
+) -> Any:
+    """A planner Topology for the real world: `memory_bytes` per device (HBM on CUDA, DDR on CPU).
+
+    Default memory: the GPU's total memory, or this host's RAM divided among its local workers.
+    """
+    from torchrec.distributed.planner.types import Topology
+
+    local = local_world_size or world_size
+    if memory_bytes is None:
+        if device_type == "cuda":
+            import torch
+
+            memory_bytes = torch.cuda.get_device_properties(0).total_memory
+        else:
+            import psutil
+
+            memory_bytes = psutil.virtual_memory().total // max(local, 1)
+    if device_type == "cuda":
+        return Topology(world_size=world_size, compute_device="cuda", hbm_cap=int(memory_bytes),
+                        local_world_size=local)
+    # On CPU the planner places weights in "HBM" of the compute device, which is host memory.
+    return Topology(world_size=world_size, compute_device="cpu", hbm_cap=int(memory_bytes),
+                    ddr_cap=int(memory_bytes), local_world_size=local)
+
+
+def make_constraints(
+    tables: dict[str, TableInfo], constraints: dict[str, str], device_type: str, cpu_bag_row_wise: bool = True
+) -> dict[str, Any]:
+    """ParameterConstraints per table: the configured type, else the device's allowed types.
+
+    Every non-data-parallel table uses the `fused` kernel (the table optimizer runs in backward).
+    """
+    from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+    from torchrec.distributed.planner.types import ParameterConstraints
+
+    validate_sharding(constraints, tables, device_type)
+    out = {}
+    for name, t in tables.items():
+        if name in constraints:
+            types = [constraints[name]]
+        else:
+            types = list(allowed_sharding_types(t.kind, device_type))
+            if t.kind == "bag" and not cpu_bag_row_wise and device_type != "cuda":
+                types.remove("row_wise")
+        kernels = [EmbeddingComputeKernel.FUSED.value]
+        out[name] = ParameterConstraints(sharding_types=types, compute_kernels=kernels)
+    return out
+
+
+def make_sharders(device_type: str) -> list[Any]:
+    """EBC/EC sharders; on CPU the EBC sharder also offers row_wise."""
+    from torchrec.distributed.embedding import EmbeddingCollectionSharder
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.types import ShardingType
+
+    class CpuRowWiseEBCSharder(EmbeddingBagCollectionSharder):
+        """The stock EBC sharder plus row_wise on CPU (tested: trains and checkpoints correctly)."""
+
+        def sharding_types(self, compute_device_type: str) -> list[str]:
+            types = list(super().sharding_types(compute_device_type))
+            if compute_device_type == "cpu" and ShardingType.ROW_WISE.value not in types:
+                types.append(ShardingType.ROW_WISE.value)
+            return types
+
+    return [CpuRowWiseEBCSharder(), EmbeddingCollectionSharder()]
+
+
+def apply_table_optimizer(module: "nn.Module", kind: str, lr: float, eps: float = 1e-8,
+                          weight_decay: float = 0.0, device_type: str = "cpu") -> None:
+    """Attach the fused optimizer to every embedding table (it then runs inside backward).
+
+    Without this, sharded tables silently train with fused SGD at lr 0.01.
+    """
+    import torch
+    from torch.distributed.optim import _apply_optimizer_in_backward
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+    from torchrec.optim import RowWiseAdagrad
+
+    validate_table_optimizer(kind, device_type)
+    if kind == "sgd":
+        cls, kw = torch.optim.SGD, {"lr": lr, "weight_decay": weight_decay}
+    elif kind == "adagrad":
+        cls, kw = torch.optim.Adagrad, {"lr": lr, "eps": eps, "weight_decay": weight_decay}
+    elif kind == "rowwise_adagrad":
+        cls, kw = RowWiseAdagrad, {"lr": lr, "eps": eps, "weight_decay": weight_decay}
+    else:
+        cls, kw = torch.optim.Adam, {"lr": lr, "eps": eps, "weight_decay": weight_decay}
+    for m in module.modules():
+        if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection)):
+            _apply_optimizer_in_backward(cls, m.parameters(), kw)
+
+
+def plan_sharding(
+    module: "nn.Module",
+    topology: Any,
+    constraints: dict[str, Any],
+    sharders: list[Any],
+    batch_size: int | None = None,
+    pg: Any = None,
+) -> Any:
+    """Plan with the TorchRec planner. With a process group, rank 0 plans and broadcasts."""
+    from torchrec.distributed.planner import EmbeddingShardingPlanner
+    from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+
+    planner = EmbeddingShardingPlanner(
+        topology=topology,
+        batch_size=batch_size,
+        constraints=constraints,
+        storage_reservation=FixedPercentageStorageReservation(0.1),
+        debug=False,
+    )
+    try:
+        if pg is not None:
+            return planner.collective_plan(module, sharders, pg)
+        return planner.plan(module, sharders)
+    except Exception as e:  # the planner's own error is a wall of text; keep its first line
+        if type(e).__name__ in ("PlannerError",):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"sharding planner found no feasible plan: {first}") from None
+        raise
+
+
+def plan_summary(plan: Any, tables: dict[str, TableInfo], optimizer: str | None = None) -> dict[str, Any]:
+    """JSON-able view of a ShardingPlan: per table its type, kernel and shards (rank, offsets, sizes).
+
+    Also per-rank bytes of weights (fp32) and of fused optimizer state, as the planner placed them.
+    """
+    per_rank: dict[int, int] = {}
+    out_tables: dict[str, Any] = {}
+    for module_path, module_plan in plan.plan.items():
+        for name, ps in module_plan.items():
+            shards = []
+            if ps.sharding_spec is not None:
+                for sm in ps.sharding_spec.shards:
+                    rank = sm.placement.rank()
+                    rows, cols = sm.shard_sizes
+                    shards.append({"rank": rank, "offsets": list(sm.shard_offsets), "sizes": [rows, cols]})
+                    per_rank[rank] = per_rank.get(rank, 0) + rows * cols * 4
+            ranks = sorted({s["rank"] for s in shards}) if shards else list(ps.ranks or [])
+            if not shards:  # data_parallel: a full replica on every rank
+                t = tables.get(name)
+                for r in ranks:
+                    per_rank[r] = per_rank.get(r, 0) + (t.bytes_fp32 if t else 0)
+            out_tables[name] = {
+                "module": module_path,
+                "sharding_type": ps.sharding_type,
+                "compute_kernel": ps.compute_kernel,
+                "ranks": ranks,
+                "shards": shards,
+            }
+    opt_factor = {"sgd": 0.0, "adagrad": 1.0, "adam": 2.0}.get(optimizer or "", 0.0)
+    summary = {
+        "tables": out_tables,
+        "weights_bytes_per_rank": {str(r): b for r, b in sorted(per_rank.items())},
+    }
+    if optimizer:
+        summary["optimizer"] = optimizer
+        # rowwise_adagrad keeps one float per row: small, counted as weights/dim
+        summary["optimizer_state_bytes_per_rank"] = {
+            str(r): int(b * opt_factor) for r, b in sorted(per_rank.items())
+        }
+    return summary
+
+
+def format_plan(summary: dict[str, Any]) -> str:
+    """One line per table, for the log."""
+    lines = []
+    for name, t in sorted(summary["tables"].items()):
+        lines.append(f"{name}: {t['sharding_type']} ({t['compute_kernel']}) on ranks {t['ranks']}")
+    mem = ", ".join(f"rank {r}: {b / 2**20:.1f} MiB" for r, b in summary["weights_bytes_per_rank"].items())
+    lines.append(f"table weights per rank: {mem}")
+    return "; ".join(lines)
+
+
+def shard_model(
+    module: "nn.Module",
+    device: "torch.device",
+    plan: Any,
+    sharders: list[Any],
+    pg: Any = None,
+) -> Any:
+    """Wrap `module` (built on meta or CPU) in DMP with `plan`.
+
+    No dense DDP wrapper: dense gradients are all-reduced by the strategy (see
+    `training.strategy.allreduce_dense_grads`), which lets the LightningModule call any method of
+    the model (not only forward) and keeps one code path for world size 1 and N.
+    """
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+
+    return DistributedModelParallel(
+        module=module,
+        device=device,
+        plan=plan,
+        sharders=sharders,
+        env=None if pg is None else _env(pg),
+        init_data_parallel=False,
+    )
+
+
+def _env(pg: Any) -> Any:
+    from torchrec.distributed.types import ShardingEnv
+
+    return ShardingEnv.from_process_group(pg)
+
+
+def combined_optimizer(dmp: Any, dense_optimizer_factory: Any) -> Any:
+    """Fused table optimizer + dense optimizer as one KeyedOptimizer (no key collisions).
+
+    `dense_optimizer_factory(params)` builds a torch optimizer over the dense params; it is given
+    the params that the fused optimizer does not own (`in_backward_optimizer_filter`).
+    """
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    parts = [("fused", dmp.fused_optimizer)]
+    if dense:
+        parts.append(("dense", KeyedOptimizerWrapper(dense, dense_optimizer_factory)))
+    return CombinedOptimizer(parts)
+
+
+def dense_parameters(dmp: "nn.Module") -> list["torch.nn.Parameter"]:
+    """Params that are replicated on every rank (trained by the dense optimizer)."""
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    return [p for _, p in in_backward_optimizer_filter(dmp.named_parameters())]
+
+
+def dry_run_plan(
+    tables: list[dict[str, Any]],
+    world_size: int,
+    device_type: str = "cuda",
+    memory_bytes: int = 80 * 2**30,
+    local_world_size: int = 8,
+    constraints: dict[str, str] | None = None,
+    optimizer: str = "rowwise_adagrad",
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Plan tables for a cluster that is not here (no process group, no memory allocated).
+
+    `tables`: [{"name", "num_embeddings", "embedding_dim", "kind": "bag"|"seq"}]. The model is
+    built on the meta device, so a 1B-row table costs nothing.
+    """
+    import torch
+    from torch import nn
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+    bag = [EmbeddingBagConfig(name=t["name"], num_embeddings=int(t["num_embeddings"]),
+                              embedding_dim=int(t["embedding_dim"]), feature_names=[t["name"]])
+           for t in tables if t.get("kind", "bag") == "bag"]
+    seq = [EmbeddingConfig(name=t["name"], num_embeddings=int(t["num_embeddings"]),
+                           embedding_dim=int(t["embedding_dim"]), feature_names=[t["name"]])
+           for t in tables if t.get("kind", "bag") == "seq"]
+    model = nn.Module()
+    meta = torch.device("meta")
+    if bag:
+        model.bags = EmbeddingBagCollection(tables=bag, device=meta)
+    if seq:
+        model.seqs = EmbeddingCollection(tables=seq, device=meta)
+    apply_table_optimizer(model, optimizer, lr=0.01, device_type=device_type)
+    found = find_tables(model)
+    topo = make_topology(world_size, device_type, memory_bytes, local_world_size)
+    cons = make_constraints(found, constraints or {}, device_type)
+    plan = plan_sharding(model, topo, cons, make_sharders(device_type), batch_size=batch_size)
+    summary = plan_summary(plan, found, optimizer)
+    summary["world_size"] = world_size
+    summary["device_type"] = device_type
+    summary["memory_bytes_per_device"] = memory_bytes
+    return summary
+
+
+def table_state(module: "nn.Module") -> dict[str, "torch.Tensor"]:
+    """Copies of the embedding-table weights of an unsharded module (skipped when on meta)."""
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+    out = {}
+    for path, m in module.named_modules():
+        if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection)):
+            for k, v in m.state_dict().items():
+                if v.device.type != "meta":
+                    out[f"{path}.{k}" if path else k] = v.detach().clone()
+    return out
+
+
+def copy_into_shards(dmp: "nn.Module", full: dict[str, "torch.Tensor"]) -> int:
+    """Copy full (unsharded) table weights into this rank's shards; returns tensors copied.
+
+    DMP re-initialises sharded tables; this keeps a model's own initialisation, so that N workers
+    and 1 process start from the same weights (parity) when the model was built on CPU.
+    """
+    import torch
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    n = 0
+    sd = dmp.state_dict()
+    with torch.no_grad():
+        for key, src in full.items():
+            dst = sd.get(key)
+            if dst is None:
+                continue
+            if isinstance(dst, ShardedTensor):
+                for shard in dst.local_shards():
+                    off, size = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    sl = tuple(slice(o, o + s) for o, s in zip(off, size))
+                    shard.tensor.copy_(src[sl])
+            elif hasattr(dst, "to_local"):  # DTensor
+                from torch.distributed.tensor import distribute_tensor
+
+                dst.to_local().copy_(distribute_tensor(src.to(dst.device), dst.device_mesh, dst.placements).to_local())
+            else:
+                dst.copy_(src)
+            n += 1
+    return n

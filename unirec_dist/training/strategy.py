@@ -1,0 +1,394 @@
+"""A Lightning strategy for TorchRec: DMP-sharded tables, no outer DDP, DCP checkpoints.
+
+Lightning has no TorchRec strategy and `strategy="ddp"` around a DMP model fails (see STACK.md).
+`TorchRecStrategy` is a DDPStrategy (so process-group setup, barriers, reduce and the cluster
+environments all work) that instead:
+
+- in `setup`, plans the model's embedding tables over a Topology of the real world (device,
+  world size, memory) with per-table constraints, attaches the fused table optimizer and wraps
+  the model in DistributedModelParallel **in place**: the LightningModule keeps its own model
+  object (now with sharded tables), so it can call any method of it, not only `forward`;
+- never wraps in DDP: dense gradients are averaged across ranks right after backward
+  (one coalesced all-reduce). Sharded tables' gradients are averaged by TorchRec's all-to-all
+  (gradient division), so N workers on B/N rows match 1 process on B rows;
+- keeps the LightningModule's own optimizer (and LR schedulers) for dense parameters, minus the
+  table weights, which the fused optimizer updates inside backward;
+- saves and loads checkpoints with torch.distributed.checkpoint on every rank (model, fused
+  table state, dense optimizer state, Lightning loop state) in the one unirec checkpoint format
+  (`unirec_dist.checkpoint.dcp`), with the sharding plan in the manifest. Loading reshards.
+
+The LightningModule contract: the model to shard is the attribute named `module_attr`
+(default "model"); everything else (task, metrics) is plain.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.trainer.states import TrainerFn
+
+from unirec_dist.embeddings import sharding as S
+from unirec_dist.errors import ConfigError
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+log = logging.getLogger(__name__)
+
+TRAINER_STATE_KEY = "trainer_state"
+
+
+@dataclasses.dataclass
+class ShardingOptions:
+    """What the strategy needs to plan and optimise tables (built from config/distributed.py)."""
+
+    constraints: dict[str, str] = dataclasses.field(default_factory=dict)   # table -> sharding type
+    table_optimizer: str = "adagrad"       # sgd | adagrad | rowwise_adagrad | adam (CUDA only)
+    table_lr: float = 0.05
+    table_eps: float = 1e-8
+    table_weight_decay: float = 0.0
+    memory_bytes: int | None = None        # per device for the planner (None: measured)
+    batch_size: int | None = None          # per-rank batch size, a planner hint
+    module_attr: str = "model"
+    keep_init: bool = True                 # copy the model's own table init into the shards
+
+
+class _NoWeightsHandBackLauncher(_MultiProcessingLauncher):
+    """Spawn launcher that does not ship rank 0's weights back (fails on ShardedTensor).
+
+    The trained state lives in the DCP checkpoints the workers write.
+    """
+
+    def _collect_rank_zero_results(self, trainer: "pl.Trainer", results: Any):
+        from lightning.pytorch.strategies.launchers.multiprocessing import _WorkerOutput
+
+        if self._strategy.local_rank != 0:
+            return None
+        cb = trainer.checkpoint_callback
+        best = getattr(cb, "best_model_path", None) if cb else None
+        return _WorkerOutput(best, None, trainer.state, results, self.get_extra_results(trainer))
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+class TorchRecStrategy(DDPStrategy):
+    strategy_name = "torchrec"
+
+    def __init__(self, sharding: ShardingOptions | None = None, manifest: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sharding = sharding or ShardingOptions()
+        #: extra manifest entries for every checkpoint (config, dataset, ...), set by the job
+        self.manifest_extra: dict[str, Any] = dict(manifest or {})
+        self.dmp: Any = None
+        self.plan: Any = None
+        self.plan_summary: dict[str, Any] | None = None
+        self._dense: list[torch.nn.Parameter] = []
+
+    # -- launch -------------------------------------------------------------------------------
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if isinstance(self._launcher, _MultiProcessingLauncher):
+            self._launcher = _NoWeightsHandBackLauncher(self, start_method=self._start_method)
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True      # load into the sharded model and the real optimizers
+
+    @property
+    def lightning_restore_optimizer(self) -> bool:
+        return False     # done in load_checkpoint
+
+    # -- setup --------------------------------------------------------------------------------
+    def setup(self, trainer: "pl.Trainer") -> None:
+        assert self.accelerator is not None
+        self.accelerator.setup(trainer)
+        self.shard(trainer.lightning_module)
+        self.barrier("torchrec-sharded")
+        if trainer.state.fn == TrainerFn.FITTING:
+            self.setup_optimizers(trainer)
+        self.setup_precision_plugin()
+
+    def shard(self, lm: torch.nn.Module) -> None:
+        """Plan, attach the fused optimizer and wrap `lm.<module_attr>` in DMP in place."""
+        dist = _dist()
+        if dist is None:
+            raise RuntimeError("TorchRecStrategy needs an initialised process group")
+        opts = self.sharding
+        model = getattr(lm, opts.module_attr, None)
+        if model is None:
+            raise ConfigError(f"the LightningModule has no attribute {opts.module_attr!r} to shard")
+        device = self.root_device
+        dtype = device.type
+        tables = S.find_tables(model)
+        if not tables:
+            raise ConfigError("the model has no TorchRec embedding tables to shard")
+        constraints = S.make_constraints(tables, opts.constraints, dtype)
+        S.apply_table_optimizer(model, opts.table_optimizer, opts.table_lr, opts.table_eps,
+                                opts.table_weight_decay, device_type=dtype)
+        full = S.table_state(model) if opts.keep_init else {}
+        on_meta = any(p.device.type == "meta" for p in model.parameters())
+        if not on_meta and dtype != "cpu":
+            model.to(device)
+        topo = S.make_topology(self.world_size, dtype, opts.memory_bytes, local_world_size=self.num_processes)
+        self.plan = S.plan_sharding(model, topo, constraints, S.make_sharders(dtype), opts.batch_size,
+                                    pg=dist.group.WORLD)
+        self.plan_summary = S.plan_summary(self.plan, tables, opts.table_optimizer)
+        self.plan_summary["world_size"] = self.world_size
+        self.plan_summary["device_type"] = dtype
+        log.info("sharding plan: %s", S.format_plan(self.plan_summary))
+        self.dmp = S.shard_model(model, device, self.plan, S.make_sharders(dtype), pg=dist.group.WORLD)
+        if full:
+            S.copy_into_shards(self.dmp, {k: v.to(device) for k, v in full.items()})
+        lm.to(device)   # dense parts and buffers (DMP placed the shards)
+        # dense parameters and buffers: rank 0's copy everywhere (what DDP would do)
+        self._dense = [p for n, p in _dense_named(lm)]
+        for t in self._dense + [b for b in lm.buffers()]:
+            if t.device.type != "meta" and not _is_sharded(t):
+                dist.broadcast(t.data, src=0)
+
+    def setup_optimizers(self, trainer: "pl.Trainer") -> None:
+        """The LightningModule's optimizers, restricted to dense params (tables train fused)."""
+        super().setup_optimizers(trainer)
+        dense_ids = {id(p) for p in self._dense}
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) in dense_ids]
+            # drop state the optimizer may hold for removed params
+            for p in list(opt.state):
+                if id(p) not in dense_ids:
+                    del opt.state[p]
+
+    def model_to_device(self) -> None:
+        pass  # DMP placed the model
+
+    # -- gradients ----------------------------------------------------------------------------
+    def pre_backward(self, closure_loss: torch.Tensor) -> None:
+        pass
+
+    def post_backward(self, closure_loss: torch.Tensor) -> None:
+        allreduce_dense_grads(self._dense)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        return {}  # the real state is written by save_checkpoint with DCP
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return {}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The DCP state of this rank: model (sharded), fused table state, dense optimizers."""
+        lm = self.lightning_module
+        # "model" holds the model's own state dict (not the LightningModule's): the layout every
+        # writer uses (training/build.py checkpoint_state), so load_retriever reads it
+        state: dict[str, Any] = {"model": getattr(lm, self.sharding.module_attr).state_dict()}
+        if self.dmp is not None and self.optimizers:
+            state["fused_optim"] = self.dmp.fused_optimizer.state_dict()
+            for i, opt in enumerate(self.optimizers):
+                # tensors only: DCP's load traversal treats param_groups (a list of flat dicts) as one
+                # leaf while its save traversal flattens it, so param_groups go with the loop state
+                state[f"dense_optim_{i}"] = {str(k): v for k, v in opt.state_dict()["state"].items()}
+        return state
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """Every rank writes its shards (collective); rank 0 writes the manifest and publishes."""
+        from unirec_dist.checkpoint.dcp import save_checkpoint
+
+        state = self.checkpoint_state()
+        rest = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+        rest["dense_param_groups"] = [opt.state_dict()["param_groups"] for opt in self.optimizers]
+        state[TRAINER_STATE_KEY] = pickle.dumps(rest)
+        manifest = {
+            "kind": self.manifest_extra.get("kind", "pretrain"),
+            "step": int(checkpoint.get("global_step", 0)),
+            "epoch": int(checkpoint.get("epoch", 0)),
+            "plan": self.plan_summary,
+            **{k: v for k, v in self.manifest_extra.items() if k != "kind"},
+        }
+        save_checkpoint(Path(filepath), state, manifest, per_rank_dirs=self.per_rank_dirs)
+
+    #: under Ray Train each rank writes its own local dir and Ray merges them (no shared FS needed)
+    per_rank_dirs: bool = False
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load model, table and optimizer state in place (resharding as needed); return loop state."""
+        from torch.distributed.checkpoint.state_dict import _init_optim_state
+
+        from unirec_dist.checkpoint.dcp import load_checkpoint
+
+        for opt in self.optimizers:
+            _init_optim_state(opt)      # lazily created state (Adam) must exist to be loaded into
+        state = self.checkpoint_state()
+        state[TRAINER_STATE_KEY] = b""
+        manifest = load_checkpoint(Path(checkpoint_path), state)
+        getattr(self.lightning_module, self.sharding.module_attr).load_state_dict(state["model"])
+        rest = pickle.loads(state[TRAINER_STATE_KEY]) if state[TRAINER_STATE_KEY] else {}
+        if self.dmp is not None and self.optimizers:
+            self.dmp.fused_optimizer.load_state_dict(state["fused_optim"])
+            groups = rest.get("dense_param_groups") or []
+            for i, opt in enumerate(self.optimizers):
+                sd = opt.state_dict()
+                loaded = {int(k): v for k, v in state[f"dense_optim_{i}"].items()}
+                opt.load_state_dict({"state": loaded, "param_groups": groups[i] if i < len(groups) else sd["param_groups"]})
+        rest.setdefault("state_dict", {})
+        rest.setdefault("optimizer_states", [])
+        rest.setdefault("lr_schedulers", [])
+        rest["unirec_manifest"] = manifest
+        self._position_loader(rest)
+        log.info("resumed from %s (step %s)", checkpoint_path, manifest.get("step"))
+        return rest
+
+    def _position_loader(self, rest: dict[str, Any]) -> None:
+        """Put the train loader where the checkpoint stopped (a plain iterable would restart its epoch).
+
+        Uses the loader's `set_epoch(epoch)` and `skip(n)` when it has them; `skip` must apply to
+        the next iteration that actually yields (Lightning calls iter() more than once up front).
+        """
+        try:
+            done = int(rest["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"])
+        except (KeyError, TypeError):
+            done = 0
+        trainer = getattr(self.lightning_module, "_trainer", None)
+        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+        loader = getattr(source, "instance", None) if source is not None else None
+        if loader is None:
+            return
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(int(rest.get("epoch", 0)))
+        if done and hasattr(loader, "skip"):
+            loader.skip(done)
+
+    def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:
+        pass  # loaded in load_checkpoint
+
+    def load_optimizer_state_dict(self, checkpoint: Any) -> None:
+        pass
+
+    def remove_checkpoint(self, filepath: Any) -> None:
+        import shutil
+
+        if self.is_global_zero:
+            shutil.rmtree(filepath, ignore_errors=True)
+
+
+def _is_sharded(t: torch.Tensor) -> bool:
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    return isinstance(t, ShardedTensor) or type(t).__name__ in ("TableBatchedEmbeddingSlice", "DTensor")
+
+
+def _dense_named(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    return [(n, p) for n, p in in_backward_optimizer_filter(module.named_parameters()) if p.requires_grad]
+
+
+def allreduce_dense_grads(params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients of replicated params over ranks, in one coalesced all-reduce."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    # a param without a grad on this rank (unused branch) contributes zeros, so every rank sends
+    # the same layout
+    flat_parts = [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
+    ]
+    if not flat_parts:
+        return
+    flat = torch.cat(flat_parts)
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    off = 0
+    for p in params:
+        n = p.numel()
+        g = flat[off:off + n].view_as(p)
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
+        off += n
+    del grads
+
+
+def ray_torchrec_strategy(**kwargs: Any) -> TorchRecStrategy:
+    """TorchRecStrategy combined with Ray Train's RayDDPStrategy (device and ranks from Ray)."""
+    from ray.train.lightning import RayDDPStrategy
+
+    class RayTorchRecStrategy(TorchRecStrategy, RayDDPStrategy):
+        strategy_name = "ray_torchrec"
+        per_rank_dirs = True
+
+    return RayTorchRecStrategy(**kwargs)
+
+
+def _lightning_callback_base():
+    from lightning.pytorch.callbacks import Callback
+
+    return Callback
+
+
+class StepCheckpoint(_lightning_callback_base()):
+    """DCP checkpoints every `every_n_steps` optimizer steps and at the end of fitting.
+
+    Local mode: `dirpath/step-<N>` on a filesystem all ranks share, atomically published, the
+    newest `keep_last` kept. Ray mode (`ray_report=True`): every rank writes its shards into a
+    local temp dir and calls `ray.train.report(metrics, checkpoint=...)`; Ray merges the ranks'
+    dirs into one checkpoint in the run's storage and keeps the newest `keep_last` itself.
+    """
+
+    def __init__(self, dirpath: str | Path | None, every_n_steps: int = 0, keep_last: int = 2,
+                 ray_report: bool = False) -> None:
+        super().__init__()
+        self.dirpath = Path(dirpath) if dirpath else None
+        self.every = every_n_steps
+        self.keep_last = keep_last
+        self.ray_report = ray_report
+        self._last_saved = -1
+
+    def _save(self, trainer: "pl.Trainer") -> None:
+        step = trainer.global_step
+        if step == self._last_saved:
+            return
+        self._last_saved = step
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        metrics.update(step=step, epoch=trainer.current_epoch)
+        name = f"step-{step:08d}"
+        if self.ray_report:
+            import tempfile
+
+            import ray.train
+
+            tmp = Path(tempfile.mkdtemp(prefix="unirec-ckpt-"))
+            try:
+                trainer.save_checkpoint(tmp / name)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp / name)))
+            finally:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+            return
+        assert self.dirpath is not None
+        trainer.save_checkpoint(self.dirpath / name)
+        if trainer.is_global_zero:
+            from unirec_dist.checkpoint.dcp import prune_checkpoints
+
+            prune_checkpoints(self.dirpath, self.keep_last)
+        trainer.strategy.barrier("unirec-prune")
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", *args: Any, **kwargs: Any) -> None:
+        if self.every and trainer.global_step % self.every == 0 and trainer.global_step > 0:
+            self._save(trainer)
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: Any) -> None:
+        self._save(trainer)
