@@ -197,6 +197,9 @@ def test_same_seed_same_loss(ds, tmp_path):
     losses = []
     for k in range(2):
         train(_debug_cfg(ds, tmp_path / f"r{k}", "trainer.checkpoint_every_n_epochs=0"))
-        lines = (tmp_path / f"r{k}" / "logs" / "metrics.csv").read_text().splitlines()
-        losses.append([ln for ln in lines if ln and ln[0].isdigit()])
+        import csv
+
+        with open(tmp_path / f"r{k}" / "logs" / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        losses.append([(r["step"], r["train/loss_step"]) for r in rows if r.get("train/loss_step")])
     assert losses[0] == losses[1] and losses[0]

@@ -18,6 +18,7 @@ import datetime
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,35 +99,49 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train on one process (CPU, or one GPU when trainer.device allows) and return the
-    checkpoint directory to use downstream (best by validation NDCG@10, else last)."""
+@dataclass
+class TrainingSetup:
+    """Everything a training loop needs, built the same way for 1 process and N workers.
+
+    module:   RecModule (LightningModule) over the plain single-device model
+    batches:  SequenceBatches for this rank's disjoint slice
+    dataset:  the checkpoint manifest's "dataset" section
+    """
+
+    cfg: TrainConfig
+    path: Path
+    manifest: dict[str, Any]
+    module: Any
+    batches: Any
+    dataset: dict[str, Any]
+
+
+def check_inputs(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
+    """Every user-fixable problem, before any work: dataset dir/version, features, device."""
+    from unirec_dist.embeddings.features import FeatureSpec
     from unirec_dist.training.data import open_prepared
     from unirec_dist.utils.device import resolve_device
 
-    t0 = time.perf_counter()
-    _quiet()
-    # Every user-fixable problem is checked here, before any work.
     path, ds_manifest = open_prepared(cfg.data.path)
-    device = resolve_device(cfg.trainer.device)
-    from unirec_dist.embeddings.features import FeatureSpec
-
+    resolve_device(cfg.trainer.device)
     FeatureSpec.from_manifest(ds_manifest, where=str(path / "manifest.json")).item_features(
         cfg.model.embedding.item_features)
+    return path, ds_manifest
 
-    import lightning as L
+
+def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
+                   model_device: str | None = None) -> TrainingSetup:
+    """Build data, model, task and LightningModule. `rank/world_size` slice the training users
+    (disjoint, equal step counts); `model_device="meta"` builds the model unallocated for a
+    sharding strategy (call `module.model.embedding.set_item_features(items)` after it is
+    materialised). Validation is sharded by the metrics code when a process group exists."""
     import pyarrow.parquet as pq
-    from lightning.pytorch.callbacks import EarlyStopping
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from unirec_dist.training.build import build_from_config, build_task, dataset_section
     from unirec_dist.training.data import SequenceBatches, TrainSequences, read_valid
     from unirec_dist.training.module import RecModule
 
-    if cfg.trainer.threads is not None and device.type == "cpu":
-        torch.set_num_threads(cfg.trainer.threads)
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-
+    path, ds_manifest = check_inputs(cfg)
     seqs = TrainSequences.from_dir(path, cfg.data.train_on)
     if "rating" in cfg.task.active_tasks and seqs.ratings is None:
         from unirec_dist.errors import ConfigError
@@ -134,14 +149,44 @@ def train(cfg: TrainConfig) -> Path:
         raise ConfigError(f"task.kind: the rating task needs ratings, but {path}/train.parquet has none")
     n_vocab = int(ds_manifest["vocab_sizes"]["item"])
     batches = SequenceBatches(seqs, cfg.data.batch_size, cfg.data.max_len, seed=cfg.trainer.seed,
-                              length_grouped=cfg.data.length_grouped)
-    model = build_from_config(cfg, ds_manifest)
-    model.embedding.set_item_features(pq.read_table(path / "items.parquet"))
+                              length_grouped=cfg.data.length_grouped, rank=rank, world_size=world_size)
+    model = build_from_config(cfg, ds_manifest, device=model_device)
+    if model_device != "meta":
+        model.embedding.set_item_features(pq.read_table(path / "items.parquet"))
     task = build_task(cfg.task, ds_manifest, seqs.item_counts(n_vocab))
     valid = read_valid(path, cfg.data.valid_max_users, seed=cfg.trainer.seed)
     module = RecModule(cfg, model, task, valid, n_items=n_vocab - 1)
     log.info("training %s on %s: %d sequences, %d items, %d parameters, %d batches/epoch",
              cfg.name, path, len(seqs), n_vocab - 1, sum(p.numel() for p in model.parameters()), len(batches))
+    return TrainingSetup(cfg, path, ds_manifest, module, batches, dataset_section(path, ds_manifest))
+
+
+def dcp_checkpoint_callback(cfg: TrainConfig, dataset: dict[str, Any]):
+    """The Lightning callback that writes DCP checkpoints (last + best) under out_dir/checkpoints."""
+    DCPCheckpoint = _make_callbacks()
+    return DCPCheckpoint(Path(cfg.trainer.out_dir) / "checkpoints", cfg, dataset,
+                         cfg.trainer.checkpoint_every_n_epochs)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train on one process (CPU, or one GPU when trainer.device allows) and return the
+    checkpoint directory to use downstream (best by validation NDCG@10, else last)."""
+    from unirec_dist.utils.device import resolve_device
+
+    t0 = time.perf_counter()
+    _quiet()
+    check_inputs(cfg)
+    device = resolve_device(cfg.trainer.device)
+
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    if cfg.trainer.threads is not None and device.type == "cpu":
+        torch.set_num_threads(cfg.trainer.threads)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    st = setup_training(cfg)
+    module, batches = st.module, st.batches
 
     out = Path(cfg.trainer.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,9 +195,7 @@ def train(cfg: TrainConfig) -> Path:
         loggers.append(CSVLogger(save_dir=str(out), name="logs", version=""))
     if "tensorboard" in cfg.trainer.loggers:
         loggers.append(TensorBoardLogger(save_dir=str(out), name="logs", version="tb"))
-    DCPCheckpoint = _make_callbacks()
-    ckpt = DCPCheckpoint(out / "checkpoints", cfg, dataset_section(path, ds_manifest),
-                         cfg.trainer.checkpoint_every_n_epochs)
+    ckpt = dcp_checkpoint_callback(cfg, st.dataset)
     callbacks = [ckpt]
     if cfg.trainer.early_stop_patience is not None:
         callbacks.append(EarlyStopping(monitor="val/NDCG@10", mode="max", strict=False,
