@@ -48,14 +48,29 @@ def make_checkpoint(dataset_dir: Path, out: Path, encoder: dict, seed: int = 0) 
     return save_checkpoint(out, checkpoint_state(model), manifest)
 
 
+_EXPORTS: dict = {}
+
+
+def _export(kind: str, dataset_dir: Path, tmp_path_factory) -> tuple[str, Path, Path]:
+    if kind not in _EXPORTS:
+        from unirec_dist.checkpoint.export import export_bundle
+
+        tmp = tmp_path_factory.mktemp(kind)
+        ckpt = make_checkpoint(dataset_dir, tmp / "ckpt", ENCODERS[kind])
+        _EXPORTS[kind] = (kind, ckpt, export_bundle(ckpt, tmp / "bundle"))
+    return _EXPORTS[kind]
+
+
 @pytest.fixture(scope="module", params=sorted(ENCODERS))
 def exported(request, dataset_dir, tmp_path_factory):
-    from unirec_dist.checkpoint.export import export_bundle
+    """(encoder kind, checkpoint, bundle) for every encoder kind."""
+    return _export(request.param, dataset_dir, tmp_path_factory)
 
-    tmp = tmp_path_factory.mktemp(request.param)
-    ckpt = make_checkpoint(dataset_dir, tmp / "ckpt", ENCODERS[request.param])
-    bundle = export_bundle(ckpt, tmp / "bundle")
-    return request.param, ckpt, bundle
+
+@pytest.fixture(scope="module")
+def sasrec(dataset_dir, tmp_path_factory):
+    """The SASRec export only: for the checks that do not depend on the encoder."""
+    return _export("sasrec", dataset_dir, tmp_path_factory)
 
 
 @pytest.mark.parametrize("exclude_seen", [True, False])
@@ -91,13 +106,13 @@ def test_live_history_equals_known_user(exported):
         assert [r.item for r in rec.recommend(history=hist, k=5)] == [r.item for r in rec.recommend(user_id=u, k=5)]
 
 
-def test_bundle_contents_and_no_pickle(exported, dataset_dir, monkeypatch):
+def test_bundle_contents_and_no_pickle(sasrec, dataset_dir, monkeypatch):
     import torch
 
     from unirec_dist.data.dataset import PreparedDataset
     from unirec_dist.serving.recommender import Recommender
 
-    kind, ckpt, bundle = exported
+    kind, ckpt, bundle = sasrec
     names = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
     assert names == {"manifest.json", "config.json", "weights.safetensors", "items.safetensors",
                      "vocab/item.parquet", "vocab/user.parquet", "histories.parquet"}
@@ -119,11 +134,11 @@ def test_bundle_contents_and_no_pickle(exported, dataset_dir, monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
-def test_export_refuses_existing_output_and_other_dataset(exported, tmp_path):
+def test_export_refuses_existing_output_and_other_dataset(sasrec, tmp_path):
     from tests.synthetic import prepared_dataset
     from unirec_dist.checkpoint.export import export_bundle
 
-    _, ckpt, bundle = exported
+    _, ckpt, bundle = sasrec
     before = (bundle / "manifest.json").read_text()
     with pytest.raises(UnirecError, match="already exists"):
         export_bundle(ckpt, bundle)
@@ -134,12 +149,12 @@ def test_export_refuses_existing_output_and_other_dataset(exported, tmp_path):
     assert not (tmp_path / "b2").exists()
 
 
-def test_broken_bundle_is_a_clear_error(exported, tmp_path):
+def test_broken_bundle_is_a_clear_error(sasrec, tmp_path):
     import shutil
 
     from unirec_dist.serving.recommender import Recommender
 
-    _, _, bundle = exported
+    _, _, bundle = sasrec
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)
     (broken / "histories.parquet").unlink()
@@ -149,13 +164,11 @@ def test_broken_bundle_is_a_clear_error(exported, tmp_path):
         Recommender.from_bundle(tmp_path / "nope")
 
 
-def test_cli_export_with_hnsw(exported, tmp_path, capsys):
+def test_cli_export_with_hnsw(sasrec, tmp_path, capsys):
     from unirec_dist.cli import main
     from unirec_dist.serving.recommender import Recommender
 
-    kind, ckpt, bundle = exported
-    if kind != "sasrec":
-        pytest.skip("one encoder is enough for the CLI path")
+    _, ckpt, _ = sasrec
     out = tmp_path / "cli-bundle"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--ann", "hnsw", "--hnsw-m", "8"]) == 0
     assert "bundle" in capsys.readouterr().out and (out / "ann" / "hnsw.faiss").is_file()
