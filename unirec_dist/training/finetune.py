@@ -1,0 +1,642 @@
+"""Fine-tuning a pretrained checkpoint on a target dataset: `finetune(cfg, from_checkpoint) -> checkpoint dir`.
+
+One process (CPU or one GPU). The pretrained checkpoint may have been written by any number of
+workers: its weights are read with `training.build.load_retriever`, i.e. `checkpoint.dcp.
+load_checkpoint` into a plain module (DCP reshards on load).
+
+Steps (every user-fixable problem is found before any training):
+1. The architecture (embedding dim, item features, encoder, max_len) comes from the checkpoint's
+   manifest; the vocab sizes from the target dataset; task/optim/trainer from the config.
+2. Alignment (`training/align.py`): target item rows -> pretrained item rows by raw id, or by a
+   key built from raw item-table columns (e.g. title + year). Too little overlap, or aligned items
+   that disagree on a shared categorical feature (raw ids naming different items), is an
+   `AlignmentError` (one line, CLI exit 2). Users: by raw id (or all new). Content tables:
+   categorical/multi rows by raw value (genre names, years); text hash buckets are identical
+   when bucket count and tokenizer match, else re-initialised.
+3. Weights: known rows keep their pretrained vectors. New item rows get a ZERO id vector when the
+   model has content features: the item vector is id + content, so a new item starts exactly at
+   its pretrained content embedding (title tokens, genres, year) and fine-tuning learns its id
+   residual from there. (A mean of "similar" items' id vectors would add a guess on top of the
+   content vector, which already is that mean in a learned form.) Without content features new
+   rows keep the default random init. Encoder and dense projections are copied; task heads are
+   copied when the checkpoint has them with the same shapes, else freshly initialised.
+4. Freezing: `freeze.embeddings` freezes the pretrained rows (new rows still train, through a
+   gradient mask); `freeze.encoder` freezes the encoder; `freeze.lr_multipliers` scale optim.lr
+   per group (embedding, encoder, head); a multiplier 0 freezes the group.
+5. Training reuses the training stack (TrainSequences, SequenceBatches, build_task, RecModule,
+   Lightning); validation reports the task's metrics: retrieval HR/NDCG@10 (full ranking, seen
+   items not masked), rating RMSE/MAE, CTR AUC/log-loss; the best checkpoint is kept by the
+   first of NDCG@10 (max), RMSE (min), AUC (max) that the task has.
+
+Output under trainer.out_dir: checkpoints/{best,last}/ (DCP + manifest kind "finetune", whose
+"config" is the effective TrainConfig, so `unirec evaluate/export` read it like any training
+checkpoint, and whose "finetune" section names the source checkpoint and the alignment stats),
+logs/, metrics.json (best/last validation and test metrics of the returned checkpoint).
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unirec_dist.config.finetune import FinetuneConfig
+from unirec_dist.config.loader import from_dict, to_dict
+from unirec_dist.config.train import DataSection, TrainConfig
+from unirec_dist.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+ITEM_W = "embedding.item_ec.embeddings.t_item.weight"
+USER_W = "embedding.user_ec.embeddings.t_user.weight"
+CONTENT_W = "embedding.content_ebc.embedding_bags.t_{}.weight"
+
+
+class AlignmentError(CheckpointError):
+    """The target vocabulary cannot be aligned to the pretrained one."""
+
+
+# ----------------------------------------------------------------------------- planning
+@dataclass
+class Plan:
+    """Everything decided before training: configs, datasets, index maps, stats."""
+
+    cfg: FinetuneConfig
+    ckpt: Path
+    ckpt_manifest: dict[str, Any]
+    train_cfg: TrainConfig                      # the effective config (architecture from the checkpoint)
+    target: Any                                 # PreparedDataset
+    maps: dict[str, np.ndarray] = field(default_factory=dict)   # state key -> row map
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _pretrained_config(ckpt: Path) -> tuple[dict[str, Any], TrainConfig]:
+    from unirec_dist.checkpoint.dcp import read_manifest
+
+    manifest = read_manifest(ckpt)
+    if "config" not in manifest or "dataset" not in manifest:
+        raise CheckpointError(f"{ckpt}: manifest has no config/dataset; not a training checkpoint")
+    try:
+        pcfg = from_dict(TrainConfig, manifest["config"], where=f"{ckpt}/manifest.json config")
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt}: the checkpoint's config does not load with this version: {e}") from None
+    return manifest, pcfg
+
+
+def _model_features(pcfg: TrainConfig, ckpt_manifest: dict[str, Any], target_manifest: dict[str, Any],
+                    where: str) -> list[Any]:
+    """The pretrained model's item features, checked against the target dataset's."""
+    from unirec_dist.embeddings.features import FeatureSpec
+
+    src = FeatureSpec.from_manifest(ckpt_manifest["dataset"], where="checkpoint manifest dataset")
+    feats = src.item_features(pcfg.model.embedding.item_features)
+    tgt = {f.name: f for f in FeatureSpec.from_manifest(target_manifest, where=where).features if f.table == "items"}
+    for f in feats:
+        t = tgt.get(f.name)
+        if t is None:
+            raise AlignmentError(f"{where}: the pretrained model uses item feature {f.name!r}, which the target "
+                                 f"dataset does not have; prepare the target with the same item features")
+        if t.kind != f.kind:
+            raise AlignmentError(f"{where}: item feature {f.name!r} is {t.kind} in the target but {f.kind} in the "
+                                 "pretrained model")
+        if f.kind == "dense" and t.dim != f.dim:
+            raise AlignmentError(f"{where}: dense item feature {f.name!r} has dim {t.dim} in the target but "
+                                 f"{f.dim} in the pretrained model")
+    return feats
+
+
+def _effective_config(cfg: FinetuneConfig, pcfg: TrainConfig, feature_names: list[str]) -> TrainConfig:
+    model = copy.deepcopy(pcfg.model)
+    model.embedding.item_features = list(feature_names)
+    max_len = pcfg.data.max_len
+    if cfg.data.max_len is not None and cfg.data.max_len != max_len:
+        if model.encoder.kind in ("sasrec", "hstu"):
+            raise ConfigError(f"data.max_len: the pretrained {model.encoder.kind} encoder reads {max_len} items "
+                              f"(its position table); leave data.max_len unset or set it to {max_len}")
+        max_len = cfg.data.max_len
+    d = cfg.data
+    data = DataSection(path=d.path, train_on=d.train_on, max_len=max_len, batch_size=d.batch_size,
+                       length_grouped=d.length_grouped, valid_batch_size=d.valid_batch_size,
+                       valid_max_users=d.valid_max_users)
+    eff = TrainConfig(data=data, name=cfg.name, model=model, task=copy.deepcopy(cfg.task),
+                      optim=copy.deepcopy(cfg.optim), trainer=copy.deepcopy(cfg.trainer))
+    # round trip through the strict loader: runs every validate() (e.g. ctr needs a sequence encoder)
+    return from_dict(TrainConfig, to_dict(eff), where="finetune config (with the pretrained model)")
+
+
+def _source_dataset(cfg: FinetuneConfig, ckpt: Path, ckpt_manifest: dict[str, Any]):
+    from unirec_dist.data.dataset import PreparedDataset
+
+    path = cfg.init.source_data or (ckpt_manifest.get("dataset") or {}).get("path")
+    if not path:
+        raise AlignmentError(f"{ckpt}: the manifest names no pretraining dataset; set init.source_data")
+    if not Path(path).is_dir():
+        raise AlignmentError(f"the pretraining dataset {path} (named by {ckpt}) does not exist; its vocab is needed "
+                             "to align the target: set init.source_data to its prepared directory")
+    src = PreparedDataset.open(path)
+    want = (ckpt_manifest.get("dataset") or {}).get("vocab_hash")
+    if src.vocab_hash != want:
+        raise AlignmentError(f"{path}: vocab_hash {str(src.vocab_hash)[:12]} is not the one the checkpoint was "
+                             f"trained on ({str(want)[:12]}); set init.source_data to the pretraining dataset")
+    return src
+
+
+def _share(m: np.ndarray) -> dict[str, Any]:
+    n = len(m) - 1
+    k = int((m[1:] >= 0).sum())
+    return {"rows": n, "matched": k, "new": n - k, "overlap": round(k / n, 4) if n else 0.0}
+
+
+def align(cfg: FinetuneConfig, ckpt_manifest: dict[str, Any], ckpt: Path, target, feats: list[Any],
+          user_table: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Row maps for every embedding table of the model (state key -> (n_target_rows,) int64)."""
+    from unirec_dist.training import align as A
+
+    ini = cfg.init
+    source = _source_dataset(cfg, ckpt, ckpt_manifest)
+    n_t, n_s = target.n_items + 1, source.n_items + 1
+    where = str(target.root)
+    if ini.align == "raw_id":
+        item_map = A.vocab_map(target.vocab("item"), source.vocab("item"), n_t, n_s)
+    else:
+        tk = A.item_keys(target, ini.align_column, where)
+        sk = A.item_keys(source, ini.align_column, str(source.root))
+        item_map = A.key_map(tk, sk)
+    items = _share(item_map)
+    how = "raw item id" if ini.align == "raw_id" else "item column(s) " + "+".join(ini.align_column)
+    if items["overlap"] < ini.min_overlap:
+        raise AlignmentError(
+            f"{where}: the target vocab cannot be aligned to the pretrained one: {items['matched']} of "
+            f"{items['rows']} items ({items['overlap']:.1%}) match by {how}, below init.min_overlap "
+            f"{ini.min_overlap:.0%}" + ("; try init.align=column (e.g. align_column: [title, year])"
+                                        if ini.align == "raw_id" else ""))
+    stats: dict[str, Any] = {"mode": ini.align, "columns": list(ini.align_column) if ini.align == "column" else None,
+                             "source_dataset": str(source.root), "items": items, "feature_agreement": {}}
+    # aligned items must agree on shared categorical features (e.g. year), else the ids name different items
+    t_cat = {f["name"] for f in target.features if f.get("table") == "items" and f.get("kind") == "categorical"}
+    s_cat = {f["name"] for f in source.features if f.get("table") == "items" and f.get("kind") == "categorical"}
+    for name in sorted(t_cat & s_cat):
+        chk = A.feature_agreement(target, source, item_map, name)
+        stats["feature_agreement"][name] = {"compared": chk.compared, "agree": chk.agree,
+                                            "agreement": round(chk.agreement, 4) if chk.compared else None}
+        if chk.compared and chk.agreement < ini.min_feature_agreement:
+            raise AlignmentError(
+                f"{where}: items aligned by {how} disagree on feature {name!r} for {chk.compared - chk.agree} of "
+                f"{chk.compared} ({1 - chk.agreement:.0%}): the two datasets' ids name different items "
+                f"(init.min_feature_agreement {ini.min_feature_agreement}); align by a column instead")
+    maps = {ITEM_W: item_map}
+    if user_table:
+        if ini.align_users:
+            um = A.vocab_map(target.vocab("user"), source.vocab("user"), target.n_users + 1, source.n_users + 1)
+        else:
+            um = np.full(target.n_users + 1, -1, dtype=np.int64)
+            um[0] = 0
+        maps[USER_W] = um
+        stats["users"] = _share(um)
+    stats["content"] = {}
+    s_feats = {f["name"]: f for f in source.features}
+    t_feats = {f["name"]: f for f in target.features}
+    for f in feats:
+        if f.kind == "dense":
+            continue
+        n_rows = int(t_feats[f.name]["cardinality"])
+        if f.kind in ("categorical", "multi"):
+            m = A.vocab_map(target.vocab(f.name), source.vocab(f.name), n_rows, int(s_feats[f.name]["cardinality"]))
+        else:   # text: hashed token buckets are the same ids when buckets and tokenizer match
+            same = (int(s_feats[f.name]["cardinality"]) == n_rows
+                    and s_feats[f.name].get("tokenizer") == t_feats[f.name].get("tokenizer"))
+            m = np.arange(n_rows, dtype=np.int64) if same else np.r_[0, np.full(n_rows - 1, -1)].astype(np.int64)
+            if not same:
+                log.warning("text feature %r: hash buckets/tokenizer differ from the pretrained dataset; its "
+                            "token table is re-initialised", f.name)
+        maps[CONTENT_W.format(f.name)] = m
+        stats["content"][f.name] = _share(m)
+    log.info("aligned %s: %d of %d target items (%.1f%%) by %s; %d new", where, items["matched"], items["rows"],
+             100 * items["overlap"], how, items["new"])
+    return maps, stats
+
+
+def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
+    """All checks and the alignment, before any model is built."""
+    from unirec_dist.data.dataset import PreparedDataset
+    from unirec_dist.training.data import open_prepared
+    from unirec_dist.utils.device import resolve_device
+
+    ckpt = Path(from_checkpoint)
+    ckpt_manifest, pcfg = _pretrained_config(ckpt)
+    path, t_manifest = open_prepared(cfg.data.path)
+    resolve_device(cfg.trainer.device)
+    target = PreparedDataset.open(path)
+    feats = _model_features(pcfg, ckpt_manifest, t_manifest, str(path))
+    eff = _effective_config(cfg, pcfg, [f.name for f in feats])
+    plan = Plan(cfg, ckpt, ckpt_manifest, eff, target)
+    if cfg.init.scratch:
+        plan.stats = {"scratch": True}
+        return plan
+    user_table = pcfg.model.embedding.user_id or pcfg.model.encoder.kind == "mf"
+    plan.maps, plan.stats = align(cfg, ckpt_manifest, ckpt, target, feats, user_table)
+    plan.stats["scratch"] = False
+    return plan
+
+
+# ----------------------------------------------------------------------------- weights
+def init_from_pretrained(model: torch.nn.Module, plan: Plan) -> dict[str, Any]:
+    """Copy the pretrained weights into the target-shaped `model` (in place) per the plan's maps."""
+    from unirec_dist.training.align import copy_rows
+    from unirec_dist.training.build import load_retriever
+
+    src_model, _ = load_retriever(plan.ckpt)          # DCP load, any writer world size
+    src = src_model.state_dict()
+    dst = model.state_dict()
+    info: dict[str, Any] = {"copied": [], "row_aligned": [], "new": []}
+    content = getattr(model.embedding, "has_content", False)
+    with torch.no_grad():
+        for key, t in dst.items():
+            if key.startswith(("embedding.feat_", "embedding.dense_")) and not key.startswith("embedding.dense_proj."):
+                continue   # the target's own content buffers (set from its items.parquet)
+            if key in plan.maps:
+                m = plan.maps[key]
+                if key == ITEM_W and plan.cfg.init.new_items == "content" and content:
+                    t[torch.from_numpy(np.flatnonzero(m < 0))] = 0.0
+                copy_rows(t, src[key], m)
+                info["row_aligned"].append(key)
+            elif key in src and tuple(src[key].shape) == tuple(t.shape):
+                t.copy_(src[key])
+                info["copied"].append(key)
+            elif key.startswith("heads."):
+                info["new"].append(key)
+            else:
+                got = tuple(src[key].shape) if key in src else None
+                raise CheckpointError(f"{plan.ckpt}: weight {key} has shape {got}, the target model needs "
+                                      f"{tuple(t.shape)}; the checkpoint does not match its own config")
+    new_rows = int((plan.maps[ITEM_W][1:] < 0).sum())
+    info["new_item_init"] = ("zero id vector (content embedding carries new items)"
+                             if plan.cfg.init.new_items == "content" and content else "random (default init)")
+    log.info("initialised from %s: %d tensors copied, %d row-aligned tables, %d new head tensors, %d new items (%s)",
+             plan.ckpt, len(info["copied"]), len(info["row_aligned"]), len(info["new"]), new_rows,
+             info["new_item_init"])
+    return info
+
+
+def param_group(name: str) -> str:
+    if name.startswith("embedding."):
+        return "embedding"
+    if name.startswith("encoder."):
+        return "encoder"
+    return "head"
+
+
+def apply_freeze(model: torch.nn.Module, cfg: FinetuneConfig, maps: dict[str, np.ndarray]) -> dict[str, Any]:
+    """requires_grad / gradient masks per the freeze section; returns what was frozen."""
+    fz = cfg.freeze
+    mult = to_dict(fz.lr_multipliers)
+    info: dict[str, Any] = {"frozen": [], "row_masked": {}}
+    for name, p in model.named_parameters():
+        group = param_group(name)
+        if mult[group] == 0 or (group == "encoder" and fz.encoder):
+            p.requires_grad_(False)
+            info["frozen"].append(name)
+        elif group == "embedding" and fz.embeddings:
+            m = maps.get(name)
+            if m is None or not (m < 0).any():
+                p.requires_grad_(False)       # no new rows: the whole table stays pretrained
+                info["frozen"].append(name)
+            else:
+                trainable = torch.from_numpy((m < 0).astype(np.float32)).to(p.device)[:, None]
+                p.register_hook(lambda g, w=trainable: g * w.to(g.dtype))
+                info["row_masked"][name] = int((m < 0).sum())
+    return info
+
+
+# ----------------------------------------------------------------------------- metrics
+def _first(col) -> np.ndarray:
+    from unirec_dist.training.data import _flat
+
+    vals, lens = _flat(col, np.float64)
+    first = (np.cumsum(lens) - lens)
+    out = np.full(len(lens), np.nan)
+    out[lens > 0] = vals[first[lens > 0]]
+    return out
+
+
+@torch.no_grad()
+def _pointwise_states(model, queries, batch_size: int, max_len: int):
+    """Per query: (hist (B, L, D), lengths (B,), state after the history (B, D), first target (B,))."""
+    from unirec_dist.data.batch import iter_query_batches
+
+    for b in iter_query_batches(queries, batch_size, max_len):
+        items, lengths = model.embed_sequences(b.seq)
+        states = model.encode(items, lengths.clamp(min=1), b.users)
+        h = states[torch.arange(states.shape[0]), (lengths - 1).clamp(min=0)]
+        yield items, lengths, h, b.targets[:, 0]
+
+
+@torch.no_grad()
+def rating_metrics(model, queries, batch_size: int = 512) -> dict[str, float]:
+    """RMSE/MAE of the rating head on each query's first target (queries with a target rating)."""
+    from unirec_dist.metrics.pointwise import mae, rmse
+
+    if "target_ratings" not in queries.column_names:
+        return {}
+    y = _first(queries["target_ratings"])
+    preds = []
+    for _, _, h, tgt in _pointwise_states(model, queries, batch_size, model.max_len):
+        preds.append(model.heads["rating"](h, model.embedding.item_vectors(tgt)).float().numpy())
+    p = np.concatenate(preds) if preds else np.zeros(0)
+    ok = ~np.isnan(y)
+    return {"RMSE": rmse(p[ok], y[ok]), "MAE": mae(p[ok], y[ok]), "rated": int(ok.sum())}
+
+
+@torch.no_grad()
+def ctr_metrics(model, queries, ctr_cfg, n_items: int, batch_size: int = 512, seed: int = 0) -> dict[str, float]:
+    """AUC/log-loss of the CTR head: each query's first target (label 1, or rating >=
+    label_min_rating) against `num_negatives` uniformly drawn items (label 0, fixed seed)."""
+    from unirec_dist.metrics.pointwise import auc, log_loss
+
+    g = torch.Generator().manual_seed(seed)
+    thr = ctr_cfg.label_min_rating
+    ratings = _first(queries["target_ratings"]) if (thr is not None and "target_ratings" in queries.column_names) else None
+    scores, labels = [], []
+    start = 0
+    for items, lengths, h, tgt in _pointwise_states(model, queries, batch_size, model.max_len):
+        B, L, _ = items.shape
+        C = 1 + ctr_cfg.num_negatives
+        neg = torch.randint(1, n_items + 1, (B, 1, C - 1), generator=g)
+        cand_ids = torch.cat([tgt[:, None, None], neg], dim=-1)                         # (B, 1, C)
+        cand = model.embedding.item_vectors(cand_ids.reshape(-1)).view(B, 1, C, -1)
+        visible = (torch.arange(L)[None, None, :] < lengths[:, None, None])             # (B, 1, L)
+        logits = model.heads["ctr"](items, visible, h[:, None, :], cand)[:, 0]          # (B, C)
+        lab = torch.zeros(B, C)
+        if ratings is not None:
+            lab[:, 0] = torch.from_numpy((ratings[start:start + B] >= thr).astype(np.float32))
+        else:
+            lab[:, 0] = 1.0
+        start += B
+        scores.append(logits.reshape(-1).float().numpy())
+        labels.append(lab.reshape(-1).numpy())
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    y = np.concatenate(labels) if labels else np.zeros(0)
+    return {"AUC": auc(s, y), "LogLoss": log_loss(1.0 / (1.0 + np.exp(-s)), y)}
+
+
+def task_metrics(model, queries, train_cfg: TrainConfig, n_items: int, ks=(10,), batch_size: int = 512,
+                 seed: int = 0) -> dict[str, float]:
+    """The metrics of every active task on a query table (valid or test)."""
+    from unirec_dist.metrics.evaluate import evaluate_table
+
+    tasks = train_cfg.task.active_tasks
+    was = model.training
+    model.eval()
+    try:
+        out: dict[str, float] = {}
+        if "retrieval" in tasks:
+            m = evaluate_table(model, queries, n_items, ks=ks, mask_seen=False, batch_size=batch_size, progress=False)
+            out.update({k: float(v) for k, v in m.items()})
+        if "rating" in tasks:
+            out.update(rating_metrics(model, queries, batch_size))
+        if "ctr" in tasks:
+            out.update(ctr_metrics(model, queries, train_cfg.task.ctr, n_items, batch_size, seed))
+        return out
+    finally:
+        model.train(was)
+
+
+def monitor_of(train_cfg: TrainConfig) -> tuple[str, str]:
+    tasks = train_cfg.task.active_tasks
+    if "retrieval" in tasks:
+        return "NDCG@10", "max"
+    if "rating" in tasks:
+        return "RMSE", "min"
+    return "AUC", "max"
+
+
+# ----------------------------------------------------------------------------- training
+def _make_module_class():
+    from unirec_dist.training.module import RecModule
+
+    class FinetuneModule(RecModule):
+        """RecModule with the task's own validation metrics and per-group learning rates."""
+
+        def __init__(self, cfg: TrainConfig, model, task, valid, n_items: int, ft: FinetuneConfig) -> None:
+            super().__init__(cfg, model, task, valid, n_items=n_items)
+            self.ft = ft
+            self.monitor, self.mode = monitor_of(cfg)
+
+        def run_validation(self) -> dict[str, float]:
+            if self.valid is None or self.valid.num_rows == 0:
+                return {}
+            return task_metrics(self.model, self.valid, self.cfg, self.n_items,
+                                batch_size=self.cfg.data.valid_batch_size, seed=self.cfg.trainer.seed)
+
+        def on_train_epoch_end(self) -> None:
+            if (self.current_epoch + 1) % self.cfg.trainer.val_every_n_epochs and \
+                    self.current_epoch + 1 != self.trainer.max_epochs:
+                return
+            m = self.run_validation()
+            if not m:
+                return
+            self.last_metrics = {k: float(v) for k, v in m.items()}
+            self._validated_epoch = self.current_epoch
+            for k, v in self.last_metrics.items():
+                if k != "queries" and k != "rated":
+                    self.log(f"val/{k}", v, prog_bar=k == self.monitor, sync_dist=False)
+            log.info("epoch %d: val %s", self.current_epoch,
+                     " ".join(f"{k} {v:.4f}" for k, v in self.last_metrics.items() if k not in ("queries", "rated")))
+
+        def configure_optimizers(self):
+            o = self.cfg.optim
+            mult = to_dict(self.ft.freeze.lr_multipliers)
+            groups: dict[str, list] = {"embedding": [], "encoder": [], "head": []}
+            for name, p in self.model.named_parameters():
+                if p.requires_grad:
+                    groups[param_group(name)].append(p)
+            row_frozen = self.ft.freeze.embeddings
+            param_groups = [
+                {"params": ps, "lr": o.lr * mult[g], "name": g,
+                 # decoupled weight decay would move frozen (masked) rows
+                 "weight_decay": 0.0 if (g == "embedding" and row_frozen) else o.weight_decay}
+                for g, ps in groups.items() if ps
+            ]
+            if not param_groups:
+                raise ConfigError("freeze: every parameter is frozen; nothing to fine-tune")
+            cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+            return cls(param_groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    return FinetuneModule
+
+
+def _make_checkpoint_callback(root: Path, base_manifest: dict[str, Any], monitor: str, mode: str, every: int):
+    from lightning.pytorch.callbacks import Checkpoint
+
+    class FinetuneCheckpoint(Checkpoint):
+        """best (by the monitored validation metric) and last DCP checkpoints; a Checkpoint
+        subclass so it runs after the module's epoch-end validation."""
+
+        def __init__(self) -> None:
+            self.best = None
+            self.best_metrics: dict[str, float] = {}
+            self.best_path: Path | None = None
+            self.last_path: Path | None = None
+            self._saved_epoch = -1
+
+        def _save(self, trainer, module, name: str) -> Path:
+            from unirec_dist.checkpoint.dcp import save_checkpoint
+            from unirec_dist.training.build import checkpoint_state
+
+            opt = trainer.optimizers[0] if trainer.optimizers else None
+            state = checkpoint_state(module.model, opt, {"epoch": trainer.current_epoch, "step": trainer.global_step})
+            manifest = {**base_manifest, "step": trainer.global_step, "epoch": trainer.current_epoch,
+                        "metrics": dict(module.last_metrics), "plan": None}
+            return save_checkpoint(root / name, state, manifest)
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            ep = trainer.current_epoch
+            m = module.last_metrics
+            if m and module._validated_epoch == ep and monitor in m:
+                v = m[monitor]
+                if self.best is None or (v > self.best if mode == "max" else v < self.best):
+                    self.best, self.best_metrics = v, dict(m)
+                    self.best_path = self._save(trainer, module, "best")
+            if every and (ep + 1) % every == 0:
+                self.last_path = self._save(trainer, module, "last")
+                self._saved_epoch = ep
+
+        def on_train_end(self, trainer, module) -> None:
+            if self._saved_epoch != trainer.current_epoch - 1 or self.last_path is None:
+                self.last_path = self._save(trainer, module, "last")
+
+    return FinetuneCheckpoint()
+
+
+def subsample(seqs, fraction: float, seed: int):
+    """A fixed random share of the training users (whole histories), same for every arm with one seed."""
+    from unirec_dist.training.data import TrainSequences
+
+    if fraction >= 1.0:
+        return seqs
+    U = len(seqs)
+    k = max(1, int(round(U * fraction)))
+    rows = np.sort(np.random.default_rng([seed, 7]).choice(U, k, replace=False))
+    lengths = seqs.lengths[rows]
+    idx = np.repeat(seqs.offsets[rows] - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+    return TrainSequences(users=seqs.users[rows], values=seqs.values[idx],
+                          offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                          ratings=None if seqs.ratings is None else seqs.ratings[idx])
+
+
+def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
+    """Fine-tune the checkpoint at `from_checkpoint` on cfg.data.path; returns the checkpoint dir
+    to use downstream (best by the monitored validation metric, else last)."""
+    import lightning as L
+    import pyarrow.parquet as pq
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from unirec_dist.training.build import build_from_config, build_task, dataset_section
+    from unirec_dist.training.data import SequenceBatches, TrainSequences, read_valid
+    from unirec_dist.training.train import _quiet
+    from unirec_dist.utils.device import resolve_device
+
+    t0 = time.perf_counter()
+    _quiet()
+    plan = plan_finetune(cfg, from_checkpoint)
+    eff, target = plan.train_cfg, plan.target
+    seqs = TrainSequences.from_dir(target.root, eff.data.train_on)
+    if "rating" in eff.task.active_tasks and seqs.ratings is None:
+        raise ConfigError(f"task.kind: the rating task needs ratings, but {target.root}/train.parquet has none")
+    device = resolve_device(eff.trainer.device)
+    if eff.trainer.threads is not None and device.type == "cpu":
+        torch.set_num_threads(eff.trainer.threads)
+    L.seed_everything(eff.trainer.seed, workers=True, verbose=False)
+
+    seqs = subsample(seqs, cfg.data.fraction, eff.trainer.seed)
+    n_vocab = target.n_items + 1
+    batches = SequenceBatches(seqs, eff.data.batch_size, eff.data.max_len, seed=eff.trainer.seed,
+                              length_grouped=eff.data.length_grouped)
+    model = build_from_config(eff, target.manifest)
+    model.embedding.set_item_features(pq.read_table(target.root / "items.parquet"))
+    init_info = {"scratch": True} if cfg.init.scratch else init_from_pretrained(model, plan)
+    freeze_info = apply_freeze(model, cfg, plan.maps)
+    task = build_task(eff.task, target.manifest, seqs.item_counts(n_vocab))
+    valid = read_valid(target.root, eff.data.valid_max_users, seed=eff.trainer.seed)
+    module = _make_module_class()(eff, model, task, valid, n_vocab - 1, cfg)
+    log.info("fine-tuning %s on %s from %s: %d sequences (fraction %.2f), %d items, %d trainable parameters",
+             cfg.name, target.root, plan.ckpt, len(seqs), cfg.data.fraction, n_vocab - 1,
+             sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+    src_mf = plan.ckpt_manifest
+    base_manifest = {
+        "kind": "finetune",
+        "config": to_dict(eff),
+        "dataset": dataset_section(target.root, target.manifest),
+        "finetune": {
+            "source_checkpoint": str(plan.ckpt.resolve()),
+            "source": {"kind": src_mf.get("kind"), "step": src_mf.get("step"), "epoch": src_mf.get("epoch"),
+                       "world_size": src_mf.get("world_size"),
+                       "dataset": {k: (src_mf.get("dataset") or {}).get(k) for k in ("name", "path", "vocab_hash")}},
+            "config": to_dict(cfg),
+            "alignment": plan.stats,
+            "init": init_info,
+            "freeze": {"frozen": len(freeze_info["frozen"]), "row_masked": freeze_info["row_masked"]},
+            "train_users": len(seqs),
+        },
+    }
+    out = Path(eff.trainer.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loggers = []
+    if "csv" in eff.trainer.loggers:
+        loggers.append(CSVLogger(save_dir=str(out), name="logs", version=""))
+    if "tensorboard" in eff.trainer.loggers:
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="logs", version="tb"))
+    ckpt = _make_checkpoint_callback(out / "checkpoints", base_manifest, module.monitor, module.mode,
+                                     eff.trainer.checkpoint_every_n_epochs)
+    callbacks = [ckpt]
+    if eff.trainer.early_stop_patience is not None:
+        callbacks.append(EarlyStopping(monitor=f"val/{module.monitor}", mode=module.mode, strict=False,
+                                       patience=eff.trainer.early_stop_patience, check_on_train_epoch_end=True))
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+        max_epochs=eff.trainer.max_epochs, max_steps=eff.trainer.max_steps,
+        max_time=None if eff.trainer.max_minutes is None else datetime.timedelta(minutes=eff.trainer.max_minutes),
+        logger=loggers or False, callbacks=callbacks, enable_checkpointing=True,
+        enable_progress_bar=eff.trainer.progress_bar, enable_model_summary=False,
+        log_every_n_steps=eff.trainer.log_every_n_steps, limit_train_batches=eff.trainer.limit_train_batches,
+        limit_val_batches=0, num_sanity_val_steps=0, precision=eff.trainer.precision, default_root_dir=str(out),
+    )
+    trainer.fit(module, train_dataloaders=batches)
+    result = ckpt.best_path or ckpt.last_path
+    test = evaluate_checkpoint(result, "test") if target.has_table("test") else None
+    summary = {
+        "checkpoint": str(result), "last": str(ckpt.last_path),
+        "best": str(ckpt.best_path) if ckpt.best_path else None,
+        "monitor": module.monitor, "best_val": ckpt.best_metrics or None, "last_val": module.last_metrics,
+        "test": test, "alignment": plan.stats, "train_users": len(seqs),
+        "epochs": trainer.current_epoch, "steps": trainer.global_step,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    log.info("done in %.1f s; checkpoint %s", summary["seconds"], result)
+    return Path(result)
+
+
+def evaluate_checkpoint(checkpoint, split: str = "test", ks=(10,), dataset=None) -> dict[str, float]:
+    """Task metrics (retrieval HR/NDCG@K full ranking, seen not masked; RMSE/MAE; AUC/log-loss) of a
+    training or fine-tuning checkpoint on its dataset's `split`."""
+    from unirec_dist.data.dataset import PreparedDataset
+    from unirec_dist.training.build import load_retriever
+
+    model, manifest = load_retriever(checkpoint)
+    ds = PreparedDataset.open(dataset or manifest["dataset"]["path"])
+    cfg = from_dict(TrainConfig, manifest["config"], where=f"{checkpoint}/manifest.json config")
+    queries = ds.table(split)
+    import pyarrow.compute as pc
+
+    queries = queries.filter(pc.greater(pc.list_value_length(queries["targets"]), 0))
+    return task_metrics(model, queries, cfg, ds.n_items, ks=ks, seed=cfg.trainer.seed)
