@@ -20,7 +20,8 @@ COMMANDS = [
     "demo",
     "data",
     "prepare",
-    "train",
+    "train", "finetune",
+    "pretrain",
     "evaluate", "recommend",
     "export", "serve", "explain",
 ]

@@ -1,0 +1,27 @@
+"""`unirec pretrain --config configs/pretrain/<name>.yaml --workers N [--address HOST:PORT] [key=value ...]`."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="distributed pretraining on Ray Train (sharded tables, N workers)")
+    p.add_argument("--config", required=True, help="pretraining YAML (a training YAML, optionally with distributed:)")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: distributed.workers)")
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (host:port or ray://host:port); default: start a local one")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.max_epochs=3")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from unirec_dist.config.distributed import load_pretrain_config
+
+    cfg = load_pretrain_config(args.config, args.overrides)
+    from unirec_dist.training.pretrain import pretrain
+
+    path = pretrain(cfg, workers=args.workers, address=args.address, progress=not args.no_progress,
+                    verbose=getattr(args, "verbose", False))
+    print(f"checkpoint: {path}")
+    return 0

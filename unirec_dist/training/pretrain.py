@@ -1,0 +1,367 @@
+"""The distributed pretraining job: config in, Ray Train TorchTrainer out.
+
+    pretrain(cfg, workers=None, address=None) -> Path of the final checkpoint
+
+Runs the training engineer's LightningModule and model (training/train.py `setup_training`) in
+every Ray Train worker, with TorchRecStrategy sharding the tables (CPU/gloo or GPU/NCCL). Each
+worker trains on its own disjoint slice of the prepared dataset (`rank`/`world_size` slicing in
+training/data.py). Checkpoints are DCP directories reported to Ray (every rank reports its
+shards, Ray merges them, keeps the newest `keep_last`); after a worker failure Ray restarts the
+group (`max_failures`) and every worker resumes from the latest reported checkpoint.
+
+Everything a user can get wrong is checked in the driver before any worker starts: the dataset,
+the sharding constraints (against the real model's tables, built on the meta device), the table
+optimizer for the device, a Ray address that does not answer (within seconds), and more workers
+than the cluster's CPUs/GPUs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from unirec_dist.config.distributed import PretrainConfig
+from unirec_dist.errors import ConfigError, UnirecError
+
+log = logging.getLogger(__name__)
+
+FINAL = "final"
+
+
+class ClusterError(UnirecError):
+    """The Ray cluster cannot run the job (unreachable, too small)."""
+
+
+# -- fail-fast checks -------------------------------------------------------------------------
+def check_address(address: str, timeout_s: float = 3.0) -> None:
+    """A TCP connect to the Ray address (GCS port / client port / dashboard) within `timeout_s`."""
+    if address in ("auto", "local"):
+        return
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = url.hostname, url.port
+    if not host or not port:
+        raise ClusterError(f"--address {address!r}: expected host:port, ray://host:port or http://host:port")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ClusterError(f"Ray address {address} does not answer ({e.strerror or e}); is the cluster up?") from None
+
+
+def check_model(cfg: PretrainConfig, device_type: str) -> dict[str, Any]:
+    """Sharding constraints and table optimizer against the real model's tables (built on meta)."""
+    from unirec_dist.embeddings.sharding import find_tables, validate_sharding, validate_table_optimizer
+    from unirec_dist.training.build import build_from_config
+    from unirec_dist.training.train import check_inputs
+
+    _, ds_manifest = check_inputs(cfg)
+    # import torchrec (and tensordict, which computes tensors at import) outside the meta-device
+    # context that build_model(device="meta") enters
+    import torchrec  # noqa: F401
+
+    model = build_from_config(cfg, ds_manifest, device="meta")
+    tables = find_tables(model)
+    validate_sharding(cfg.distributed.sharding, tables, device_type)
+    kind, _ = cfg.distributed.table_optimizer.resolve(device_type, cfg.optim.lr)
+    validate_table_optimizer(kind, device_type)
+    return {name: {"rows": t.num_embeddings, "dim": t.embedding_dim, "kind": t.kind} for name, t in tables.items()}
+
+
+def device_type_for(cfg: PretrainConfig) -> str:
+    if cfg.distributed.device != "auto":
+        return cfg.distributed.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool) -> None:
+    """Refuse (instead of waiting forever) when the cluster cannot place every worker."""
+    import ray
+
+    res = ray.cluster_resources()
+    need_cpu = workers * cpus_per_worker
+    have_cpu = int(res.get("CPU", 0))
+    if need_cpu > have_cpu:
+        raise ClusterError(
+            f"--workers {workers} needs {need_cpu} CPUs ({cpus_per_worker} per worker) but the Ray cluster has {have_cpu}"
+        )
+    if use_gpu and workers > int(res.get("GPU", 0)):
+        raise ClusterError(f"--workers {workers} needs {workers} GPUs but the Ray cluster has {int(res.get('GPU', 0))}")
+
+
+# -- the worker -------------------------------------------------------------------------------
+class ResumableBatches:
+    """The train loader with `skip(n)` (resume mid-epoch) and `set_epoch` passed through.
+
+    A generator: the skip applies when iteration really starts (Lightning calls iter() early).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def skip(self, n: int) -> None:
+        self._skip = n
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        for i, b in enumerate(self.inner):
+            if i >= skip:
+                yield b
+
+
+def _quiet_worker() -> None:
+    import warnings
+
+    logging.getLogger().setLevel(logging.WARNING)   # fbgemm's "Successfully loaded" lines are INFO
+    from unirec_dist.utils.logging import quiet_noisy_loggers
+
+    quiet_noisy_loggers()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """What every Ray Train worker runs: the Lightning loop with TorchRecStrategy."""
+    _quiet_worker()
+    import lightning as L
+    import ray.train
+    import torch
+    from ray.train.lightning import RayLightningEnvironment
+
+    from unirec_dist.config.loader import from_dict, to_dict
+    from unirec_dist.training.strategy import ShardingOptions, StepCheckpoint, ray_torchrec_strategy
+    from unirec_dist.training.train import setup_training
+
+    logging.getLogger("unirec_dist").setLevel(logging.INFO if config.get("verbose") else logging.WARNING)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    os.environ["RANK"] = str(rank)      # rank-0 log filter
+    cfg = from_dict(PretrainConfig, config["cfg"], where="pretrain config")
+    dist = cfg.distributed
+    device_type = config["device_type"]
+    if cfg.trainer.threads is not None and device_type == "cpu":
+        torch.set_num_threads(cfg.trainer.threads)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    st = setup_training(cfg, rank=rank, world_size=world)
+    kind, lr = dist.table_optimizer.resolve(device_type, cfg.optim.lr)
+    sharding = ShardingOptions(
+        constraints=dict(dist.sharding), table_optimizer=kind, table_lr=lr, table_eps=dist.table_optimizer.eps,
+        table_weight_decay=dist.table_optimizer.weight_decay,
+        memory_bytes=int(dist.memory_gb * 2**30) if dist.memory_gb else None, batch_size=cfg.data.batch_size,
+    )
+    strategy = ray_torchrec_strategy(
+        sharding=sharding,
+        manifest={"kind": "pretrain", "config": to_dict(cfg), "dataset": st.dataset},
+    )
+    trainer = L.Trainer(
+        accelerator="gpu" if device_type == "cuda" else "cpu",
+        devices="auto",
+        strategy=strategy,
+        plugins=[RayLightningEnvironment()],
+        max_epochs=cfg.trainer.max_epochs,
+        max_steps=cfg.trainer.max_steps,
+        limit_train_batches=cfg.trainer.limit_train_batches,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=bool(config.get("progress", True)) and rank == 0,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        use_distributed_sampler=False,   # the loader slices by rank itself
+        callbacks=[StepCheckpoint(None, every_n_steps=dist.checkpoint_every_n_steps, ray_report=True)],
+        precision=cfg.trainer.precision,
+        default_root_dir=config.get("work_dir"),
+    )
+    ckpt_path = None
+    ckpt = ray.train.get_checkpoint()
+    local = None
+    if ckpt is not None:
+        # a restarted worker group: continue from the latest reported checkpoint
+        import tempfile
+
+        local = Path(tempfile.mkdtemp(prefix="unirec-resume-"))
+        ckpt.to_directory(str(local))
+        ckpt_path = str(local)
+    fail_at = config.get("_test_fail_at_step")   # tests: kill one worker once, mid-run
+    if fail_at is not None and ckpt is None and rank == world - 1:
+        trainer.callbacks.append(_FailOnce(int(fail_at)))
+    try:
+        trainer.fit(st.module, train_dataloaders=ResumableBatches(st.batches), ckpt_path=ckpt_path)
+    finally:
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def _fail_once_base():
+    from lightning.pytorch.callbacks import Callback
+
+    return Callback
+
+
+class _FailOnce(_fail_once_base()):
+    """Test hook: hard-kill this worker process after `step` (no cleanup, like a crash)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        if trainer.global_step >= self.step:
+            os._exit(1)
+
+
+# -- the driver -------------------------------------------------------------------------------
+_NOISE = (
+    "The topology was constructed directly", "It is recommended to use `self.log(",
+    "Checkpoint successfully created", "Setting up process group", "sync_dist=True",
+    "Successfully loaded", "FutureWarning", "warnings.warn(", "DeprecationWarning",
+)
+
+
+def filter_worker_logs() -> None:
+    """Forward only the training workers' own output (rank 0's progress bar, our log lines) to
+    the terminal, without Ray's "(RayTrainWorker pid=...)" prefix; Ray's controller/cleaner
+    chatter and known library noise stay in Ray's log files (/tmp/ray/session_latest/logs)."""
+    try:
+        import ray._private.worker as rw
+    except ImportError:  # pragma: no cover - Ray internals moved: fall back to Ray's own output
+        return
+    if getattr(rw, "_unirec_filtered", False):
+        return
+    original = rw.print_worker_logs
+
+    def print_worker_logs(data, print_file, ignore_prefix: bool = False):
+        name = str(data.get("actor_name") or data.get("task_name") or "")
+        if "RayTrainWorker" not in name:
+            return
+        for line in data.get("lines", []):
+            if not any(n in line for n in _NOISE):
+                print(line, file=print_file)
+
+    rw.print_worker_logs = print_worker_logs
+    rw._unirec_filtered = True
+    rw._unirec_original_print_worker_logs = original
+
+
+def _ray_init(address: str | None, num_cpus: int | None) -> bool:
+    """Start an embedded local cluster (returns True: we own it) or join `address`."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
+    if ray.is_initialized():
+        return False
+    filter_worker_logs()
+    kw: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True, "configure_logging": True}
+    if address:
+        check_address(address)
+        ray.init(address=address, **kw)
+        return False
+    ray.init(num_cpus=num_cpus, include_dashboard=False, **kw)
+    return True
+
+
+def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | None = None,
+             progress: bool = True, verbose: bool = False, _test_fail_at_step: int | None = None) -> Path:
+    """Run the distributed pretraining job; returns `<out_dir>/checkpoints/final`."""
+    t0 = time.perf_counter()
+    dist = cfg.distributed
+    if workers is not None:
+        if workers < 1:
+            raise ConfigError(f"--workers: must be >= 1, got {workers}")
+        dist.workers = workers
+    if address is not None:
+        dist.address = address
+    if dist.address:
+        check_address(dist.address)      # before any heavy import: seconds, not minutes
+    device_type = device_type_for(cfg)
+    use_gpu = device_type == "cuda"
+    if dist.device == "cuda":
+        from unirec_dist.utils.device import resolve_device
+
+        resolve_device("cuda")
+    tables = check_model(cfg, device_type)
+    out = Path(cfg.trainer.out_dir).resolve()
+    storage = Path(dist.storage_path).resolve() if dist.storage_path else out / "ray"
+    own = _ray_init(dist.address, None if dist.address else max(os.cpu_count() or 1, dist.workers * dist.cpus_per_worker))
+    import ray
+
+    try:
+        check_resources(dist.workers, dist.cpus_per_worker, use_gpu)
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from unirec_dist.config.loader import to_dict
+
+        log.info("pretraining %s on %d %s worker(s); tables: %s", cfg.name, dist.workers, device_type,
+                 ", ".join(f"{n} {t['rows']}x{t['dim']}" for n, t in sorted(tables.items())))
+        trainer = TorchTrainer(
+            train_loop_per_worker=train_loop_per_worker,
+            train_loop_config={
+                "cfg": to_dict(cfg), "device_type": device_type, "progress": progress, "verbose": verbose,
+                "work_dir": str(out), "_test_fail_at_step": _test_fail_at_step,
+            },
+            scaling_config=ScalingConfig(num_workers=dist.workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": dist.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=RunConfig(
+                name=cfg.name,
+                storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=dist.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=dist.keep_last),
+            ),
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        if result.checkpoint is None:
+            raise RuntimeError("the run finished without a checkpoint")
+        final = out / "checkpoints" / FINAL
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{FINAL}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        result.checkpoint.to_directory(str(tmp))
+        from unirec_dist.utils.atomic import publish_dir
+
+        publish_dir(tmp, final)
+        from unirec_dist.checkpoint.dcp import read_manifest
+
+        manifest = read_manifest(final)
+        summary = {
+            "checkpoint": str(final),
+            "workers": dist.workers,
+            "device": device_type,
+            "steps": manifest.get("step"),
+            "epochs": manifest.get("epoch"),
+            "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+            "plan": manifest.get("plan"),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        (out / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str))
+        log.info("done in %.1f s; checkpoint %s", summary["seconds"], final)
+        return final
+    finally:
+        if own:
+            ray.shutdown()
