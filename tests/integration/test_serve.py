@@ -45,6 +45,7 @@ def test_recommend_known_user_and_history(client):
     body = r.json()
     assert [x["item"] for x in body["items"]] == [x.item for x in rec.recommend(user_id="u4", k=7)]
     assert body["history_length"] == len(rec.known_history("u4")) and body["index"] == "exact"
+    assert r.headers["server-timing"].startswith("recommend;dur=")
     r = c.post("/recommend", json={"history": ["i3", "i9"], "k": 3, "exclude_seen": False})
     assert r.status_code == 200 and len(r.json()["items"]) == 3 and r.json()["user_id"] is None
 

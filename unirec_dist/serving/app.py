@@ -51,7 +51,9 @@ def _message(e: dict[str, Any]) -> str:
 
 
 def create_app(rec: "Recommender", title: str = "unirec_dist recommender") -> "FastAPI":
-    from fastapi import FastAPI, Request
+    import time
+
+    from fastapi import FastAPI, Request, Response
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
@@ -165,8 +167,11 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender") -> "F
     # around a plain `def` endpoint (body, endpoint and response each hop), so it runs inline on the
     # event loop. /explain (a batched forward per history position) stays in the thread pool.
     @app.post("/recommend", response_model=RecommendResponse, responses=errors)
-    async def recommend(req: RecommendRequest) -> dict[str, Any]:
+    async def recommend(req: RecommendRequest, response: Response) -> dict[str, Any]:
+        t0 = time.perf_counter()
         items = rec.recommend(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen)
+        # the model + top-K time, apart from HTTP and JSON (W3C Server-Timing, in ms)
+        response.headers["Server-Timing"] = f"recommend;dur={(time.perf_counter() - t0) * 1000:.3f}"
         return {
             "items": [vars(r) for r in items],
             "user_id": None if req.user_id is None else str(req.user_id),
@@ -177,9 +182,11 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender") -> "F
         }
 
     @app.post("/explain", response_model=ExplainResponse, responses=errors)
-    def explain(req: ExplainRequest) -> dict[str, Any]:
+    def explain(req: ExplainRequest, response: Response) -> dict[str, Any]:
+        t0 = time.perf_counter()
         ex = rec.explain(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen,
                          items=req.items, top=req.top, method=req.method)
+        response.headers["Server-Timing"] = f"explain;dur={(time.perf_counter() - t0) * 1000:.3f}"
         return ex.to_dict()
 
     return app
