@@ -5,9 +5,10 @@ Layout of a bundle directory (written atomically by `write_bundle`, e.g. via `un
 
     manifest.json           format_version, kind "unirec-bundle", created_at,
                             model {builder, config, class, max_len, dim},
-                            dataset {name, vocab_hash, vocab_sizes, manifest (the prepared
-                            dataset's manifest)}, checkpoint (the checkpoint's own manifest
-                            and path, or null), counts {items, users, histories},
+                            dataset {name, path, vocab_hash, vocab_sizes, features (what
+                            the model is rebuilt from), manifest (the prepared dataset's)},
+                            checkpoint {path, manifest (the checkpoint's own)} or null,
+                            counts {items, users, histories},
                             files {name: sha256}, ann (present when an index was prebuilt)
     config.json             the resolved config the model was built from (model section inside)
     weights.safetensors     the consolidated model state_dict as plain tensors (may be absent
