@@ -1,0 +1,220 @@
+"""End to end fine-tuning on synthetic data: pretrain a tiny model on dataset A, fine-tune it on
+dataset B whose vocab differs (new items, new users, a different set of tags), through the
+library and the `unirec finetune` CLI; alignment failures exit 2 with one line."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.synthetic import prepared_dataset, write_synthetic_log
+from unirec_dist.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+PRETRAIN = str(REPO / "configs/pretrain/debug.yaml")
+FINETUNE = str(REPO / "configs/finetune/debug.yaml")
+ITEM_W = "embedding.item_ec.embeddings.t_item.weight"
+USER_W = "embedding.user_ec.embeddings.t_user.weight"
+
+
+def _prepare_variant(root: Path, seed: int, n_items: int, rename=None, reverse_items: bool = False) -> Path:
+    """A synthetic dataset whose raw item ids are renamed (`rename`: prefix) or whose item table
+    is attached to the wrong ids (`reverse_items`), prepared with the real `prepare`."""
+    from unirec_dist.config.dataset import DatasetConfig
+    from unirec_dist.config.loader import load_config
+    from unirec_dist.data.prepare import prepare
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    cfg_path = write_synthetic_log(root / "raw", n_users=40, n_items=n_items, seed=seed)
+    items = pq.read_table(root / "raw" / "items.parquet")
+    inter = pacsv.read_csv(root / "raw" / "interactions.csv")
+    if rename:
+        items = items.set_column(0, "item_id", pc.replace_substring(items["item_id"], "i", rename))
+        inter = inter.set_column(1, "item_id", pc.replace_substring(inter["item_id"], "i", rename))
+        pacsv.write_csv(inter, root / "raw" / "interactions.csv")
+    if reverse_items:
+        items = items.set_column(0, "item_id", pa.array(items["item_id"].to_pylist()[::-1]))
+    pq.write_table(items, root / "raw" / "items.parquet")
+    return prepare(load_config(DatasetConfig, cfg_path), root / "prepared")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Dataset A (40 items), its pretrained checkpoint (with a user table), dataset B (50 items:
+    39 known + 11 new, 60 users of which 50 known)."""
+    tmp = tmp_path_factory.mktemp("ft")
+    a = prepared_dataset(tmp / "a", n_users=50, n_items=40, seed=0)
+    b = prepared_dataset(tmp / "b", n_users=60, n_items=50, seed=1)
+    rc = main(["train", "--config", PRETRAIN, f"data.path={a}", f"trainer.out_dir={tmp / 'pre'}",
+               "trainer.max_epochs=1", "trainer.limit_train_batches=2", "model.embedding.user_id=true",
+               "trainer.loggers=[]"])
+    assert rc == 0
+    return {"tmp": tmp, "a": a, "b": b, "ckpt": tmp / "pre" / "checkpoints" / "last"}
+
+
+def _error_line(capsys) -> str:
+    """The CLI's one error line (stderr may also carry INFO log lines before it)."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handlers():
+    # the CLI binds its log handler to the stderr of the test that called it; drop stale ones
+    logging.getLogger().handlers.clear()
+    yield
+
+
+def _raw_index(ds: Path, kind: str) -> dict[str, int]:
+    t = pq.read_table(ds / "vocab" / f"{kind}.parquet")
+    return dict(zip(t["raw"].to_pylist(), t["index"].to_pylist()))
+
+
+def test_known_rows_keep_pretrained_vectors(world):
+    """Loaded into a model with a larger vocab: every row whose raw value the pretraining data
+    knew equals the pretrained row (items, users, categorical/multi content tables); new items
+    start with a zero id vector; the encoder is copied."""
+    import pyarrow.parquet as pq
+
+    from unirec_dist.config.finetune import load_finetune_config
+    from unirec_dist.training.build import build_from_config, load_retriever
+    from unirec_dist.training.finetune import init_from_pretrained, plan_finetune
+
+    cfg = load_finetune_config(FINETUNE, [f"data.path={world['b']}"])
+    plan = plan_finetune(cfg, world["ckpt"])
+    model = build_from_config(plan.train_cfg, plan.target.manifest)
+    model.embedding.set_item_features(pq.read_table(world["b"] / "items.parquet"))
+    init_from_pretrained(model, plan)
+    pre, _ = load_retriever(world["ckpt"])
+    got, src = model.state_dict(), pre.state_dict()
+
+    checked = {}
+    for kind, key in (("item", ITEM_W), ("user", USER_W), ("category", "embedding.content_ebc.embedding_bags.t_category.weight"),
+                      ("tags", "embedding.content_ebc.embedding_bags.t_tags.weight")):
+        s_idx, t_idx = _raw_index(world["a"], kind), _raw_index(world["b"], kind)
+        known = [r for r in t_idx if r in s_idx]
+        new = [r for r in t_idx if r not in s_idx]
+        for r in known:
+            assert torch.equal(got[key][t_idx[r]], src[key][s_idx[r]]), (kind, r)
+        checked[kind] = (len(known), len(new))
+        if kind == "item":
+            for r in new:
+                assert torch.count_nonzero(got[key][t_idx[r]]) == 0, r
+    # B has 50 items; A's log used 39 of its 40 ids (i000..i039 minus one): 39 known, 11 new
+    assert checked["item"] == (39, 11)
+    assert checked["user"][0] == 50 and checked["user"][1] == 10
+    assert checked["category"] == (4, 0)
+    for k in src:
+        if k.startswith("encoder.") or k.startswith("embedding.dense_proj."):
+            assert torch.equal(got[k], src[k]), k
+    # text buckets are identical across datasets (same buckets and tokenizer): whole table copied
+    tk = "embedding.content_ebc.embedding_bags.t_title.weight"
+    assert torch.equal(got[tk], src[tk])
+    st = plan.stats
+    assert st["items"] == {"rows": 50, "matched": 39, "new": 11, "overlap": 0.78}
+    assert st["feature_agreement"]["category"]["agreement"] == 1.0
+
+
+def test_cli_finetune_then_evaluate(world, capsys):
+    out = world["tmp"] / "ft"
+    rc = main(["finetune", "--from", str(world["ckpt"]), "--config", FINETUNE, f"data.path={world['b']}",
+               f"trainer.out_dir={out}", "trainer.loggers=[]"])
+    assert rc == 0
+    ckpt = Path(capsys.readouterr().out.strip().splitlines()[-1].split("checkpoint: ")[1])
+    mf = json.loads((ckpt / "manifest.json").read_text())
+    assert mf["kind"] == "finetune"
+    assert mf["finetune"]["source_checkpoint"] == str(world["ckpt"].resolve())
+    assert mf["finetune"]["alignment"]["items"]["matched"] == 39
+    b_mf = json.loads((world["b"] / "manifest.json").read_text())
+    assert mf["dataset"]["vocab_hash"] == b_mf["vocab_hash"]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["monitor"] == "NDCG@10" and 0 <= summary["test"]["NDCG@10"] <= 1
+    # a fine-tuned checkpoint is an ordinary checkpoint for the downstream commands
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--split", "test", "--k", "10"]) == 0
+
+
+def test_freeze_keeps_pretrained_rows_and_trains_new_ones(world):
+    from unirec_dist.config.finetune import load_finetune_config
+    from unirec_dist.training.build import load_retriever
+    from unirec_dist.training.finetune import finetune
+
+    cfg = load_finetune_config(FINETUNE, [
+        f"data.path={world['b']}", f"trainer.out_dir={world['tmp'] / 'ft_frozen'}", "trainer.loggers=[]",
+        "freeze.embeddings=true", "freeze.encoder=true", "trainer.max_epochs=1", "optim.lr=0.05",
+        "optim.name=adamw", "optim.weight_decay=0.1"])
+    ckpt = finetune(cfg, world["ckpt"])
+    pre, _ = load_retriever(world["ckpt"])
+    ft, _ = load_retriever(ckpt)
+    s_idx, t_idx = _raw_index(world["a"], "item"), _raw_index(world["b"], "item")
+    src, got = pre.state_dict(), ft.state_dict()
+    for r, i in t_idx.items():
+        if r in s_idx:
+            assert torch.equal(got[ITEM_W][i], src[ITEM_W][s_idx[r]]), r
+    new_rows = [i for r, i in t_idx.items() if r not in s_idx]
+    assert torch.count_nonzero(got[ITEM_W][new_rows]) > 0      # new rows trained away from zero
+    for k in src:
+        if k.startswith("encoder."):
+            assert torch.equal(got[k], src[k]), k
+
+
+@pytest.mark.parametrize("task,keys", [("rating", ("RMSE", "MAE")), ("ctr", ("AUC", "LogLoss"))])
+def test_rating_and_ctr_heads(world, task, keys):
+    from unirec_dist.config.finetune import load_finetune_config
+    from unirec_dist.training.finetune import finetune
+
+    out = world["tmp"] / f"ft_{task}"
+    cfg = load_finetune_config(FINETUNE, [
+        f"data.path={world['b']}", f"trainer.out_dir={out}", "trainer.loggers=[]", f"task.kind={task}",
+        "task.ctr.label_min_rating=4", "trainer.max_epochs=1",
+        "freeze.lr_multipliers={embedding: 0.1, encoder: 0.5, head: 1.0}"])
+    finetune(cfg, world["ckpt"])
+    summary = json.loads((out / "metrics.json").read_text())
+    for k in keys:
+        assert np.isfinite(summary["best_val"][k]) and np.isfinite(summary["test"][k]), summary
+    if task == "rating":
+        assert summary["monitor"] == "RMSE" and summary["best_val"]["rated"] == 60
+    else:
+        assert summary["monitor"] == "AUC" and 0 <= summary["test"]["AUC"] <= 1
+
+
+def test_align_by_title_when_ids_differ(world, capsys):
+    """Raw ids renamed (i001 -> j001) but the titles are the same: raw_id alignment is refused
+    (exit 2, one line, nothing written); column alignment on the title finds the items."""
+    ds = _prepare_variant(world["tmp"] / "renamed", seed=3, n_items=40, rename="j")
+    out = world["tmp"] / "ft_renamed"
+    rc = main(["finetune", "--from", str(world["ckpt"]), "--config", FINETUNE, f"data.path={ds}",
+               f"trainer.out_dir={out}"])
+    err = _error_line(capsys)
+    assert rc == 2
+    assert "cannot be aligned" in err and "init.align=column" in err
+    assert not out.exists()
+    from unirec_dist.config.finetune import load_finetune_config
+    from unirec_dist.training.finetune import plan_finetune
+
+    cfg = load_finetune_config(FINETUNE, [f"data.path={ds}", "init.align=column", "init.align_column=[title]",
+                                          "init.align_users=false"])
+    plan = plan_finetune(cfg, world["ckpt"])
+    assert plan.stats["items"]["matched"] == 39 and plan.stats["items"]["rows"] == 40
+    assert plan.stats["users"]["matched"] == 0
+    assert plan.stats["feature_agreement"]["category"]["agreement"] == 1.0
+
+
+def test_same_ids_naming_different_items_exit_2(world, capsys):
+    """Same raw ids, but the item table says they are other items (categories disagree): refused."""
+    ds = _prepare_variant(world["tmp"] / "shuffled", seed=4, n_items=40, reverse_items=True)
+    out = world["tmp"] / "ft_shuffled"
+    rc = main(["finetune", "--from", str(world["ckpt"]), "--config", FINETUNE, f"data.path={ds}",
+               f"trainer.out_dir={out}"])
+    err = _error_line(capsys)
+    assert rc == 2
+    assert "disagree on feature 'category'" in err and "different items" in err
+    assert not out.exists()
