@@ -203,3 +203,17 @@ def test_metadata_and_examples(rec):
     assert m["explain_methods"] == ["occlusion", "similarity"]
     ex = rec.examples()
     assert ex[0]["user_id"] == "u1" and ex[1]["history"] == ["i1", "i2", "i3"]
+
+
+def test_ray_app_builder_arguments(bundle):
+    pytest.importorskip("ray.serve")
+    from ray.serve import Application
+
+    from unirec_dist.serving.ray_app import app_builder
+
+    with pytest.raises(UnirecError, match="needs bundle"):
+        app_builder({})
+    with pytest.raises(UnirecError, match="unknown argument"):
+        app_builder({"bundle": str(bundle), "replica": 2})
+    # binding describes the deployment; nothing starts until serve.run
+    assert isinstance(app_builder({"bundle": str(bundle), "replicas": "2", "index": "exact"}), Application)
