@@ -117,7 +117,8 @@ def main() -> int:
           f"{al['items']['matched']:,} of {al['items']['rows']:,} ML-100K items = {al['items']['overlap']:.1%}, "
           f"{al['items']['new']} new)")
     print(f"protocol: leave-one-out, full ranking over {al['items']['rows']:,} items, seen items NOT masked, "
-          f"all test users; best-by-valid epoch of {a.epochs}; pretrain {a.pretrain_epochs} epochs on ML-1M")
+          f"all test users; best-by-valid epoch of {a.epochs}; "
+          + (f"pretrained checkpoint {ckpt}" if a.pretrained else f"pretrain {a.pretrain_epochs} epochs on ML-1M"))
     head = (f"{'fraction':>8} {'users':>6} | {'scratch NDCG@10':>15} {'HR@10':>7} | {'finetune NDCG@10':>16} "
             f"{'HR@10':>7} | {'gain NDCG':>9} {'gain HR':>8}")
     print(head)
