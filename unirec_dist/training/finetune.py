@@ -310,7 +310,7 @@ def apply_freeze(model: torch.nn.Module, cfg: FinetuneConfig, maps: dict[str, np
                 info["frozen"].append(name)
             else:
                 trainable = torch.from_numpy((m < 0).astype(np.float32)).to(p.device)[:, None]
-                p.register_hook(lambda g, w=trainable: g * w.to(g.dtype))
+                p.register_hook(lambda g, w=trainable: g * w.to(device=g.device, dtype=g.dtype))
                 info["row_masked"][name] = int((m < 0).sum())
     return info
 
