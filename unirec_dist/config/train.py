@@ -58,9 +58,12 @@ class EmbeddingSection:
     item_features: list[str] = field(default_factory=lambda: ["*"])
     item_id: bool = True                        # False: content only (every item, even unseen, alike)
     user_id: bool = False                       # a user id table (always on for encoder.kind=mf)
+    init_std: float | None = 0.02               # std of the tables' uniform init (null: 1/sqrt(dim) bound)
 
     def validate(self) -> None:
         _check(self.dim >= 1, "model.embedding.dim", f"must be >= 1, got {self.dim}")
+        _check(self.init_std is None or self.init_std > 0, "model.embedding.init_std",
+               f"must be > 0 or null, got {self.init_std}")
 
 
 @dataclass

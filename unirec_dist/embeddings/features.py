@@ -89,11 +89,20 @@ class FeatureSpec:
         return chosen
 
 
-def id_table_configs(spec: FeatureSpec, dim: int, user: bool):
-    """EmbeddingConfigs for the item (and optionally user) id tables."""
+def _bound(dim: int, init_std: float | None) -> float:
+    # uniform(-b, b) has std b / sqrt(3); min/max (not init_fn) is what sharded kernels honour too
+    return init_std * 3 ** 0.5 if init_std is not None else 1.0 / dim ** 0.5
+
+
+def id_table_configs(spec: FeatureSpec, dim: int, user: bool, init_std: float | None = None):
+    """EmbeddingConfigs for the item (and optionally user) id tables.
+
+    init_std: std of the uniform init (None: TorchRec's 1/sqrt(dim) bound). With L2-normalised
+    vectors the effective step size is lr / |w|, so a small init (0.02, as generative-recommenders
+    uses) learns item directions several times faster than TorchRec's default."""
     from torchrec.modules.embedding_configs import EmbeddingConfig
 
-    bound = 1.0 / dim ** 0.5
+    bound = _bound(dim, init_std)
     item = EmbeddingConfig(num_embeddings=spec.n_items, embedding_dim=dim, name=ITEM_TABLE,
                            feature_names=["item"], weight_init_min=-bound, weight_init_max=bound)
     out = {"item": item}
@@ -103,11 +112,11 @@ def id_table_configs(spec: FeatureSpec, dim: int, user: bool):
     return out
 
 
-def content_table_configs(features: list[FeatureInfo], dim: int):
+def content_table_configs(features: list[FeatureInfo], dim: int, init_std: float | None = None):
     """EmbeddingBagConfigs (mean pooling) for the sparse item features."""
     from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
-    bound = 1.0 / dim ** 0.5
+    bound = _bound(dim, init_std)
     return [
         EmbeddingBagConfig(num_embeddings=f.cardinality, embedding_dim=dim, name=table_name(f.name),
                            feature_names=[f.name], pooling=PoolingType.MEAN,

@@ -58,13 +58,14 @@ class UniversalEmbedding(nn.Module):
         item_id: bool = True,
         user_id: bool = False,
         device: torch.device | None = None,
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         from torchrec import EmbeddingBagCollection, EmbeddingCollection
 
         self.dim = dim
         self.n_items = spec.n_items
-        tables = id_table_configs(spec, dim, user_id)
+        tables = id_table_configs(spec, dim, user_id, init_std)
         self.item_ec = EmbeddingCollection([tables["item"]], device=device) if item_id else None
         self.user_ec = EmbeddingCollection([tables["user"]], device=device) if user_id else None
         self.sparse = [f for f in item_features if f.kind in SPARSE_KINDS]
@@ -72,7 +73,7 @@ class UniversalEmbedding(nn.Module):
         if not item_id and not item_features:
             raise DataError("model.embedding.item_id is false but the dataset has no selected item features")
         self.content_ebc = (
-            EmbeddingBagCollection(content_table_configs(self.sparse, dim), device=device) if self.sparse else None
+            EmbeddingBagCollection(content_table_configs(self.sparse, dim, init_std), device=device) if self.sparse else None
         )
         for f in self.sparse:
             width = 1 if f.kind == "categorical" else max(f.max_len, 1)

@@ -89,7 +89,8 @@ def build_model(model_cfg: ModelSection, dataset_manifest: dict[str, Any], task_
     feats = spec.item_features(emb_cfg.item_features)
     user_id = emb_cfg.user_id or enc_cfg.kind == "mf"
     with torch.device(dev) if dev is not None else _nullctx():
-        embedding = UniversalEmbedding(spec, emb_cfg.dim, feats, item_id=emb_cfg.item_id, user_id=user_id, device=dev)
+        embedding = UniversalEmbedding(spec, emb_cfg.dim, feats, item_id=emb_cfg.item_id, user_id=user_id, device=dev,
+                                       init_std=emb_cfg.init_std)
         encoder = ENCODERS[enc_cfg.kind](enc_cfg, emb_cfg.dim, max_len)
         heads = {}
         if task_cfg is not None:
