@@ -157,6 +157,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     os.environ["RANK"] = str(rank)      # rank-0 log filter
+    from unirec_dist.utils.logging import RankZeroFilter
+
+    for h in logging.getLogger().handlers:
+        h.addFilter(RankZeroFilter())
     cfg = from_dict(PretrainConfig, config["cfg"], where="pretrain config")
     dist = cfg.distributed
     device_type = config["device_type"]
@@ -172,7 +176,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     strategy = ray_torchrec_strategy(
         sharding=sharding,
-        manifest={"kind": "pretrain", "config": to_dict(cfg), "dataset": st.dataset},
+        # "config" is the training schema (what load_retriever rebuilds the model from);
+        # the distributed section sits beside it
+        manifest={"kind": "pretrain", "config": {k: v for k, v in to_dict(cfg).items() if k != "distributed"},
+                  "distributed": {**to_dict(dist), "workers": world}, "dataset": st.dataset},
     )
     trainer = L.Trainer(
         accelerator="gpu" if device_type == "cuda" else "cpu",
@@ -205,8 +212,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ckpt.to_directory(str(local))
         ckpt_path = str(local)
     fail_at = config.get("_test_fail_at_step")   # tests: kill one worker once, mid-run
-    if fail_at is not None and ckpt is None and rank == world - 1:
-        trainer.callbacks.append(_FailOnce(int(fail_at)))
+    if fail_at is not None and rank == world - 1:
+        trainer.callbacks.append(_FailOnce(int(fail_at), Path(config["work_dir"]) / ".test-failed-once"))
     try:
         trainer.fit(st.module, train_dataloaders=ResumableBatches(st.batches), ckpt_path=ckpt_path)
     finally:
@@ -223,11 +230,14 @@ def _fail_once_base():
 class _FailOnce(_fail_once_base()):
     """Test hook: hard-kill this worker process after `step` (no cleanup, like a crash)."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, marker: Path) -> None:
         self.step = step
+        self.marker = marker
 
     def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
-        if trainer.global_step >= self.step:
+        if trainer.global_step >= self.step and not self.marker.exists():
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.touch()
             os._exit(1)
 
 
@@ -305,7 +315,9 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
     tables = check_model(cfg, device_type)
     out = Path(cfg.trainer.out_dir).resolve()
     storage = Path(dist.storage_path).resolve() if dist.storage_path else out / "ray"
-    own = _ray_init(dist.address, None if dist.address else max(os.cpu_count() or 1, dist.workers * dist.cpus_per_worker))
+    # the embedded cluster gets this machine's real CPU count, so too many workers is refused
+    # below instead of oversubscribing the host
+    own = _ray_init(dist.address, None if dist.address else (os.cpu_count() or 1))
     import ray
 
     try:

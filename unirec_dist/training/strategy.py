@@ -263,8 +263,13 @@ class TorchRecStrategy(DDPStrategy):
         loader = getattr(source, "instance", None) if source is not None else None
         if loader is None:
             return
+        epoch = int(rest.get("epoch", 0))
+        per_epoch = _batches_per_epoch(loader, trainer.limit_train_batches)
+        if per_epoch is not None and done >= per_epoch:
+            # saved on the epoch's last batch: Lightning goes on with the next epoch
+            epoch, done = epoch + 1, 0
         if hasattr(loader, "set_epoch"):
-            loader.set_epoch(int(rest.get("epoch", 0)))
+            loader.set_epoch(epoch)
         if done and hasattr(loader, "skip"):
             loader.skip(done)
 
@@ -279,6 +284,18 @@ class TorchRecStrategy(DDPStrategy):
 
         if self.is_global_zero:
             shutil.rmtree(filepath, ignore_errors=True)
+
+
+def _batches_per_epoch(loader: Any, limit: int | float | None) -> int | None:
+    try:
+        n = len(loader)
+    except TypeError:
+        return None
+    if isinstance(limit, int):
+        return min(n, limit)
+    if isinstance(limit, float) and limit < 1.0:
+        return int(n * limit)
+    return n
 
 
 def _is_sharded(t: torch.Tensor) -> bool:
