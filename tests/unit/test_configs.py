@@ -10,16 +10,16 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 def _loader(folder: str):
     from unirec_dist.config.dataset import DatasetConfig
-    from unirec_dist.config.distributed import load_pretrain_config
     from unirec_dist.config.finetune import load_finetune_config
+    from unirec_dist.config.train import load_train_config
     from unirec_dist.config.loader import load_config
     from unirec_dist.serving.config import ServeConfig
 
     return {
         "datasets": lambda p: load_config(DatasetConfig, p),
-        # pretrain YAMLs feed both `unirec train` and `unirec pretrain`; the latter's schema
-        # is the former's plus a `distributed:` section, so it validates both.
-        "pretrain": load_pretrain_config,
+        # pretrain YAMLs all feed `unirec train`; those that `unirec pretrain` runs sharded
+        # are checked against its schema too (test_sharded_configs)
+        "pretrain": load_train_config,
         "finetune": load_finetune_config,
         "serve": lambda p: load_config(ServeConfig, p),
     }[folder]
@@ -37,3 +37,19 @@ def test_every_config_folder_has_a_schema():
 def test_config_loads(path):
     cfg = _loader(path.relative_to(CONFIGS).parts[0])(path)
     assert cfg is not None and type(cfg).__name__.endswith("Config")
+
+
+@pytest.mark.parametrize("name", ["debug.yaml", "ml-100k-sasrec.yaml"])
+def test_sharded_configs(name):
+    from unirec_dist.config.distributed import load_pretrain_config
+
+    cfg = load_pretrain_config(CONFIGS / "pretrain" / name)
+    assert cfg.model.embedding.dim % 4 == 0
+
+
+def test_pretrain_refuses_a_dim_the_fused_kernel_cannot_run():
+    from unirec_dist.config.distributed import load_pretrain_config
+    from unirec_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.embedding.dim: sharded tables need a multiple of 4 .* got 50; use 48 or 52"):
+        load_pretrain_config(CONFIGS / "pretrain" / "ml-1m-sasrec.yaml")
