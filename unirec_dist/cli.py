@@ -24,6 +24,7 @@ COMMANDS = [
     "pretrain",
     "evaluate", "recommend",
     "export", "serve", "explain",
+    "submit", "jobs",
 ]
 
 
