@@ -36,22 +36,19 @@ def _free_port() -> int:
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
-    """End the process group of the `ray start --block` we started (its raylet, GCS, dashboard,
-    workers), SIGTERM first so Ray shuts the node down cleanly, SIGKILL what is left."""
+    """Stop the `ray start --block` we started: SIGTERM to it drains and shuts its node down
+    (raylet, GCS, dashboard, workers; a few seconds); then SIGKILL whatever is left in its
+    process group."""
     try:
         pgid = os.getpgid(proc.pid)
     except ProcessLookupError:
         return
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-    try:   # stragglers in the group (workers outliving the raylet)
+    proc.terminate()
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
@@ -66,6 +63,7 @@ def ray_head():
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")    # the job runs `python`: this venv's
     env.pop("RAY_ADDRESS", None)
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"   # on SIGTERM: stop now, no 30 s drain
     cmd = [str(Path(bindir) / "ray"), "start", "--head", "--block", "--num-cpus", "2",
            "--port", str(_free_port()), "--dashboard-port", str(dash), "--dashboard-host", "127.0.0.1",
            "--include-dashboard", "true", "--ray-client-server-port", str(_free_port()),
