@@ -289,7 +289,7 @@ def follow(client, job_id: str, write: Callable[[str], None], poll_s: float = 1.
 
     try:
         asyncio.run(tail())
-    except RuntimeError as e:   # the log socket closed early: fall back to polling below
+    except Exception as e:   # noqa: BLE001 - the log socket failed or closed early: poll below
         log.debug("log stream ended: %s", e)
     while True:
         s = _status_str(info(client, job_id))

@@ -173,6 +173,26 @@ def test_unknown_job_id_is_one_line(ray_head, capsys, argv):
     assert err == f"error: unknown job id 'raysubmit_doesnotexist' on {ray_head}"
 
 
+def test_token_auth_is_sent_only_when_the_cluster_asks(ray_head, monkeypatch, capsys):
+    """Ray 2.60's `ray start --head` turns token auth on when ~/.ray/auth_token exists (or
+    RAY_AUTH_MODE=token). The CLI reads the mode from the dashboard's public endpoint."""
+    import urllib.request
+
+    from launch.submit import probe
+
+    with urllib.request.urlopen(f"{ray_head}/api/authentication_mode", timeout=5) as r:
+        mode = json.loads(r.read())["authentication_mode"]
+    headers = probe(ray_head)
+    if mode != "token":
+        assert headers == {}
+        pytest.skip("this head runs without token auth (no ~/.ray/auth_token when it started)")
+    assert headers["Authorization"].startswith("Bearer ")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    assert main(["jobs", "list", "--address", ray_head]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: the Ray cluster at {ray_head} rejected the auth token"), err
+
+
 @pytest.mark.parametrize("argv", [
     ["submit", "--", "pretrain", "--config", CONFIG],
     ["jobs", "list"],
