@@ -1,0 +1,56 @@
+"""launch/submit.py without a cluster: runtime_env, entrypoints, addresses, token lookup."""
+from __future__ import annotations
+
+import pytest
+
+from launch import submit as js
+
+
+def test_runtime_env_ships_the_tree_without_venv_runs_data_git(tmp_path):
+    renv = js.build_runtime_env("auto", env={"A": "1"})
+    assert renv["working_dir"] == str(js.repo_root())
+    assert {".venv/", "runs/", "data/", ".git/", "__pycache__/"} <= set(renv["excludes"])
+    assert "pip" not in renv and renv["env_vars"]["A"] == "1"
+    assert "working_dir" not in js.build_runtime_env(None)
+
+
+def test_runtime_env_pip_extras_and_refused_stack(tmp_path):
+    req = tmp_path / "extra.txt"
+    req.write_text("# extras\nrich==13.7.1\n")
+    assert js.build_runtime_env(None, pip=["tqdm"], requirements=str(req))["pip"]["packages"] == ["tqdm", "rich==13.7.1"]
+    for pkg in ("torchrec==1.8.0", "torch>=2.13", "fbgemm_gpu"):
+        with pytest.raises(js.JobsError, match="baked into the cluster image"):
+            js.build_runtime_env(None, pip=[pkg])
+
+
+def test_entrypoints():
+    assert js.entrypoint_for(["pretrain", "--config", "a b.yaml", "x=1"]) == \
+        "python -m launch.pretrain_job --config 'a b.yaml' x=1"
+    assert js.entrypoint_for(["evaluate", "--checkpoint", "c"]).startswith("python -m unirec_dist evaluate")
+
+
+def test_addresses(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    assert js.resolve_address() == "http://127.0.0.1:8265"
+    assert js.resolve_address("10.0.0.1:8265/") == "http://10.0.0.1:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "https://head:443")
+    assert js.resolve_address() == "https://head:443"
+    for bad in ("ray://head:10001", "auto"):
+        with pytest.raises(js.JobsError, match="not a Jobs API address"):
+            js.resolve_address(bad)
+
+
+def test_token_lookup_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert js.find_token() is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("home\n")
+    assert js.find_token() == "home"
+    (tmp_path / "t").write_text("path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
+    assert js.find_token() == "path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "env")
+    assert js.find_token() == "env"
