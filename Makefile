@@ -3,7 +3,8 @@
 #   make test   - the same install, then the test suite (what .ci/run calls)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-TARGET ?= cpu            # cpu or cuda: picks requirements/$(TARGET).txt (the torch/FBGEMM pairing)
+# cpu or cuda: picks requirements/$(TARGET).txt (the torch/FBGEMM pairing)
+TARGET ?= cpu
 RUN    ?= runs/demo
 export PYTHONUNBUFFERED := 1
 
