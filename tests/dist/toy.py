@@ -22,17 +22,17 @@ def free_port() -> int:
 
 
 class Toy(nn.Module):
-    def __init__(self, device: torch.device | None = None) -> None:
+    def __init__(self, device: torch.device | None = None, table_device: torch.device | None = None) -> None:
         super().__init__()
         from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
         from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
         self.ec = EmbeddingCollection(
             [EmbeddingConfig(name="item_t", num_embeddings=N_ITEMS, embedding_dim=DIM, feature_names=["item"])],
-            device=device)
+            device=table_device or device)
         self.ebc = EmbeddingBagCollection(
             [EmbeddingBagConfig(name="user_t", num_embeddings=N_USERS, embedding_dim=DIM, feature_names=["user"])],
-            device=device)
+            device=table_device or device)
         self.dense = nn.Linear(2 * DIM, 1, device=device)
 
     def forward(self, items, users) -> torch.Tensor:
@@ -45,14 +45,15 @@ class Toy(nn.Module):
         return self.dense(torch.cat([pooled, u], 1)).squeeze(1)
 
 
-def make_lm(seed: int = 0):
+def make_lm(seed: int = 0, table_device: str | None = None):
+    """table_device="meta": tables unallocated (the strategy gives them the seeded init)."""
     import lightning.pytorch as pl
 
     class ToyLM(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(seed)
-            self.model = Toy()
+            self.model = Toy(table_device=torch.device(table_device) if table_device else None)
 
         def loss(self, batch) -> torch.Tensor:
             items, users, y = batch
@@ -160,7 +161,8 @@ def worker(rank: int, world: int, port: int, actions: list[tuple[str, Any]], out
     results: dict[str, Any] = {}
     cfg = dict(actions[0][1]) if actions[0][0] == "config" else {}
     sharding = ShardingOptions(constraints=cfg.get("constraints", {}), table_optimizer=cfg.get("opt", "adagrad"),
-                               table_lr=0.1)
+                               table_lr=0.1, init_seed=cfg.get("init_seed", 0))
+    table_device = cfg.get("table_device")
 
     def trainer(max_steps: int):
         cbs = []
@@ -178,7 +180,7 @@ def worker(rank: int, world: int, port: int, actions: list[tuple[str, Any]], out
             continue
         if name == "fit":          # arg: (steps, ckpt_path or None)
             steps, ckpt = arg
-            lm = make_lm()
+            lm = make_lm(table_device=table_device)
             tr = trainer(steps)
             tr.fit(lm, train_dataloaders=rank_batches(cfg.get("epoch_len", max(steps, 1)), rank, world),
                    ckpt_path=ckpt)
@@ -191,6 +193,12 @@ def worker(rank: int, world: int, port: int, actions: list[tuple[str, Any]], out
             tr.strategy.load_checkpoint(arg)
         elif name == "save":
             tr.save_checkpoint(arg)
+        elif name == "setup":      # setup only (0 steps): the starting weights
+            lm = make_lm(table_device=table_device)
+            tr = trainer(1)
+            _setup_only(tr, lm)
+            results["plan"] = tr.strategy.plan_summary
+            results["workers"] = tr.strategy.worker_stats()
         elif name == "eval":
             results[arg] = eval_outputs(lm, rank, world)
         elif name == "loss":       # arg: (key, step)

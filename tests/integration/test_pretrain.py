@@ -39,6 +39,14 @@ def test_two_worker_pretrain_end_to_end(dataset, tmp_path, capsys):
     assert m["plan"]["tables"]["t_item"]["ranks"] == [0, 1]
     assert m["dataset"]["vocab_hash"] and m["distributed"]["workers"] == 2
     assert m["step"] == 4      # 60 users, 16 per rank and step, 2 ranks -> 2 steps/epoch, 2 epochs
+    # every worker reported its memory and its own rows of the row-wise table (tables were built on
+    # meta, so no rank ever held the whole table)
+    workers = json.loads((out / "pretrain.json").read_text())["worker_stats"]
+    assert [w["rank"] for w in workers] == [0, 1]
+    rows = [w["tables"]["t_item"]["rows"] for w in workers]
+    n_item = m["dataset"]["vocab_sizes"]["item"]
+    assert sum(rows) == n_item and all(0 < r < n_item for r in rows), rows
+    assert all(w["hwm_mib"] >= w["rss_mib"] > 0 for w in workers)
     # keep-last-k in Ray's storage
     assert len([p for p in (out / "ray" / "debug").glob("checkpoint_*") if p.is_dir()]) == 2
     # the 2-worker checkpoint loads into 1 plain process (the model the fine-tuning issue uses)

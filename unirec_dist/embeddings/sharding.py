@@ -15,6 +15,7 @@ Fused table optimizers: sgd, adagrad, rowwise_adagrad everywhere; adam only on C
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,8 @@ class TableInfo:
     embedding_dim: int
     module_path: str        # dotted path of the collection that owns it
     features: tuple[str, ...] = ()
+    init_min: float | None = None   # the config's uniform init bounds (TorchRec's default when unset)
+    init_max: float | None = None
 
     @property
     def bytes_fp32(self) -> int:
@@ -75,7 +78,11 @@ def find_tables(module: "nn.Module") -> dict[str, TableInfo]:
         else:
             continue
         for c in cfgs:
-            out[c.name] = TableInfo(c.name, kind, c.num_embeddings, c.embedding_dim, path, tuple(c.feature_names))
+            bound = (1.0 / c.num_embeddings) ** 0.5      # TorchRec's default uniform bound
+            lo = c.weight_init_min if c.weight_init_min is not None else -bound
+            hi = c.weight_init_max if c.weight_init_max is not None else bound
+            out[c.name] = TableInfo(c.name, kind, c.num_embeddings, c.embedding_dim, path, tuple(c.feature_names),
+                                    float(lo), float(hi))
     return out
 
 
@@ -436,3 +443,102 @@ def copy_into_shards(dmp: "nn.Module", full: dict[str, "torch.Tensor"]) -> int:
                 dst.copy_(src)
             n += 1
     return n
+
+
+# -- deterministic table init ------------------------------------------------------------------
+#: rows per init block. Part of the init's definition: changing it changes every table's start.
+INIT_BLOCK_ROWS = 16384
+
+
+def _block_seed(seed: int, table: str, block: int) -> int:
+    h = hashlib.blake2b(f"unirec/{seed}/{table}/{block}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def fill_table_init(dst: "torch.Tensor", table: TableInfo, seed: int, row0: int = 0, col0: int = 0) -> None:
+    """Write rows [row0, row0 + dst.shape[0]) x cols [col0, col0 + dst.shape[1]) of `table`'s
+    deterministic init into `dst` (any device/dtype).
+
+    The init is uniform(init_min, init_max), drawn per block of INIT_BLOCK_ROWS global rows from a
+    generator seeded by (seed, table name, block index): a value depends on (seed, table, global
+    row, column) only, never on how the table is sharded, so every rank fills its own shards
+    without materialising the table and 1 and N workers start from the same weights. Cost: the
+    blocks that overlap the shard (full table width), one block at a time.
+    """
+    import torch
+
+    rows, cols = int(dst.shape[0]), int(dst.shape[1])
+    if rows == 0 or cols == 0:
+        return
+    n, dim, B = table.num_embeddings, table.embedding_dim, INIT_BLOCK_ROWS
+    lo = table.init_min if table.init_min is not None else -(1.0 / n) ** 0.5
+    hi = table.init_max if table.init_max is not None else (1.0 / n) ** 0.5
+    if row0 < 0 or row0 + rows > n or col0 < 0 or col0 + cols > dim:
+        raise ValueError(f"{table.name}: rows {row0}+{rows} x cols {col0}+{cols} outside {n} x {dim}")
+    g = torch.Generator()
+    with torch.no_grad():
+        for b in range(row0 // B, (row0 + rows - 1) // B + 1):
+            start = b * B
+            size = min(B, n - start)
+            g.manual_seed(_block_seed(seed, table.name, b))
+            blk = torch.empty(size, dim).uniform_(lo, hi, generator=g)
+            s, e = max(row0, start), min(row0 + rows, start + size)
+            dst[s - row0:e - row0].copy_(blk[s - start:e - start, col0:col0 + cols])
+
+
+def _table_keys(tables: dict[str, TableInfo]) -> dict[str, TableInfo]:
+    """state_dict key of each table's weight -> table."""
+    out = {}
+    for t in tables.values():
+        sub = "embeddings" if t.kind == "seq" else "embedding_bags"
+        prefix = f"{t.module_path}." if t.module_path else ""
+        out[f"{prefix}{sub}.{t.name}.weight"] = t
+    return out
+
+
+def local_table_shards(module: "nn.Module", tables: dict[str, TableInfo]) -> list[tuple[TableInfo, "torch.Tensor", int, int]]:
+    """This rank's pieces of every table: (table, tensor (rows, cols), global row offset, col offset).
+
+    Works on a DMP-wrapped module (ShardedTensor or DTensor weights) and on a plain one.
+    """
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    out = []
+    sd = module.state_dict()
+    for key, t in _table_keys(tables).items():
+        w = sd.get(key)
+        if w is None:
+            raise KeyError(f"table {t.name}: no state_dict entry {key!r}")
+        if isinstance(w, ShardedTensor):
+            for shard in w.local_shards():
+                off = shard.metadata.shard_offsets
+                out.append((t, shard.tensor, int(off[0]), int(off[1])))
+        elif hasattr(w, "to_local"):    # DTensor
+            from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+            _, off = compute_local_shape_and_global_offset(w.shape, w.device_mesh, w.placements)
+            out.append((t, w.to_local(), int(off[0]), int(off[1])))
+        elif w.device.type != "meta":
+            out.append((t, w, 0, 0))
+    return out
+
+
+def init_tables(module: "nn.Module", tables: dict[str, TableInfo], seed: int) -> dict[str, int]:
+    """Fill this rank's shards (or a plain module's full tables) with the deterministic init
+    (`fill_table_init`); returns rows written per table."""
+    rows: dict[str, int] = {}
+    for t, tensor, r0, c0 in local_table_shards(module, tables):
+        fill_table_init(tensor, t, seed, r0, c0)
+        rows[t.name] = rows.get(t.name, 0) + int(tensor.shape[0])
+    return rows
+
+
+def shard_stats(module: "nn.Module", tables: dict[str, TableInfo]) -> dict[str, dict[str, int]]:
+    """Rows, columns and bytes of this rank's local pieces of each table (from the sharded module)."""
+    out: dict[str, dict[str, int]] = {}
+    for t, tensor, r0, c0 in local_table_shards(module, tables):
+        d = out.setdefault(t.name, {"rows": 0, "cols": 0, "bytes": 0, "row_offset": r0})
+        d["rows"] += int(tensor.shape[0])
+        d["cols"] = max(d["cols"], int(tensor.shape[1]))
+        d["bytes"] += int(tensor.numel() * tensor.element_size())
+    return out

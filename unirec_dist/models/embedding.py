@@ -59,21 +59,26 @@ class UniversalEmbedding(nn.Module):
         user_id: bool = False,
         device: torch.device | None = None,
         init_std: float | None = None,
+        table_device: torch.device | None = None,
     ) -> None:
         super().__init__()
         from torchrec import EmbeddingBagCollection, EmbeddingCollection
 
+        # table_device="meta": the TorchRec tables stay unallocated (DMP materialises only each
+        # rank's shards) while buffers and dense layers are real
+        tdev = table_device if table_device is not None else device
+
         self.dim = dim
         self.n_items = spec.n_items
         tables = id_table_configs(spec, dim, user_id, init_std)
-        self.item_ec = EmbeddingCollection([tables["item"]], device=device) if item_id else None
-        self.user_ec = EmbeddingCollection([tables["user"]], device=device) if user_id else None
+        self.item_ec = EmbeddingCollection([tables["item"]], device=tdev) if item_id else None
+        self.user_ec = EmbeddingCollection([tables["user"]], device=tdev) if user_id else None
         self.sparse = [f for f in item_features if f.kind in SPARSE_KINDS]
         self.dense = [f for f in item_features if f.kind == "dense"]
         if not item_id and not item_features:
             raise DataError("model.embedding.item_id is false but the dataset has no selected item features")
         self.content_ebc = (
-            EmbeddingBagCollection(content_table_configs(self.sparse, dim, init_std), device=device) if self.sparse else None
+            EmbeddingBagCollection(content_table_configs(self.sparse, dim, init_std), device=tdev) if self.sparse else None
         )
         for f in self.sparse:
             width = 1 if f.kind == "categorical" else max(f.max_len, 1)

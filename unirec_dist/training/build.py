@@ -73,12 +73,17 @@ HEADS = {"rating": _rating_head, "ctr": _ctr_head}
 
 
 def build_model(model_cfg: ModelSection, dataset_manifest: dict[str, Any], task_cfg: TaskSection | None = None,
-                max_len: int = 200, device: str | torch.device | None = None) -> nn.Module:
+                max_len: int = 200, device: str | torch.device | None = None,
+                table_device: str | torch.device | None = None) -> nn.Module:
     """A SeqRecModel for the dataset described by `dataset_manifest` (prepared-dataset manifest, or
     a checkpoint manifest's "dataset" section, which carries the same vocab_sizes and features).
 
     Heads are added for the tasks in `task_cfg` that need parameters (rating, ctr). Content
     buffers are zeros until `model.embedding.set_item_features(items_table)` or a checkpoint load.
+
+    `table_device="meta"` leaves only the TorchRec tables unallocated (the distributed path: DMP
+    materialises each rank's shards, the strategy initialises them); dense layers keep the init
+    their constructors give them, which a full meta build would lose.
     """
     from unirec_dist.models.embedding import UniversalEmbedding
     from unirec_dist.models.seqrec import SeqRecModel
@@ -90,7 +95,8 @@ def build_model(model_cfg: ModelSection, dataset_manifest: dict[str, Any], task_
     user_id = emb_cfg.user_id or enc_cfg.kind == "mf"
     with torch.device(dev) if dev is not None else _nullctx():
         embedding = UniversalEmbedding(spec, emb_cfg.dim, feats, item_id=emb_cfg.item_id, user_id=user_id, device=dev,
-                                       init_std=emb_cfg.init_std)
+                                       init_std=emb_cfg.init_std,
+                                       table_device=torch.device(table_device) if table_device is not None else None)
         encoder = ENCODERS[enc_cfg.kind](enc_cfg, emb_cfg.dim, max_len)
         heads = {}
         if task_cfg is not None:
@@ -117,8 +123,8 @@ def build_task(task_cfg: TaskSection, dataset_manifest: dict[str, Any], item_cou
     return SequenceTask(task_cfg, spec.n_items, counts)
 
 
-def build_from_config(cfg: TrainConfig, dataset_manifest: dict[str, Any], device=None) -> nn.Module:
-    return build_model(cfg.model, dataset_manifest, cfg.task, cfg.data.max_len, device=device)
+def build_from_config(cfg: TrainConfig, dataset_manifest: dict[str, Any], device=None, table_device=None) -> nn.Module:
+    return build_model(cfg.model, dataset_manifest, cfg.task, cfg.data.max_len, device=device, table_device=table_device)
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -97,6 +97,12 @@ def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool) -> None:
 
 
 # -- the worker -------------------------------------------------------------------------------
+def _lightning_callback_base():
+    from lightning.pytorch.callbacks import Callback
+
+    return Callback
+
+
 class ResumableBatches:
     """The train loader with `skip(n)` (resume mid-epoch) and `set_epoch` passed through.
 
@@ -167,12 +173,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.trainer.threads is not None and device_type == "cpu":
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    st = setup_training(cfg, rank=rank, world_size=world)
+    # tables on the meta device: each rank allocates only its own shards (a 20M-row table is never
+    # built in full on a rank); the strategy fills them with the seed's deterministic init
+    import torchrec  # noqa: F401  (imported before any meta-device construction)
+
+    st = setup_training(cfg, rank=rank, world_size=world, table_device="meta")
     kind, lr = dist.table_optimizer.resolve(device_type, cfg.optim.lr)
     sharding = ShardingOptions(
         constraints=dict(dist.sharding), table_optimizer=kind, table_lr=lr, table_eps=dist.table_optimizer.eps,
         table_weight_decay=dist.table_optimizer.weight_decay,
         memory_bytes=int(dist.memory_gb * 2**30) if dist.memory_gb else None, batch_size=cfg.data.batch_size,
+        init_seed=cfg.trainer.seed,
     )
     strategy = ray_torchrec_strategy(
         sharding=sharding,
@@ -197,7 +208,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         enable_progress_bar=bool(config.get("progress", True)) and rank == 0,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         use_distributed_sampler=False,   # the loader slices by rank itself
-        callbacks=[StepCheckpoint(None, every_n_steps=dist.checkpoint_every_n_steps, ray_report=True)],
+        # throughput first: the final checkpoint's report (on_train_end) carries its figures
+        callbacks=[TrainThroughput(warmup=int(config.get("throughput_warmup", 3))),
+                   StepCheckpoint(None, every_n_steps=dist.checkpoint_every_n_steps, ray_report=True,
+                                  report_workers=True)],
         precision=cfg.trainer.precision,
         default_root_dir=config.get("work_dir"),
     )
@@ -221,13 +235,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             shutil.rmtree(local, ignore_errors=True)
 
 
-def _fail_once_base():
-    from lightning.pytorch.callbacks import Callback
+class TrainThroughput(_lightning_callback_base()):
+    """Per worker: target positions trained and the wall/CPU seconds of the steps after `warmup`
+    (published in the strategy's `extra_stats`, so they reach pretrain.json's worker_stats).
 
-    return Callback
+    A target position is every position of a sequence that predicts a next item (length - 1).
+    """
+
+    def __init__(self, warmup: int = 3) -> None:
+        self.warmup = warmup
+        self.positions = 0
+        self.steps = 0
+        self._t0: float | None = None
+        self._c0 = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._t0 is None and trainer.global_step >= self.warmup:
+            self._t0, self._c0 = time.perf_counter(), time.process_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._t0 is None:
+            return
+        seq = getattr(batch, "seq", None)
+        if seq is not None:
+            self.positions += int((seq["item"].lengths() - 1).clamp(min=0).sum())
+        self.steps += 1
+        stats = getattr(trainer.strategy, "extra_stats", None)
+        if stats is not None:
+            stats.update(timed_steps=self.steps, positions=self.positions,
+                         train_s=time.perf_counter() - self._t0, train_cpu_s=time.process_time() - self._c0)
 
 
-class _FailOnce(_fail_once_base()):
+
+
+class _FailOnce(_lightning_callback_base()):
     """Test hook: hard-kill this worker process after `step` (no cleanup, like a crash)."""
 
     def __init__(self, step: int, marker: Path) -> None:
@@ -239,6 +280,20 @@ class _FailOnce(_fail_once_base()):
             self.marker.parent.mkdir(parents=True, exist_ok=True)
             self.marker.touch()
             os._exit(1)
+
+
+def worker_stats_from_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-worker figures rank 0 reported (flat `worker/<rank>/<key>` metrics) as a list."""
+    out: dict[int, dict[str, Any]] = {}
+    for k, v in metrics.items():
+        parts = k.split("/")
+        if len(parts) >= 3 and parts[0] == "worker" and parts[1].isdigit():
+            d = out.setdefault(int(parts[1]), {"rank": int(parts[1])})
+            if len(parts) == 3:
+                d[parts[2]] = v
+            else:   # worker/<rank>/table/<name>/<field>
+                d.setdefault("tables", {}).setdefault(parts[3], {})[parts[4]] = v
+    return [out[r] for r in sorted(out)]
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -367,8 +422,10 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
             "device": device_type,
             "steps": manifest.get("step"),
             "epochs": manifest.get("epoch"),
-            "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+            "metrics": {k: v for k, v in (result.metrics or {}).items()
+                        if isinstance(v, (int, float)) and not k.startswith("worker/")},
             "plan": manifest.get("plan"),
+            "worker_stats": worker_stats_from_metrics(result.metrics or {}),
             "seconds": round(time.perf_counter() - t0, 2),
         }
         (out / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str))

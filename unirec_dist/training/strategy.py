@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,9 @@ class ShardingOptions:
     batch_size: int | None = None          # per-rank batch size, a planner hint
     module_attr: str = "model"
     keep_init: bool = True                 # copy the model's own table init into the shards
+    #: tables built on the meta device get `embeddings.sharding.fill_table_init` with this seed: a
+    #: function of (seed, table, global row) only, so 1 and N workers start from the same weights
+    init_seed: int = 0
 
 
 class _NoWeightsHandBackLauncher(_MultiProcessingLauncher):
@@ -94,6 +98,8 @@ class TorchRecStrategy(DDPStrategy):
         self.plan: Any = None
         self.plan_summary: dict[str, Any] | None = None
         self._dense: list[torch.nn.Parameter] = []
+        #: numbers callbacks add to this rank's `worker_stats()` (e.g. throughput)
+        self.extra_stats: dict[str, float] = {}
 
     # -- launch -------------------------------------------------------------------------------
     def _configure_launcher(self) -> None:
@@ -136,7 +142,10 @@ class TorchRecStrategy(DDPStrategy):
         constraints = S.make_constraints(tables, opts.constraints, dtype)
         S.apply_table_optimizer(model, opts.table_optimizer, opts.table_lr, opts.table_eps,
                                 opts.table_weight_decay, device_type=dtype)
-        full = S.table_state(model) if opts.keep_init else {}
+        # tables built on meta (the scalable path): DMP allocates only this rank's shards and they
+        # get the deterministic init; tables built on CPU: their own init is copied into the shards
+        tables_on_meta = _tables_on_meta(model)
+        full = S.table_state(model) if opts.keep_init and not tables_on_meta else {}
         on_meta = any(p.device.type == "meta" for p in model.parameters())
         if not on_meta and dtype != "cpu":
             model.to(device)
@@ -150,12 +159,32 @@ class TorchRecStrategy(DDPStrategy):
         self.dmp = S.shard_model(model, device, self.plan, S.make_sharders(dtype), pg=dist.group.WORLD)
         if full:
             S.copy_into_shards(self.dmp, {k: v.to(device) for k, v in full.items()})
+            del full
+        elif tables_on_meta:
+            S.init_tables(self.dmp, tables, opts.init_seed)
+        self.tables = tables
+        self.shard_stats = S.shard_stats(self.dmp, tables)
+        log.info("local shards on rank %d: %s", self.global_rank, ", ".join(
+            f"{n} {d['rows']}x{d['cols']} ({d['bytes'] / 2**20:.1f} MiB)" for n, d in sorted(self.shard_stats.items())))
         lm.to(device)   # dense parts and buffers (DMP placed the shards)
         # dense parameters and buffers: rank 0's copy everywhere (what DDP would do)
         self._dense = [p for n, p in _dense_named(lm)]
         for t in self._dense + [b for b in lm.buffers()]:
             if t.device.type != "meta" and not _is_sharded(t):
                 dist.broadcast(t.data, src=0)
+
+    def worker_stats(self) -> list[dict[str, Any]]:
+        """Per rank (collective: every rank must call it): its process memory (VmRSS, VmHWM, from
+        /proc) and its local table shards (rows, cols, bytes per table, from the sharded module)."""
+        mine = {"rank": self.global_rank, "pid": os.getpid(), **process_memory(),
+                **{k: v for k, v in self.extra_stats.items()},
+                "tables": getattr(self, "shard_stats", None) or {}}
+        dist = _dist()
+        if dist is None or self.world_size == 1:
+            return [mine]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, mine)
+        return sorted(out, key=lambda d: d["rank"])
 
     def setup_optimizers(self, trainer: "pl.Trainer") -> None:
         """The LightningModule's optimizers, restricted to dense params (tables train fused)."""
@@ -298,6 +327,27 @@ def _batches_per_epoch(loader: Any, limit: int | float | None) -> int | None:
     return n
 
 
+def _tables_on_meta(model: torch.nn.Module) -> bool:
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+    return any(p.device.type == "meta" for m in model.modules()
+               if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection)) for p in m.parameters())
+
+
+def process_memory() -> dict[str, float]:
+    """This process's resident memory now and at its peak, MiB (Linux /proc; {} elsewhere)."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, kib = line.split()[:2]
+                    out["rss_mib" if key == "VmRSS:" else "hwm_mib"] = int(kib) / 1024
+    except OSError:
+        pass
+    return out
+
+
 def _is_sharded(t: torch.Tensor) -> bool:
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
@@ -349,6 +399,20 @@ def ray_torchrec_strategy(**kwargs: Any) -> TorchRecStrategy:
     return RayTorchRecStrategy(**kwargs)
 
 
+def flatten_worker_stats(stats: list[dict[str, Any]]) -> dict[str, float]:
+    """`worker_stats()` as flat numeric metrics (what ray.train.report keeps reliably)."""
+    out: dict[str, float] = {}
+    for d in stats:
+        r = d["rank"]
+        for k, v in d.items():
+            if isinstance(v, (int, float)) and k != "rank":
+                out[f"worker/{r}/{k}"] = v
+        for name, t in (d.get("tables") or {}).items():
+            for k, v in t.items():
+                out[f"worker/{r}/table/{name}/{k}"] = v
+    return out
+
+
 def _lightning_callback_base():
     from lightning.pytorch.callbacks import Callback
 
@@ -365,12 +429,15 @@ class StepCheckpoint(_lightning_callback_base()):
     """
 
     def __init__(self, dirpath: str | Path | None, every_n_steps: int = 0, keep_last: int = 2,
-                 ray_report: bool = False) -> None:
+                 ray_report: bool = False, report_workers: bool = False) -> None:
         super().__init__()
         self.dirpath = Path(dirpath) if dirpath else None
         self.every = every_n_steps
         self.keep_last = keep_last
         self.ray_report = ray_report
+        #: with ray_report: add every worker's memory and local shards to the metrics
+        #: (`worker/<rank>/rss_mib`, `.../hwm_mib`, `worker/<rank>/table/<name>/rows|bytes`)
+        self.report_workers = report_workers
         self._last_saved = -1
 
     def _save(self, trainer: "pl.Trainer") -> None:
@@ -380,6 +447,8 @@ class StepCheckpoint(_lightning_callback_base()):
         self._last_saved = step
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         metrics.update(step=step, epoch=trainer.current_epoch)
+        if self.ray_report and self.report_workers and hasattr(trainer.strategy, "worker_stats"):
+            metrics.update(flatten_worker_stats(trainer.strategy.worker_stats()))
         name = f"step-{step:08d}"
         if self.ray_report:
             import tempfile

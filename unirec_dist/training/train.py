@@ -130,11 +130,12 @@ def check_inputs(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
 
 
 def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
-                   model_device: str | None = None) -> TrainingSetup:
+                   model_device: str | None = None, table_device: str | None = None) -> TrainingSetup:
     """Build data, model, task and LightningModule. `rank/world_size` slice the training users
     (disjoint, equal step counts); `model_device="meta"` builds the model unallocated for a
     sharding strategy (call `module.model.embedding.set_item_features(items)` after it is
-    materialised). Validation is sharded by the metrics code when a process group exists."""
+    materialised); `table_device="meta"` builds only the embedding tables unallocated (content
+    buffers are filled here). Validation is sharded by the metrics code when a process group exists."""
     import pyarrow.parquet as pq
 
     from unirec_dist.training.build import build_from_config, build_task, dataset_section
@@ -150,7 +151,7 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
     n_vocab = int(ds_manifest["vocab_sizes"]["item"])
     batches = SequenceBatches(seqs, cfg.data.batch_size, cfg.data.max_len, seed=cfg.trainer.seed,
                               length_grouped=cfg.data.length_grouped, rank=rank, world_size=world_size)
-    model = build_from_config(cfg, ds_manifest, device=model_device)
+    model = build_from_config(cfg, ds_manifest, device=model_device, table_device=table_device)
     if model_device != "meta":
         model.embedding.set_item_features(pq.read_table(path / "items.parquet"))
     task = build_task(cfg.task, ds_manifest, seqs.item_counts(n_vocab))
