@@ -23,7 +23,9 @@ Overhead ratio = 2-worker throughput / (2 x 1-worker throughput): the usual scal
 1 worker used, so the ideal is 0.5 and the ratio measures what distribution costs on fixed
 hardware (two processes instead of one, the per-step all-to-all of embedding lookups and the
 all-reduce of dense grads over gloo, lock-step waiting), not how throughput scales with machines.
-The CPU-time column is the same figure with the other tenants of a shared machine taken out.
+The CPU-time figure takes the other tenants of a shared machine out of the comparison; it also
+shows that one multi-threaded worker is not free either (intra-op threading and OpenMP's
+spin-waiting burn CPU time that single-threaded workers do not).
 """
 from __future__ import annotations
 
@@ -125,8 +127,9 @@ def main() -> int:
     cpu_ratio = two["positions_per_cpu_s"] / one["positions_per_cpu_s"]
     print(f"overhead ratio (2-worker / (2 x 1-worker) throughput): {ratio:.2f} "
           f"(ideal on these shared {a.cores} cores: 0.50)")
-    print(f"  same cores, 2 workers vs 1: {same_hw:.2f}x the throughput; per CPU-second: {cpu_ratio:.2f}x "
-          f"(1 - that = the share of CPU work that distribution adds per position)")
+    print(f"  same cores, 2 workers vs 1: {same_hw:.2f}x the wall throughput; per CPU-second: {cpu_ratio:.2f}x "
+          f"(< 1: the CPU work distribution adds per position; > 1: {a.cores} one-thread workers use a CPU-second "
+          f"better than one {a.cores}-thread worker, whose intra-op threading costs more than the gloo collectives)")
     if a.json:
         Path(a.json).write_text(json.dumps({"arms": res, "overhead_ratio": ratio, "same_cores_ratio": same_hw,
                                             "cpu_ratio": cpu_ratio}, indent=2))

@@ -8,6 +8,12 @@ environments all work) that instead:
   world size, memory) with per-table constraints, attaches the fused table optimizer and wraps
   the model in DistributedModelParallel **in place**: the LightningModule keeps its own model
   object (now with sharded tables), so it can call any method of it, not only `forward`;
+- tables built on the meta device (the pretraining path: `build_model(table_device="meta")`)
+  are allocated by DMP only as each rank's shards and filled with the deterministic init
+  `sharding.fill_table_init(seed=init_seed)`, a function of (seed, table, global row), so 1 and
+  N workers start from the same weights without any rank ever holding a whole table. Tables
+  built on CPU keep their own init (copied into the shards; costs a full copy per rank). Dense
+  layers are replicated: rank 0's are broadcast;
 - never wraps in DDP: dense gradients are averaged across ranks right after backward
   (one coalesced all-reduce). Sharded tables' gradients are averaged by TorchRec's all-to-all
   (gradient division), so N workers on B/N rows match 1 process on B rows;
