@@ -60,7 +60,7 @@ def make_prepared(root: Path, n_users: int = 40, n_items: int = 30, seq_len: int
     manifest = {
         "format_version": format_version, "name": "synthetic", "vocab_hash": f"hash-{n_users}-{n_items}-{seed}",
         "vocab_sizes": {"user": n_users + 1, "item": n_items + 1, **({"genre": 5, "year": 7} if features else {})},
-        "features": feats, "split": {"protocol": "leave_one_out"},
+        "features": feats, "split": {"protocol": "leave_one_out"}, "counts": {"final": int(n_users)},
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root

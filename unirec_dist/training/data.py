@@ -13,7 +13,6 @@ similar lengths (balanced work).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from unirec_dist.data.batch import ITEM_KEY, SeqBatch
-from unirec_dist.data.format import FORMAT_VERSION, MANIFEST
 from unirec_dist.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -35,33 +33,16 @@ REQUIRED_FILES = ("train.parquet", "valid.parquet", "items.parquet")
 
 
 def open_prepared(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """Check a prepared dataset dir (exists, manifest readable, format version supported, files
-    present) and return (path, manifest). Raises DataError with one line otherwise."""
-    p = Path(path)
-    if not p.is_dir():
-        raise DataError(f"data.path: prepared dataset {p} does not exist (run `unirec prepare` first)")
-    mf = p / MANIFEST
-    if not mf.is_file():
-        raise DataError(f"data.path: {p} has no {MANIFEST}; it is not a prepared dataset (run `unirec prepare`)")
-    try:
-        manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"{mf}: not valid JSON") from None
-    if not isinstance(manifest, dict):
-        raise DataError(f"{mf}: expected a JSON object")
-    fv = manifest.get("format_version")
-    if fv != FORMAT_VERSION:
-        raise DataError(
-            f"{mf}: format_version {fv!r} is not supported by this unirec_dist (expected {FORMAT_VERSION}); "
-            "re-run `unirec prepare` with this version"
-        )
-    for key in ("vocab_sizes", "vocab_hash"):
-        if key not in manifest:
-            raise DataError(f"{mf}: missing key {key!r}; the dataset was written by an incompatible version")
+    """Check a prepared dataset dir for training (PreparedDataset.open's checks: exists, manifest
+    readable, format version supported; plus the files training reads) and return (path, manifest).
+    Raises DataError with one line otherwise."""
+    from unirec_dist.data.dataset import PreparedDataset
+
+    ds = PreparedDataset.open(path)
     for f in REQUIRED_FILES:
-        if not (p / f).is_file():
-            raise DataError(f"data.path: {p} has no {f}; the dataset is incomplete (re-run `unirec prepare`)")
-    return p, manifest
+        if not (ds.root / f).is_file():
+            raise DataError(f"data.path: {ds.root} has no {f}; the dataset is incomplete (re-run `unirec prepare`)")
+    return ds.root, ds.manifest
 
 
 def _flat(lists: pa.ChunkedArray | pa.Array, dtype) -> tuple[np.ndarray, np.ndarray]:
