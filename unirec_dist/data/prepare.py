@@ -208,8 +208,9 @@ def vocab_hash(user_vocab: pa.Table, item_vocab: pa.Table) -> str:
 
 
 # ----------------------------------------------------------------------------- cleaning
-def _packed_key(t: pa.Table) -> np.ndarray | None:
-    """(user, timestamp, item) packed into one uint64 whose order is theirs, when they fit."""
+def _packed_key(t: pa.Table) -> tuple[np.ndarray, int] | None:
+    """(user, timestamp, item) packed into one uint64 whose order is theirs, and its bit width,
+    when they fit in 63 bits."""
     cols = []
     bits = 0
     for name in ("user", "timestamp", "item"):
@@ -226,47 +227,60 @@ def _packed_key(t: pa.Table) -> np.ndarray | None:
     key = np.zeros(t.num_rows, dtype=np.uint64)
     for values, lo, width in cols:
         key <<= np.uint64(width)
-        key |= (values - lo).astype(np.uint64)
-    return key
+        part = values.astype(np.int64)      # (one temporary per column, not two)
+        part -= lo
+        key |= part.view(np.uint64)         # >= 0 after the shift to lo
+    return key, bits
 
 
-def _fix_ties(order: np.ndarray, key: np.ndarray, t: pa.Table, rest: list[str]) -> np.ndarray:
-    """Reorder each run of equal packed keys in `order` by (rest columns..., original row).
+def _sort_order(key: np.ndarray, bits: int, t: pa.Table, rest: list[str]) -> np.ndarray:
+    """Row order of the stable sort by (key, *rest), as Arrow's `sort_indices` gives it.
 
-    `order` comes from an unstable sort of `key`; this makes the result exactly the stable sort
-    by (key, *rest) that Arrow's `sort_indices` gives. Runs of equal keys are rare (duplicates,
-    same-second repeats), so the full comparison (Arrow's, with its null/NaN order) runs on a
-    small table only."""
-    ks = key[order]
-    tie = ks[1:] == ks[:-1]
-    del ks
+    The row index is packed under the key's high bits and the packed values are sorted in place
+    with `np.sort` (SIMD, ~6x faster than any argsort on 20M rows); the low bits are then the
+    order. When key + row index need more than 64 bits only the key's top bits are packed
+    (`prefix`). Rows sharing a prefix, or a key when `rest` is set, come out in row order; such
+    runs are rare (here: duplicates and same-user rows within a few minutes), and are put in
+    the exact (key, *rest, row) order by Arrow's sort on just those rows (its null/NaN order)."""
+    n = len(key)
+    row_bits = max((n - 1).bit_length(), 1)
+    shift = max(bits + row_bits - 64, 0)
+    packed = key >> np.uint64(shift)
+    packed <<= np.uint64(row_bits)
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    order = (packed & np.uint64((1 << row_bits) - 1)).astype(np.int64)
+    if shift == 0 and not rest:
+        return order                        # whole key + row: already the stable order
+    packed >>= np.uint64(row_bits)          # the sorted prefixes
+    tie = packed[1:] == packed[:-1]
+    del packed
     if not tie.any():
         return order
-    in_run = np.zeros(len(order), dtype=bool)
+    in_run = np.zeros(n, dtype=bool)
     in_run[1:] = tie
     in_run[:-1] |= tie
     pos = np.flatnonzero(in_run)                       # sorted positions inside a run
     run = np.cumsum(np.r_[True, ~tie[pos[1:] - 1]])    # run id per position (runs are contiguous)
     rows = order[pos]
-    sub = pa.table({"run": run, **{k: F.as_array(t[k]).take(pa.array(rows)) for k in rest}, "row": rows})
-    sub_order = pc.sort_indices(sub, sort_keys=[(k, "ascending") for k in ["run", *rest, "row"]])
+    sub = pa.table({"run": run, "key": key[rows], **{k: F.as_array(t[k]).take(pa.array(rows)) for k in rest},
+                    "row": rows})
+    sub_order = pc.sort_indices(sub, sort_keys=[(k, "ascending") for k in ["run", "key", *rest, "row"]])
     order[pos] = rows[sub_order.to_numpy()]
     return order
 
 
 def sort_rows(t: pa.Table) -> pa.Table:
-    """Sort by (user, timestamp, item, rating, event). When the three integer keys fit in 63 bits
-    they are packed into one key first: one integer comparison instead of three. That key is
-    sorted with numpy's unstable (SIMD quicksort) argsort, ~2x faster than a stable one or
-    Arrow's multi-key sort; runs of equal keys are then put in (rating, event, original row)
-    order, which reproduces the stable multi-key sort exactly."""
-    key = _packed_key(t) if t.num_rows else None
-    if key is None:
+    """Sort by (user, timestamp, item, rating, event), stably. When the three integer keys fit in
+    63 bits they are packed into one key first (see `_sort_order`)."""
+    packed = _packed_key(t) if t.num_rows else None
+    if packed is None:
         keys = [(k, "ascending") for k in SORT_KEYS if k in t.column_names]
         return t.take(pc.sort_indices(t, sort_keys=keys)).combine_chunks()
+    key, bits = packed
     rest = [k for k in ("rating", "event") if k in t.column_names]
-    order = _fix_ties(np.argsort(key), key, t, rest)
-    del key
+    order = _sort_order(key, bits, t, rest)
+    del key, packed
     return t.take(pa.array(order)).combine_chunks()
 
 
