@@ -428,39 +428,66 @@ def _query_table(users: np.ndarray, hist: pa.ListArray, targets: pa.ListArray,
     return pa.table(cols)
 
 
-def _train_table(t: pa.Table, mask: np.ndarray, rows: np.ndarray, n_users: int, max_history: int | None) -> pa.Table:
+def _train_lists(t: pa.Table, mask: np.ndarray, rows: np.ndarray, n_users: int,
+                 max_history: int | None) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """Train columns for every user 1..n_users (empty lists included) and the list lengths."""
     mask = keep_last(mask, rows, n_users, max_history)
     lens = np.bincount(rows[mask], minlength=n_users)
-    cols = {"user": pa.array(np.arange(1, n_users + 1, dtype=np.int32)),
-            "items": _lists(F.as_array(t["item"]), mask, rows, n_users),
-            "timestamps": _lists(F.as_array(t["timestamp"]), mask, rows, n_users)}
-    if "rating" in t.column_names:
-        cols["ratings"] = _lists(F.as_array(t["rating"]), mask, rows, n_users)
-    return pa.table(cols).filter(pa.array(lens > 0))
+    offsets = np.zeros(n_users + 1, dtype=np.int32)
+    np.cumsum(lens, out=offsets[1:])
+    offsets, pmask = pa.array(offsets), pa.array(mask)    # shared by the list columns
+    cols = {"user": pa.array(np.arange(1, n_users + 1, dtype=np.int32))}
+    for name, col in (("items", "item"), ("timestamps", "timestamp"), ("ratings", "rating")):
+        if col in t.column_names:
+            cols[name] = pa.ListArray.from_arrays(offsets, F.as_array(t[col]).filter(pmask))
+    return cols, lens
+
+
+def _train_table(t: pa.Table, mask: np.ndarray, rows: np.ndarray, n_users: int, max_history: int | None) -> pa.Table:
+    cols, lens = _train_lists(t, mask, rows, n_users, max_history)
+    train = pa.table(cols)
+    # (filtering copies every list; usually every user has training rows)
+    return train if lens.all() else train.filter(pa.array(lens > 0))
+
+
+def _one_per_row(col: pa.Array, idx: np.ndarray) -> pa.ListArray:
+    """One single-value list per index: [col[idx[0]]], [col[idx[1]]], ..."""
+    return pa.ListArray.from_arrays(pa.array(np.arange(len(idx) + 1, dtype=np.int32)), col.take(pa.array(idx)))
 
 
 def split_leave_one_out(t: pa.Table, n_users: int, max_history: int | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """Per user by time: test target = last, valid target = second to last (users with >= 3)."""
+    """Per user by time: test target = last, valid target = second to last (users with >= 3).
+
+    Rows are grouped by user, so the targets are the rows just before each user's end offset:
+    they are addressed by index (no per-row position arrays), and valid's history is train's."""
     users = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
     rows = users.astype(np.int64) - 1
     counts, offsets = _user_offsets(users, n_users)
-    pos = np.arange(t.num_rows) - np.repeat(offsets[:-1], counts)
-    cnt = np.repeat(counts, counts)
-    has_eval = cnt >= 3
-    train_mask = ~has_eval | (pos < cnt - 2)
-    train = _train_table(t, train_mask, rows, n_users, max_history)
+    eval_users = counts >= 3
+    ends = offsets[1:][eval_users]
+    valid_rows, test_rows = ends - 2, ends - 1           # target rows, ascending by user
+    train_mask = np.ones(t.num_rows, dtype=bool)
+    train_mask[valid_rows] = False
+    train_mask[test_rows] = False
+    cols, lens = _train_lists(t, train_mask, rows, n_users, max_history)
+    train = pa.table(cols)
+    if not lens.all():
+        train = train.filter(pa.array(lens > 0))
 
     item = F.as_array(t["item"])
     rating = F.as_array(t["rating"]) if "rating" in t.column_names else None
-    user_ids = np.arange(1, n_users + 1)
-    eval_users = counts >= 3
+    sel = pa.array(np.flatnonzero(eval_users))
+    user_col = pa.array(np.flatnonzero(eval_users) + 1, pa.int32())
+    # an evaluation user's valid history is exactly its train rows (same last-k restriction)
+    test_mask = train_mask
+    test_mask[valid_rows] = True
+    test_hist = _lists(item, keep_last(test_mask, rows, n_users, max_history), rows, n_users)
     out = []
-    for hist_mask, tgt_mask in ((has_eval & (pos < cnt - 2), has_eval & (pos == cnt - 2)),
-                                (has_eval & (pos < cnt - 1), has_eval & (pos == cnt - 1))):
-        hist = _lists(item, keep_last(hist_mask, rows, n_users, max_history), rows, n_users)
-        tgt = _lists(item, tgt_mask, rows, n_users)
-        tr = _lists(rating, tgt_mask, rows, n_users) if rating is not None else None
-        out.append(_query_table(user_ids, hist, tgt, tr, eval_users))
+    for hist, tgt_rows in ((cols["items"], valid_rows), (test_hist, test_rows)):
+        q = {"user": user_col, "history": hist.take(sel), "targets": _one_per_row(item, tgt_rows)}
+        if rating is not None:
+            q["target_ratings"] = _one_per_row(rating, tgt_rows)
+        out.append(pa.table(q))
     return train, out[0], out[1]
 
 
