@@ -16,6 +16,9 @@ Steps, each a function over Arrow tables so that the Ray engine (data/ray_engine
 9. `entity_table`    item/user feature tables aligned to the vocab
 
 Everything is Arrow compute plus numpy vectorized over whole columns; no per-row Python.
+`clean_encode_arrow` fuses steps to copy the table less: rows dropped in step 2 leave in step
+4's take, and steps 4-6 are row masks applied by one filter; counts and rows are those of the
+separate steps (which the Ray engine runs).
 """
 from __future__ import annotations
 
