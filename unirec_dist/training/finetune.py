@@ -435,20 +435,11 @@ def _make_module_class():
             return task_metrics(self.model, self.valid, self.cfg, self.n_items,
                                 batch_size=self.cfg.data.valid_batch_size, seed=self.cfg.trainer.seed)
 
-        def on_train_epoch_end(self) -> None:
-            if (self.current_epoch + 1) % self.cfg.trainer.val_every_n_epochs and \
-                    self.current_epoch + 1 != self.trainer.max_epochs:
-                return
-            m = self.run_validation()
-            if not m:
-                return
-            self.last_metrics = {k: float(v) for k, v in m.items()}
-            self._validated_epoch = self.current_epoch
-            for k, v in self.last_metrics.items():
-                if k != "queries" and k != "rated":
-                    self.log(f"val/{k}", v, prog_bar=k == self.monitor, sync_dist=False)
-            log.info("epoch %d: val %s", self.current_epoch,
-                     " ".join(f"{k} {v:.4f}" for k, v in self.last_metrics.items() if k not in ("queries", "rated")))
+        def log_validation(self, m: dict[str, float]) -> None:
+            shown = {k: v for k, v in m.items() if k not in ("queries", "rated")}
+            for k, v in shown.items():
+                self.log(f"val/{k}", v, prog_bar=k == self.monitor, sync_dist=False)
+            log.info("epoch %d: val %s", self.current_epoch, " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
         def configure_optimizers(self):
             o = self.cfg.optim

@@ -22,28 +22,6 @@ log = logging.getLogger(__name__)
 VAL_KS = (10,)
 
 
-def _private_hr_ndcg(model, queries: pa.Table, n_items: int, batch_size: int) -> dict[str, float]:
-    """Fallback HR@10/NDCG@10 (single process) if unirec_dist.metrics is unavailable."""
-    from unirec_dist.data.batch import iter_query_batches
-
-    hr = nd = 0.0
-    n = 0
-    with torch.no_grad():
-        items = model.item_embeddings()
-        for b in iter_query_batches(queries, batch_size, model.max_len):
-            s = model.query_embeddings(b) @ items.T
-            s[:, 0] = float("-inf")
-            top = s.topk(10, dim=1).indices
-            t = b.targets[:, :1]
-            hit = (top == t)
-            rank = hit.float().argmax(1)
-            found = hit.any(1)
-            hr += found.sum().item()
-            nd += (found.float() / torch.log2(rank.float() + 2)).sum().item()
-            n += len(b)
-    return {"HR@10": hr / max(n, 1), "NDCG@10": nd / max(n, 1), "queries": n}
-
-
 class RecModule(L.LightningModule):
     """LightningModule over (model, task); logs train/loss, val/HR@10, val/NDCG@10."""
 
@@ -85,10 +63,8 @@ class RecModule(L.LightningModule):
         was = model.training
         model.eval()
         try:
-            try:
-                from unirec_dist.metrics.evaluate import evaluate_table
-            except ImportError:  # metrics package not there: private fallback
-                return _private_hr_ndcg(model, self.valid, self.n_items, self.cfg.data.valid_batch_size)
+            from unirec_dist.metrics.evaluate import evaluate_table
+
             return evaluate_table(model, self.valid, self.n_items, ks=VAL_KS, mask_seen=False,
                                   batch_size=self.cfg.data.valid_batch_size, progress=False)
         finally:
@@ -106,7 +82,11 @@ class RecModule(L.LightningModule):
             return
         self.last_metrics = {k: float(v) for k, v in m.items()}
         self._validated_epoch = self.current_epoch
-        hr, ndcg = float(m["HR@10"]), float(m["NDCG@10"])
+        self.log_validation(self.last_metrics)
+
+    def log_validation(self, m: dict[str, float]) -> None:
+        """Log one validation result (subclasses with other tasks' metrics override this only)."""
+        hr, ndcg = m["HR@10"], m["NDCG@10"]
         self.best_ndcg = max(self.best_ndcg, ndcg)
         self.log("val/HR@10", hr, prog_bar=True, sync_dist=False)
         self.log("val/NDCG@10", ndcg, prog_bar=True, sync_dist=False)
