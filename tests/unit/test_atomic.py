@@ -32,3 +32,4 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+

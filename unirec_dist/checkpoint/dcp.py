@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from unirec_dist.errors import CheckpointError
+from unirec_dist.utils.jsonfile import load_json_object
 from unirec_dist.utils.atomic import publish_dir
 
 FORMAT_VERSION = 1
@@ -146,10 +147,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     mf = path / MANIFEST
     if not mf.is_file():
         raise CheckpointError(f"checkpoint {path} has no {MANIFEST}; it is not a unirec checkpoint or its save did not finish")
-    try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{mf}: not valid JSON") from None
+    manifest = load_json_object(mf, CheckpointError)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{mf}: format_version {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"

@@ -1,7 +1,6 @@
 """`PreparedDataset`: the one reader of a prepared dataset directory (see data/format.py)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pyarrow as pa
 
 from unirec_dist.data.format import FORMAT_VERSION, MANIFEST
 from unirec_dist.errors import DataError
+from unirec_dist.utils.jsonfile import load_json_object
 
 TABLES = ("interactions", "train", "valid", "test", "items", "users")
 
@@ -32,12 +32,7 @@ class PreparedDataset:
         mpath = root / MANIFEST
         if not mpath.is_file():
             raise DataError(f"{root} is not a prepared dataset: {MANIFEST} is missing")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{mpath}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
-        if not isinstance(manifest, dict):
-            raise DataError(f"{mpath}: expected a JSON object")
+        manifest = load_json_object(mpath, DataError)
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise DataError(f"{mpath}: format_version {version!r} is not supported "

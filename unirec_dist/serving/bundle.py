@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unirec_dist.errors import CheckpointError
+from unirec_dist.utils.jsonfile import load_json_object
 from unirec_dist.utils.atomic import atomic_dir
 
 if TYPE_CHECKING:
@@ -153,10 +154,7 @@ def read_bundle_manifest(path: str | os.PathLike) -> dict[str, Any]:
     mf = path / MANIFEST
     if not mf.is_file():
         raise CheckpointError(f"bundle {path} has no {MANIFEST}; it is not a unirec bundle (make one with `unirec export`)")
-    try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{mf}: not valid JSON") from None
+    manifest = load_json_object(mf, CheckpointError)
     if manifest.get("kind") != KIND or manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{mf}: kind {manifest.get('kind')!r} / format_version {manifest.get('format_version')!r} "
