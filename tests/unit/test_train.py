@@ -203,3 +203,28 @@ def test_same_seed_same_loss(ds, tmp_path):
             rows = list(csv.DictReader(f))
         losses.append([(r["step"], r["train/loss_step"]) for r in rows if r.get("train/loss_step")])
     assert losses[0] == losses[1] and losses[0]
+
+
+def test_validation_masks_seen_items_when_configured(ds, tmp_path):
+    """trainer.val_mask_seen decides the validation protocol: the logged NDCG@10 equals an
+    evaluation of the same checkpoint under that protocol (and not under the other one)."""
+    import csv
+
+    import pyarrow.parquet as pq
+
+    from unirec_dist.metrics.evaluate import evaluate_table
+    from unirec_dist.training.build import load_retriever
+    from unirec_dist.training.train import train
+
+    valid = pq.read_table(ds / "valid.parquet")
+    for mask in (True, False):
+        out = tmp_path / f"m{mask}"
+        ckpt = train(_debug_cfg(ds, out, f"trainer.val_mask_seen={str(mask).lower()}"))
+        with open(out / "logs" / "metrics.csv") as f:
+            logged = [float(r["val/NDCG@10"]) for r in csv.DictReader(f) if r.get("val/NDCG@10")]
+        model, mf = load_retriever(ckpt, ds)
+        n_items = int(mf["dataset"]["vocab_sizes"]["item"]) - 1
+        same = evaluate_table(model, valid, n_items, ks=(10,), mask_seen=mask, progress=False)
+        other = evaluate_table(model, valid, n_items, ks=(10,), mask_seen=not mask, progress=False)
+        assert logged and logged[-1] == pytest.approx(float(same["NDCG@10"]), abs=1e-6)
+        assert abs(logged[-1] - float(other["NDCG@10"])) > 1e-6

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["test", "valid"], help="query split (default: test)")
     p.add_argument("--k", default="10,50,200", help="comma-separated cut-offs K (default: 10,50,200)")
     p.add_argument("--mask-seen", action="store_true",
-                   help="remove each query's history items from its ranking (default: not masked, the published ML-1M protocol)")
+                   help="remove each query's history items from its ranking (default: not masked; the published ML-1M numbers mask them)")
     p.add_argument("--batch-size", type=int, default=1024, help="queries per batch (default: 1024)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")

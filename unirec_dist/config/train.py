@@ -217,6 +217,7 @@ class TrainerSection:
     loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
     progress_bar: bool = True
     val_every_n_epochs: int = 1
+    val_mask_seen: bool = False                 # validation ranking removes each query's history items
     log_every_n_steps: int = 20
     limit_train_batches: int | float = 1.0
     early_stop_patience: int | None = None      # validations without NDCG@10 improvement

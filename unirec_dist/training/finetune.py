@@ -387,8 +387,11 @@ def ctr_metrics(model, queries, ctr_cfg, n_items: int, batch_size: int = 512, se
 
 
 def task_metrics(model, queries, train_cfg: TrainConfig, n_items: int, ks=(10,), batch_size: int = 512,
-                 seed: int = 0) -> dict[str, float]:
-    """The metrics of every active task on a query table (valid or test)."""
+                 seed: int = 0, mask_seen: bool | None = None) -> dict[str, float]:
+    """The metrics of every active task on a query table (valid or test). Retrieval ranks the full
+    catalogue; history items are masked if `mask_seen` (None: the config's trainer.val_mask_seen)."""
+    if mask_seen is None:
+        mask_seen = train_cfg.trainer.val_mask_seen
     from unirec_dist.metrics.evaluate import evaluate_table
 
     tasks = train_cfg.task.active_tasks
@@ -397,7 +400,7 @@ def task_metrics(model, queries, train_cfg: TrainConfig, n_items: int, ks=(10,),
     try:
         out: dict[str, float] = {}
         if "retrieval" in tasks:
-            m = evaluate_table(model, queries, n_items, ks=ks, mask_seen=False, batch_size=batch_size, progress=False)
+            m = evaluate_table(model, queries, n_items, ks=ks, mask_seen=mask_seen, batch_size=batch_size, progress=False)
             out.update({k: float(v) for k, v in m.items()})
         if "rating" in tasks:
             out.update(rating_metrics(model, queries, batch_size))
@@ -617,9 +620,10 @@ def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
     return Path(result)
 
 
-def evaluate_checkpoint(checkpoint, split: str = "test", ks=(10,), dataset=None) -> dict[str, float]:
-    """Task metrics (retrieval HR/NDCG@K full ranking, seen not masked; RMSE/MAE; AUC/log-loss) of a
-    training or fine-tuning checkpoint on its dataset's `split`."""
+def evaluate_checkpoint(checkpoint, split: str = "test", ks=(10,), dataset=None,
+                        mask_seen: bool = False) -> dict[str, float]:
+    """Task metrics (retrieval HR/NDCG@K full ranking, history items masked if `mask_seen`;
+    RMSE/MAE; AUC/log-loss) of a training or fine-tuning checkpoint on its dataset's `split`."""
     from unirec_dist.data.dataset import PreparedDataset
     from unirec_dist.training.build import load_retriever
 
@@ -630,4 +634,4 @@ def evaluate_checkpoint(checkpoint, split: str = "test", ks=(10,), dataset=None)
     import pyarrow.compute as pc
 
     queries = queries.filter(pc.greater(pc.list_value_length(queries["targets"]), 0))
-    return task_metrics(model, queries, cfg, ds.n_items, ks=ks, seed=cfg.trainer.seed)
+    return task_metrics(model, queries, cfg, ds.n_items, ks=ks, seed=cfg.trainer.seed, mask_seen=mask_seen)

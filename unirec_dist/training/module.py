@@ -1,9 +1,9 @@
 """The LightningModule: thin glue between a model, its task and Lightning's loop.
 
 training_step: task.loss(model, batch). Validation: full-ranking HR@10 / NDCG@10 on the
-validation queries (all items ranked, seen items not masked), computed once per validation
-epoch with `unirec_dist.metrics.evaluate_table` over the whole query table (sharded over ranks
-and all-reduced when a process group exists). The distributed strategy may replace
+validation queries (all items ranked; history items masked only with trainer.val_mask_seen),
+computed once per validation epoch with `unirec_dist.metrics.evaluate_table` over the whole
+query table (sharded over ranks and all-reduced when a process group exists). The distributed strategy may replace
 `self.model` with a sharded wrapper in `configure_model`; nothing here assumes a plain module.
 """
 from __future__ import annotations
@@ -65,7 +65,8 @@ class RecModule(L.LightningModule):
         try:
             from unirec_dist.metrics.evaluate import evaluate_table
 
-            return evaluate_table(model, self.valid, self.n_items, ks=VAL_KS, mask_seen=False,
+            return evaluate_table(model, self.valid, self.n_items, ks=VAL_KS,
+                                  mask_seen=self.cfg.trainer.val_mask_seen,
                                   batch_size=self.cfg.data.valid_batch_size, progress=False)
         finally:
             model.train(was)
