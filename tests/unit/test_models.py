@@ -162,14 +162,22 @@ def test_encoders_are_causal_and_retrievers(ds, kind):
     assert model.item_embeddings().shape == (31, 8)
 
 
-def test_query_is_state_after_last_item(ds):
-    model = _model(ds, "sasrec").eval()
-    batch = make_seq_batch(pa.array([1, 2]), pa.array([[1, 2, 3], [4, 5]]), 10)
+@pytest.mark.parametrize("kind", ["sasrec", "hstu"])
+def test_query_is_state_after_last_item(ds, kind):
+    """query_embeddings runs the last attention block for the last position only; it must equal
+    the full causal pass's state at that position, for every length in the batch."""
+    torch.manual_seed(0)
+    model = _model(ds, kind).eval()
+    with torch.no_grad():   # zero-initialised biases (HSTU's relative positions) would hide errors
+        for p in model.encoder.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hist = [[1, 2, 3], [4, 5], [7], [3, 9, 11, 2, 8, 6, 1]]
+    batch = make_seq_batch(pa.array([1, 2, 3, 4]), pa.array(hist), 10)
     q = model.query_embeddings(batch)
     items, lengths = model.embed_sequences(batch.seq)
     h = model.encode(items, lengths)
-    torch.testing.assert_close(q[0], torch.nn.functional.normalize(h[0, 2], dim=0))
-    torch.testing.assert_close(q[1], torch.nn.functional.normalize(h[1, 1], dim=0))
+    for b, row in enumerate(hist):
+        torch.testing.assert_close(q[b], torch.nn.functional.normalize(h[b, len(row) - 1], dim=0))
 
 
 def test_builds_on_meta_device(ds):

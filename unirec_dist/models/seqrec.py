@@ -72,9 +72,13 @@ class SeqRecModel(nn.Module):
         items, lengths = self.embed_sequences(batch.seq)
         if items.shape[1] > self.max_len:   # batch built with a longer max_len: keep the newest
             raise ValueError(f"history longer than max_len {self.max_len}; build batches with max_len")
-        states = self.encode(items, lengths.clamp(min=1), batch.users)
-        last = (lengths - 1).clamp(min=0)
-        q = states[torch.arange(states.shape[0], device=states.device), last]
+        if self.encoder_kind in ("sasrec", "hstu"):
+            # attention encoders run their last block for the last position only
+            q = self.encoder(items, lengths.clamp(min=1), last_only=True)
+        else:
+            states = self.encode(items, lengths.clamp(min=1), batch.users)
+            last = (lengths - 1).clamp(min=0)
+            q = states[torch.arange(states.shape[0], device=states.device), last]
         if self.encoder_kind != "mf":
             # an empty history has no state: fall back to zeros (scores all items alike)
             q = q * (lengths > 0).unsqueeze(-1).to(q.dtype)

@@ -4,7 +4,8 @@
 Block:  u, v, q, k = split(SiLU(W1 LN(x)));  A = SiLU(q k^T + rab) / max_len  (causal)
         x <- x + W2 dropout(LN(A v) * u)
 The attention scale divides by the fixed max_len (not the batch's padded length) so that
-length-grouped batches and evaluation see the same normalisation.
+length-grouped batches and evaluation see the same normalisation. `last_only=True` runs the last
+block for each row's last position only (queries for evaluation and serving).
 """
 from __future__ import annotations
 
@@ -31,19 +32,27 @@ class HSTUBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.attn_drop = nn.Dropout(attn_dropout)
 
-    def forward(self, x: torch.Tensor, causal: torch.Tensor, rel_idx: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D); causal (L, L) bool; rel_idx (L, L) long -> (B, L, D)."""
+    def forward(self, x: torch.Tensor, causal: torch.Tensor, rel_idx: torch.Tensor,
+                last: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, D); causal (Lq, L) or (B, Lq, L) bool; rel_idx of the same shape, long -> (B, Lq, D).
+        Lq = L, or with `last` (B,) only the row of position last[b] (Lq = 1)."""
         B, L, _ = x.shape
         H = self.h
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).split(
             [H * self.dv, H * self.dv, H * self.dqk, H * self.dqk], dim=-1)
-        q = q.view(B, L, H, self.dqk).transpose(1, 2)
+        if last is not None:
+            rows = torch.arange(B, device=x.device)
+            x, u, q = x[rows, last].unsqueeze(1), u[rows, last].unsqueeze(1), q[rows, last].unsqueeze(1)
+        Lq = q.shape[1]
+        q = q.view(B, Lq, H, self.dqk).transpose(1, 2)
         k = k.view(B, L, H, self.dqk).transpose(1, 2)
         v = v.view(B, L, H, self.dv).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) + self.rel_pos[rel_idx]            # (B, H, L, L)
+        if causal.dim() == 3:   # per-row masks: (B, Lq, L) -> (B, 1, Lq, L)
+            causal, rel_idx = causal[:, None], rel_idx[:, None]
+        scores = q @ k.transpose(-1, -2) + self.rel_pos[rel_idx]            # (B, H, Lq, L)
         attn = F.silu(scores) * (causal.to(scores.dtype) / self.max_len)
         attn = self.attn_drop(attn)
-        av = (attn @ v).transpose(1, 2).reshape(B, L, H * self.dv)
+        av = (attn @ v).transpose(1, 2).reshape(B, Lq, H * self.dv)
         return x + self.out(self.drop(self.norm_attn(av) * u))
 
 
@@ -62,7 +71,8 @@ class HSTUEncoder(nn.Module):
         ])
         self.final_norm = nn.LayerNorm(dim, eps=1e-6)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """-> (B, L, D) states, or with last_only the (B, D) states at position lengths - 1."""
         B, L, D = x.shape
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
@@ -72,6 +82,12 @@ class HSTUEncoder(nn.Module):
         rel = ar[:, None] - ar[None, :]
         causal = rel >= 0
         rel_idx = rel.clamp(min=0)
-        for blk in self.blocks:
+        n = len(self.blocks)
+        for i, blk in enumerate(self.blocks):
+            if last_only and i == n - 1:
+                last = (lengths - 1).clamp(min=0)
+                rel = last[:, None, None] - ar[None, None, :]                      # (B, 1, L)
+                y = blk(x, rel >= 0, rel.clamp(min=0), last=last)
+                return self.final_norm(y).squeeze(1) * (lengths > 0).unsqueeze(-1).to(x.dtype)
             x = blk(x, causal, rel_idx) * mask
         return self.final_norm(x) * mask

@@ -3,6 +3,9 @@
 Input item embeddings are scaled by sqrt(D), learned absolute positions (0 = oldest kept item)
 are added, then `num_blocks` pre-LN blocks of causal multi-head attention and a point-wise FFN.
 Every position is encoded in one causal pass, so a sequence of length n trains n targets.
+`last_only=True` (queries for evaluation and serving) runs the last block for the last position
+of each row only: the earlier blocks still need every position (they are the keys and values),
+the last block's attention and FFN do not.
 """
 from __future__ import annotations
 
@@ -21,17 +24,20 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.attn_dropout = attn_dropout
 
-    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor) -> torch.Tensor:
-        """q_in, kv_in: (B, L, D) -> (B, L, D), position i attends to positions <= i."""
-        B, L, D = q_in.shape
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        """q_in (B, Lq, D), kv_in (B, L, D) -> (B, Lq, D). Without `visible`, Lq = L and position i
+        attends to positions <= i; else visible (B, Lq, L) bool says which keys each query sees."""
+        B, Lq, D = q_in.shape
+        L = kv_in.shape[1]
         H = self.num_heads
         w_q, w_kv = self.qkv.weight.split([D, 2 * D])
         b_q, b_kv = self.qkv.bias.split([D, 2 * D])
-        q = F.linear(q_in, w_q, b_q).view(B, L, H, D // H).transpose(1, 2)
+        q = F.linear(q_in, w_q, b_q).view(B, Lq, H, D // H).transpose(1, 2)
         k, v = F.linear(kv_in, w_kv, b_kv).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if visible is None else visible[:, None],
+                                           is_causal=visible is None,
                                            dropout_p=self.attn_dropout if self.training else 0.0)
-        return self.out(o.transpose(1, 2).reshape(B, L, D))
+        return self.out(o.transpose(1, 2).reshape(B, Lq, D))
 
 
 class PointWiseFFN(nn.Module):
@@ -62,15 +68,23 @@ class SASRecEncoder(nn.Module):
         self.ffns = nn.ModuleList([PointWiseFFN(dim, ffn_dim, dropout) for _ in range(num_blocks)])
         self.final_norm = nn.LayerNorm(dim, eps=1e-8)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """-> (B, L, D) states, or with last_only the (B, D) states at position lengths - 1."""
         B, L, D = x.shape
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
         mask = (torch.arange(L, device=x.device)[None, :] < lengths[:, None]).unsqueeze(-1).to(x.dtype)
         x = x * math.sqrt(D) + self.pos.weight[:L]
         x = self.drop(x) * mask
-        for ln1, attn, ln2, ffn in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns):
+        n = len(self.attns)
+        for i, (ln1, attn, ln2, ffn) in enumerate(zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns)):
             q = ln1(x)
+            if last_only and i == n - 1:
+                last = (lengths - 1).clamp(min=0)
+                q = q[torch.arange(B, device=x.device), last].unsqueeze(1)                # (B, 1, D)
+                visible = torch.arange(L, device=x.device)[None, None, :] <= last[:, None, None]
+                y = q + attn(q, x, visible)
+                return self.final_norm(ffn(ln2(y))).squeeze(1) * (lengths > 0).unsqueeze(-1).to(x.dtype)
             x = q + attn(q, x)
             x = ffn(ln2(x)) * mask
         return self.final_norm(x) * mask
