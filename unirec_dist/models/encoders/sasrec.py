@@ -77,14 +77,16 @@ class SASRecEncoder(nn.Module):
         x = x * math.sqrt(D) + self.pos.weight[:L]
         x = self.drop(x) * mask
         n = len(self.attns)
+        # Rows are right-padded and attention is causal, so no valid position ever reads a padded
+        # one: padding is zeroed at the input and the output only, not between blocks.
         for i, (ln1, attn, ln2, ffn) in enumerate(zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns)):
-            q = ln1(x)
             if last_only and i == n - 1:
                 last = (lengths - 1).clamp(min=0)
-                q = q[torch.arange(B, device=x.device), last].unsqueeze(1)                # (B, 1, D)
+                q = ln1(x[torch.arange(B, device=x.device), last].unsqueeze(1))         # (B, 1, D)
                 visible = torch.arange(L, device=x.device)[None, None, :] <= last[:, None, None]
                 y = q + attn(q, x, visible)
                 return self.final_norm(ffn(ln2(y))).squeeze(1) * (lengths > 0).unsqueeze(-1).to(x.dtype)
+            q = ln1(x)
             x = q + attn(q, x)
-            x = ffn(ln2(x)) * mask
+            x = ffn(ln2(x))
         return self.final_norm(x) * mask
