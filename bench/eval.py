@@ -130,7 +130,9 @@ def main() -> int:
 
     logging.basicConfig(level=logging.WARNING)
     quiet_noisy_loggers()
-    torch.set_num_threads(args.threads)
+    from unirec_dist.utils.device import configure_cpu
+
+    configure_cpu(args.threads)
     ds = PreparedDataset.open(ensure_dataset(Path(args.data)))
     test = ds.table("test")
     print(f"ML-1M test split: {test.num_rows:,} users x {ds.n_items:,} items, full ranking, K = 10/50/200; "

@@ -55,7 +55,9 @@ def main() -> int:
     from unirec_dist.training.build import build_from_config, build_task
     from unirec_dist.training.data import SequenceBatches, TrainSequences, open_prepared, read_valid
 
-    torch.set_num_threads(a.threads)
+    from unirec_dist.utils.device import configure_cpu
+
+    configure_cpu(a.threads)
     cfg = load_train_config(a.config, a.overrides)
     torch.manual_seed(cfg.trainer.seed)
     path, man = open_prepared(cfg.data.path)

@@ -96,10 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
     from unirec_dist.metrics.evaluate import evaluate, format_table
 
-    if args.threads is not None:
-        import torch
+    from unirec_dist.utils.device import configure_cpu
 
-        torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
     scorer = load_scorer(args, dataset)
     report = evaluate(scorer, dataset, split=args.split, ks=ks, mask_seen=args.mask_seen, batch_size=args.batch_size)
     report["model"] = (

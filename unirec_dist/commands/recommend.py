@@ -82,10 +82,9 @@ def run(args: argparse.Namespace) -> int:
         users = all_users(dataset)
     else:
         resolve_users(dataset, users)  # unknown ids fail here, before the model is loaded
-    if args.threads is not None:
-        import torch
+    from unirec_dist.utils.device import configure_cpu
 
-        torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
     scorer = load_scorer(args, dataset)
     table = recommend(scorer, dataset, users, k, exclude_seen=not args.include_seen, batch_size=args.batch_size)
     write_parquet_atomic(table, args.out)

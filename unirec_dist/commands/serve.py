@@ -61,10 +61,9 @@ def run(args: argparse.Namespace) -> int:
                        address=cfg.ray.address, cpus_per_replica=cfg.ray.cpus_per_replica,
                        threads=cfg.threads, **opts)
         return 0
-    if cfg.threads:
-        import torch
+    from unirec_dist.utils.device import configure_cpu
 
-        torch.set_num_threads(cfg.threads)
+    configure_cpu(cfg.threads or None)
     from unirec_dist.serving.app import create_app
     from unirec_dist.serving.recommender import RECALL_K, Recommender
     from unirec_dist.serving.server import bind_socket, run as run_server

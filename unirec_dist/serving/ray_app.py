@@ -51,10 +51,9 @@ def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: fl
             from unirec_dist.utils.logging import quiet_noisy_loggers
 
             quiet_noisy_loggers()
-            if threads:
-                import torch
+            from unirec_dist.utils.device import configure_cpu
 
-                torch.set_num_threads(int(threads))
+            configure_cpu(int(threads) if threads else None)
             self.rec = Recommender.from_bundle(bundle, **options)
 
         def __serve_build_asgi_app__(self):

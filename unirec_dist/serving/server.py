@@ -75,10 +75,9 @@ def _child(bundle: str, sock: socket.socket, options: dict[str, Any]) -> None:
 
     setup_cli_logging(False)
     threads = options.pop("threads", None)
-    if threads:
-        import torch
+    from unirec_dist.utils.device import configure_cpu
 
-        torch.set_num_threads(int(threads))
+    configure_cpu(int(threads) if threads else None)
     rec = Recommender.from_bundle(bundle, **options)
     run(create_app(rec), sock=sock)
 

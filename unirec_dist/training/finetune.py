@@ -536,7 +536,7 @@ def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
     from unirec_dist.training.build import build_from_config, build_task, dataset_section
     from unirec_dist.training.data import SequenceBatches, TrainSequences, read_valid
     from unirec_dist.training.train import _quiet
-    from unirec_dist.utils.device import resolve_device
+    from unirec_dist.utils.device import configure_cpu, resolve_device
 
     t0 = time.perf_counter()
     _quiet()
@@ -546,8 +546,7 @@ def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
     if "rating" in eff.task.active_tasks and seqs.ratings is None:
         raise ConfigError(f"task.kind: the rating task needs ratings, but {target.root}/train.parquet has none")
     device = resolve_device(eff.trainer.device)
-    if eff.trainer.threads is not None and device.type == "cpu":
-        torch.set_num_threads(eff.trainer.threads)
+    configure_cpu(eff.trainer.threads if device.type == "cpu" else None)
     L.seed_everything(eff.trainer.seed, workers=True, verbose=False)
 
     seqs = subsample(seqs, cfg.data.fraction, eff.trainer.seed)

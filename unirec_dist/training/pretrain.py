@@ -170,8 +170,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = from_dict(PretrainConfig, config["cfg"], where="pretrain config")
     dist = cfg.distributed
     device_type = config["device_type"]
-    if cfg.trainer.threads is not None and device_type == "cpu":
-        torch.set_num_threads(cfg.trainer.threads)
+    from unirec_dist.utils.device import configure_cpu
+
+    configure_cpu(cfg.trainer.threads if device_type == "cpu" else None)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     # tables on the meta device: each rank allocates only its own shards (a 20M-row table is never
     # built in full on a rank); the strategy fills them with the seed's deterministic init

@@ -172,7 +172,7 @@ def dcp_checkpoint_callback(cfg: TrainConfig, dataset: dict[str, Any]):
 def train(cfg: TrainConfig) -> Path:
     """Train on one process (CPU, or one GPU when trainer.device allows) and return the
     checkpoint directory to use downstream (best by validation NDCG@10, else last)."""
-    from unirec_dist.utils.device import resolve_device
+    from unirec_dist.utils.device import configure_cpu, resolve_device
 
     t0 = time.perf_counter()
     _quiet()
@@ -183,8 +183,7 @@ def train(cfg: TrainConfig) -> Path:
     from lightning.pytorch.callbacks import EarlyStopping
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    if cfg.trainer.threads is not None and device.type == "cpu":
-        torch.set_num_threads(cfg.trainer.threads)
+    configure_cpu(cfg.trainer.threads if device.type == "cpu" else None)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     st = setup_training(cfg)
     module, batches = st.module, st.batches

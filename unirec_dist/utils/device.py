@@ -26,3 +26,45 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> "torch.device":
 
 def dist_backend(device: "torch.device") -> str:
     return "nccl" if device.type == "cuda" else "gloo"
+
+
+_MALLOC_TUNED = False
+
+
+def tune_malloc() -> bool:
+    """Let glibc reuse freed large blocks instead of mapping fresh pages for every tensor.
+
+    glibc serves each allocation above its mmap threshold (128 KiB, adapting up to 32 MiB) with a
+    new mmap and gives it back with munmap when freed, so every batch's activations are
+    page-faulted in anew. Raising the mmap and trim thresholds to 1 GiB keeps those blocks in the
+    heap for reuse, which is what tcmalloc/jemalloc (PyTorch's advice for CPU) do, without a new
+    dependency. Measured on ML-1M, 1 thread: the SASRec query encoder over all 6,040 users 2.6 ->
+    1.5 CPU-s (max RSS 907 -> 960 MiB); training 15,297 -> 19,538 positions per CPU-s (peak RSS
+    1.58 -> 1.77 GiB: aligned blocks fragment the heap a little). Freed memory up to 1 GiB stays
+    with the process. Linux/glibc only (a no-op elsewhere);
+    UNIREC_TUNE_MALLOC=0 turns it off. Returns whether the thresholds are set."""
+    global _MALLOC_TUNED
+    import os
+
+    if _MALLOC_TUNED or os.environ.get("UNIREC_TUNE_MALLOC", "1") == "0":
+        return _MALLOC_TUNED
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # <malloc.h>
+        _MALLOC_TUNED = bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and \
+            bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):                           # not glibc
+        _MALLOC_TUNED = False
+    return _MALLOC_TUNED
+
+
+def configure_cpu(threads: int | None = None) -> None:
+    """Per-process CPU settings, in one place: the allocator (`tune_malloc`) and torch's intra-op
+    threads (None: torch's default). Every entry point that runs a model calls this."""
+    tune_malloc()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
