@@ -1,7 +1,7 @@
 """Transfer, measured: pretrain on ML-1M, fine-tune on ML-100K, against the same model trained
 from scratch on ML-100K with the same budget, at 10%, 50% and 100% of ML-100K's training users.
 
-    python bench/transfer.py [--out runs/transfer] [--pretrain-epochs 15] [--epochs 20]
+    python bench/transfer.py [--out runs/transfer] [--pretrain-epochs 15] [--epochs 20] [--seeds 42,43,44]
                              [--fractions 0.1,0.5,1.0] [--max-len 50] [--pretrained CKPT]
 
 Both arms: the architecture of the pretrained checkpoint (SASRec, 2 blocks, dim 50, item vector
@@ -18,13 +18,17 @@ histories were left out of training); every figure both with seen items NOT mask
 Data: ML-1M and ML-100K are fetched (`unirec data fetch`) and prepared into OUT/data unless
 --ml1m/--ml100k point at prepared directories. The pretrained checkpoint is cached at
 OUT/pretrain (reused on a second run; --pretrained to bring your own).
-Budget (default flags): 15 ML-1M epochs (max_len 50) + 6 x 20 ML-100K epochs; the run prints
-its wall time.
+Each (fraction, arm) runs once per --seeds seed (the seed also draws the subset of users, the same
+for both arms); the table gives the mean and std over seeds and how many seeds fine-tuning wins.
+Budget (default flags): 15 ML-1M epochs (max_len 50, ~6 min) + 18 x 20 ML-100K epochs (~4 min);
+the run prints its wall time.
 """
 from __future__ import annotations
 
 import argparse
 import json
+
+import numpy as np
 import sys
 import time
 from pathlib import Path
@@ -63,23 +67,22 @@ def pretrain(ml1m: Path, out: Path, epochs: int, max_len: int) -> Path:
     return ckpt
 
 
-def run_arm(ckpt: Path, ml100k: Path, out: Path, fraction: float, epochs: int, scratch: bool) -> dict:
+def run_arm(ckpt: Path, ml100k: Path, out: Path, fraction: float, epochs: int, scratch: bool, seed: int) -> dict:
     from unirec_dist.config.finetune import load_finetune_config
-    from unirec_dist.training.finetune import finetune
+    from unirec_dist.training.finetune import evaluate_checkpoint, finetune
 
     arm = "scratch" if scratch else "finetune"
-    run = out / f"{arm}-{fraction:g}"
+    run = out / f"{arm}-{fraction:g}-seed{seed}"
     cfg = load_finetune_config(ROOT / "configs/finetune/ml-100k-from-ml-1m.yaml", [
         f"data.path={ml100k}", f"data.fraction={fraction}", f"init.scratch={str(scratch).lower()}",
         f"trainer.max_epochs={epochs}", "trainer.early_stop_patience=null", "trainer.progress_bar=false",
-        "trainer.loggers=[]", f"trainer.out_dir={run}"])
-    from unirec_dist.training.finetune import evaluate_checkpoint
+        "trainer.loggers=[]", f"trainer.out_dir={run}", f"trainer.seed={seed}"])
 
     t0 = time.perf_counter()
     result = finetune(cfg, ckpt)
     m = json.loads((run / "metrics.json").read_text())
     masked = evaluate_checkpoint(result, "test", mask_seen=True)
-    return {"arm": arm, "fraction": fraction, "train_users": m["train_users"], "test": m["test"],
+    return {"arm": arm, "fraction": fraction, "seed": seed, "train_users": m["train_users"], "test": m["test"],
             "test_masked": masked,
             "best_val_NDCG@10": (m["best_val"] or {}).get("NDCG@10"), "seconds": round(time.perf_counter() - t0, 1),
             "alignment": m["alignment"]}
@@ -95,6 +98,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=20, help="fine-tune / scratch epochs (both arms)")
     ap.add_argument("--max-len", type=int, default=50)
     ap.add_argument("--fractions", default="0.1,0.5,1.0")
+    ap.add_argument("--seeds", default="42,43,44",
+                    help="fine-tune seeds (each also picks its own subset of users, the same for both arms)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
 
@@ -109,13 +114,16 @@ def main() -> int:
     ckpt = Path(a.pretrained) if a.pretrained else pretrain(ml1m, out, a.pretrain_epochs, a.max_len)
     t_pre = time.perf_counter() - t0
     rows = []
-    for f in [float(x) for x in a.fractions.split(",")]:
-        for scratch in (True, False):
-            r = run_arm(ckpt, ml100k, out, f, a.epochs, scratch)
-            rows.append(r)
-            print(f"  {r['arm']:<8} fraction {f:g}: test NDCG@10 {r['test']['NDCG@10']:.4f} "
-                  f"HR@10 {r['test']['HR@10']:.4f}; seen masked {r['test_masked']['NDCG@10']:.4f} "
-                  f"{r['test_masked']['HR@10']:.4f} ({r['seconds']:.0f} s)", flush=True)
+    fractions = [float(x) for x in a.fractions.split(",")]
+    seeds = [int(x) for x in a.seeds.split(",")]
+    for f in fractions:
+        for seed in seeds:
+            for scratch in (True, False):
+                r = run_arm(ckpt, ml100k, out, f, a.epochs, scratch, seed)
+                rows.append(r)
+                print(f"  {r['arm']:<8} fraction {f:g} seed {seed}: test NDCG@10 {r['test']['NDCG@10']:.4f} "
+                      f"HR@10 {r['test']['HR@10']:.4f}; seen masked {r['test_masked']['NDCG@10']:.4f} "
+                      f"{r['test_masked']['HR@10']:.4f} ({r['seconds']:.0f} s)", flush=True)
     wall = time.perf_counter() - t0
     al = rows[-1]["alignment"]
     print()
@@ -123,26 +131,30 @@ def main() -> int:
           f"{al['items']['matched']:,} of {al['items']['rows']:,} ML-100K items = {al['items']['overlap']:.1%}, "
           f"{al['items']['new']} new)")
     print(f"protocol: leave-one-out, full ranking over {al['items']['rows']:,} items, all test users; "
-          f"best-by-valid epoch of {a.epochs}; "
+          f"best-by-valid epoch of {a.epochs}; mean (std) over seeds {a.seeds}; wins = seeds where fine-tune "
+          "beats scratch on NDCG@10; "
           + (f"pretrained checkpoint {ckpt}" if a.pretrained else f"pretrain {a.pretrain_epochs} epochs on ML-1M"))
     table = []
     for key, label in (("test", "seen items NOT masked"), ("test_masked", "seen items masked")):
         print(f"\n{label}")
-        head = (f"{'fraction':>8} {'users':>6} | {'scratch NDCG@10':>15} {'HR@10':>7} | {'finetune NDCG@10':>16} "
-                f"{'HR@10':>7} | {'gain NDCG':>9} {'gain HR':>8}")
+        head = (f"{'fraction':>8} {'users':>6} | {'scratch NDCG@10':>16} {'HR@10':>7} | {'finetune NDCG@10':>16} "
+                f"{'HR@10':>7} | {'gain NDCG':>9} {'gain HR':>8} {'wins':>5}")
         print(head)
         print("-" * len(head))
-        for i in range(0, len(rows), 2):
-            s, t = rows[i], rows[i + 1]
-            sn, sh = s[key]["NDCG@10"], s[key]["HR@10"]
-            tn, th = t[key]["NDCG@10"], t[key]["HR@10"]
+        for f in fractions:
+            arms = {arm: [r for r in rows if r["fraction"] == f and r["arm"] == arm] for arm in ("scratch", "finetune")}
+            stat = {arm: {m: (float(np.mean([r[key][m] for r in rs])), float(np.std([r[key][m] for r in rs])))
+                          for m in ("NDCG@10", "HR@10")} for arm, rs in arms.items()}
+            wins = sum(t[key]["NDCG@10"] > s_[key]["NDCG@10"] for s_, t in zip(arms["scratch"], arms["finetune"]))
+            (sn, sd), (sh, _) = stat["scratch"]["NDCG@10"], stat["scratch"]["HR@10"]
+            (tn, td), (th, _) = stat["finetune"]["NDCG@10"], stat["finetune"]["HR@10"]
             gn = (tn - sn) / sn if sn else float("inf")
             gh = (th - sh) / sh if sh else float("inf")
-            table.append({"protocol": label, "fraction": s["fraction"], "train_users": s["train_users"],
-                          "scratch": {"NDCG@10": sn, "HR@10": sh}, "finetune": {"NDCG@10": tn, "HR@10": th},
-                          "gain_NDCG@10": gn, "gain_HR@10": gh})
-            print(f"{s['fraction']:>8.0%} {s['train_users']:>6} | {sn:>15.4f} {sh:>7.4f} | {tn:>16.4f} {th:>7.4f} | "
-                  f"{gn:>+9.1%} {gh:>+8.1%}")
+            table.append({"protocol": label, "fraction": f, "train_users": arms["scratch"][0]["train_users"],
+                          "scratch": stat["scratch"], "finetune": stat["finetune"], "gain_NDCG@10": gn,
+                          "gain_HR@10": gh, "wins": wins, "seeds": len(seeds)})
+            print(f"{f:>8.0%} {arms['scratch'][0]['train_users']:>6} | {sn:>8.4f} ({sd:.4f}) {sh:>7.4f} | "
+                  f"{tn:>7.4f} ({td:.4f}) {th:>7.4f} | {gn:>+9.1%} {gh:>+8.1%} {wins:>3}/{len(seeds)}")
     print(f"wall time {wall / 60:.1f} min (pretraining {t_pre / 60:.1f} min)")
     if a.json:
         Path(a.json).write_text(json.dumps({"table": table, "runs": rows, "seconds": round(wall, 1),
