@@ -13,9 +13,9 @@ import json, sys
 from unirec_dist.utils.device import configure_cpu, tune_malloc
 import torch
 configure_cpu(int(sys.argv[1]))
-# a 40 MiB tensor (one batch's activations): untuned glibc gives it its own mmap (and unmaps it
+# a 16 MiB tensor (one batch's activations): untuned glibc gives it its own mmap (and unmaps it
 # when freed, so the next batch page-faults it in again); tuned, it comes from the [heap]
-b = torch.ones(10 * 1024 * 1024)
+b = torch.ones(4 * 1024 * 1024)
 lo, hi = next(tuple(int(x, 16) for x in line.split()[0].split("-"))
               for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]"))
 in_heap = lo <= b.data_ptr() < hi

@@ -32,17 +32,18 @@ _MALLOC_TUNED = False
 
 
 def tune_malloc() -> bool:
-    """Let glibc reuse freed large blocks instead of mapping fresh pages for every tensor.
+    """Let glibc reuse freed tensor blocks instead of mapping fresh pages for every batch.
 
-    glibc serves each allocation above its mmap threshold (128 KiB, adapting up to 32 MiB) with a
-    new mmap and gives it back with munmap when freed, so every batch's activations are
-    page-faulted in anew. Raising the mmap and trim thresholds to 1 GiB keeps those blocks in the
-    heap for reuse, which is what tcmalloc/jemalloc (PyTorch's advice for CPU) do, without a new
-    dependency. Measured on ML-1M, 1 thread: the SASRec query encoder over all 6,040 users 2.6 ->
-    1.5 CPU-s (max RSS 907 -> 960 MiB); training 15,297 -> 19,538 positions per CPU-s (peak RSS
-    1.58 -> 1.77 GiB: aligned blocks fragment the heap a little). Freed memory up to 1 GiB stays
-    with the process. Linux/glibc only (a no-op elsewhere);
-    UNIREC_TUNE_MALLOC=0 turns it off. Returns whether the thresholds are set."""
+    By default glibc serves each allocation above its mmap threshold (128 KiB at start, raised
+    dynamically) with a new mmap and unmaps it when freed, and trims the heap top beyond 128 KiB,
+    so each batch's activations are page-faulted in anew. Fixing the mmap threshold at 32 MiB
+    (glibc's own upper bound for the dynamic one) and the trim threshold at 1 GiB keeps those
+    blocks in the heap for reuse, which is what tcmalloc/jemalloc (PyTorch's advice for CPU) do,
+    without a new dependency; blocks above 32 MiB (the sampled-softmax negatives) stay mmapped,
+    which keeps the peak where it was (a 1 GiB mmap threshold fragmented the heap: training peak
+    1.60 -> 2.02 GiB). Figures in the commit that set this. Freed memory up to 1 GiB stays with
+    the process. Linux/glibc only (a no-op elsewhere); UNIREC_TUNE_MALLOC=0 turns it off.
+    Returns whether the thresholds are set."""
     global _MALLOC_TUNED
     import os
 
@@ -53,7 +54,7 @@ def tune_malloc() -> bool:
 
         libc = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # <malloc.h>
-        _MALLOC_TUNED = bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and \
+        _MALLOC_TUNED = bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and \
             bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
     except (OSError, AttributeError):                           # not glibc
         _MALLOC_TUNED = False
