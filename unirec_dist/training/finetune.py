@@ -25,8 +25,8 @@ Steps (every user-fixable problem is found before any training):
    per group (embedding, encoder, head); a multiplier 0 freezes the group.
 5. Training reuses the training stack (TrainSequences, SequenceBatches, build_task, RecModule,
    Lightning); validation reports the task's metrics: retrieval HR/NDCG@10 (full ranking; seen
-   items masked only with trainer.val_mask_seen), rating RMSE/MAE, CTR AUC/log-loss; the best checkpoint is kept by the
-   first of NDCG@10 (max), RMSE (min), AUC (max) that the task has.
+   items masked only with trainer.val_mask_seen), rating RMSE/MAE, CTR AUC/log-loss; the best
+   checkpoint is kept by the first of NDCG@10 (max), RMSE (min), AUC (max) that the task has.
 
 Output under trainer.out_dir: checkpoints/{best,last}/ (DCP + manifest kind "finetune", whose
 "config" is the effective TrainConfig, so `unirec evaluate/export` read it like any training

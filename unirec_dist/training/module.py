@@ -3,8 +3,9 @@
 training_step: task.loss(model, batch). Validation: full-ranking HR@10 / NDCG@10 on the
 validation queries (all items ranked; history items masked only with trainer.val_mask_seen),
 computed once per validation epoch with `unirec_dist.metrics.evaluate_table` over the whole
-query table (sharded over ranks and all-reduced when a process group exists). The distributed strategy may replace
-`self.model` with a sharded wrapper in `configure_model`; nothing here assumes a plain module.
+query table (sharded over ranks and all-reduced when a process group exists). The distributed
+strategy may replace `self.model` with a sharded wrapper in `configure_model`; nothing here
+assumes a plain module.
 """
 from __future__ import annotations
 
