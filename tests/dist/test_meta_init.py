@@ -56,20 +56,14 @@ def test_fill_table_init_refuses_rows_outside_the_table():
 
 def plain_one_process(steps: int):
     """Unsharded reference with the same init: the tables filled by init_tables on CPU."""
-    from unirec_dist.embeddings.sharding import apply_table_optimizer, find_tables, init_tables
+    from unirec_dist.embeddings.sharding import find_tables, init_tables
 
     warnings.filterwarnings("ignore")
     lm = toy.make_lm(table_device=META)     # same dense init as the workers' (no RNG used by tables)
     lm.model.ec.to_empty(device="cpu")
     lm.model.ebc.to_empty(device="cpu")
     init_tables(lm.model, find_tables(lm.model), seed=0)
-    apply_table_optimizer(lm.model, "adagrad", lr=0.1)
-    opt = lm.configure_optimizers()
-    for s in range(steps):
-        opt.zero_grad()
-        lm.loss(toy.rows(s, 0, toy.BATCH)).backward()
-        opt.step()
-    return lm
+    return toy.train_plain(lm, steps)
 
 
 @pytest.fixture(scope="module")

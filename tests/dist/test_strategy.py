@@ -15,17 +15,8 @@ OTHER = {"item_t": "table_wise", "user_t": "column_wise"}
 
 def plain_one_process(steps: int):
     """The reference: no process group, no DMP, tables optimised in backward like the fused ones."""
-    from unirec_dist.embeddings.sharding import apply_table_optimizer
-
     warnings.filterwarnings("ignore")
-    lm = toy.make_lm()
-    apply_table_optimizer(lm.model, "adagrad", lr=0.1)
-    opt = lm.configure_optimizers()
-    for s in range(steps):
-        opt.zero_grad()
-        lm.loss(toy.rows(s, 0, toy.BATCH)).backward()
-        opt.step()
-    return lm
+    return toy.train_plain(toy.make_lm(), steps)
 
 
 @pytest.fixture(scope="module")

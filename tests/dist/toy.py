@@ -70,6 +70,20 @@ def make_lm(seed: int = 0, table_device: str | None = None):
     return ToyLM()
 
 
+def train_plain(lm, steps: int):
+    """The one-process reference loop: tables optimised in backward by the same fused Adagrad
+    the sharded workers use, dense parameters by the module's optimizer, on global batches."""
+    from unirec_dist.embeddings.sharding import apply_table_optimizer
+
+    apply_table_optimizer(lm.model, "adagrad", lr=0.1)
+    opt = lm.configure_optimizers()
+    for s in range(steps):
+        opt.zero_grad()
+        lm.loss(rows(s, 0, BATCH)).backward()
+        opt.step()
+    return lm
+
+
 def global_batch(step: int, size: int = BATCH):
     g = torch.Generator().manual_seed(100 + step)
     lengths = torch.randint(1, 4, (size,), generator=g)
