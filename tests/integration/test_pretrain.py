@@ -82,7 +82,7 @@ def test_config_mistakes_fail_before_workers_start(dataset, tmp_path, capsys, ex
 
 
 def test_address_that_does_not_answer_fails_fast(dataset, tmp_path, capsys):
-    from tests.dist.toy import free_port
+    from tests.distributed.toy import free_port
 
     t0 = time.perf_counter()
     rc = main(args(dataset, tmp_path / "run", address=f"127.0.0.1:{free_port()}"))

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
-    from tests.dist.toy import free_port
+    from tests.distributed.toy import free_port
 
     return free_port()
 

@@ -77,7 +77,7 @@ def _init_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, **kw)
     else:
-        ray.init(num_cpus=2, **kw)
+        ray.init(address="local", num_cpus=2, **kw)  # a new cluster of our own, never one found running
     return True
 
 

@@ -103,7 +103,8 @@ def start(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
     from ray import serve
 
     if not ray.is_initialized():
-        init = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+        init = ({"address": address} if address
+                else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False})
         ray.init(log_to_driver=False, logging_level=logging.WARNING, **init)
     serve.start(http_options={"host": host, "port": int(port)})
     serve.run(build_app(bundle, replicas=replicas, **kw), name="unirec", route_prefix="/")

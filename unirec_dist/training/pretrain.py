@@ -345,7 +345,8 @@ def _ray_init(address: str | None, num_cpus: int | None) -> bool:
         check_address(address)
         ray.init(address=address, **kw)
         return False
-    ray.init(num_cpus=num_cpus, include_dashboard=False, **kw)
+    # "local": always a new cluster of our own, never one found running on this machine
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kw)
     return True
 
 

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from tests.dist import toy
+from tests.distributed import toy
 
 RW = {"item_t": "row_wise", "user_t": "row_wise"}
 OTHER = {"item_t": "table_wise", "user_t": "column_wise"}

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from tests.dist import toy
+from tests.distributed import toy
 
 RW = {"item_t": "row_wise", "user_t": "row_wise"}
 OTHER = {"item_t": "column_wise", "user_t": "table_wise"}

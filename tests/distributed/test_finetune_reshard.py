@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.dist.toy import free_port
+from tests.distributed.toy import free_port
 from tests.synthetic import prepared_dataset
 from unirec_dist.cli import main
 
