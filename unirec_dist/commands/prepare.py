@@ -46,6 +46,9 @@ def summary(ds) -> str:
         f"  users {ds.n_users:,}, items {ds.n_items:,}; split {sp['protocol']}: train {sp['users']['train']:,}, "
         f"valid {sp['users']['valid']:,}, test {sp['users']['test']:,} users",
     ]
+    from unirec_dist.data.prepare import describe_ordering
+
+    lines.append("  " + describe_ordering(sp))
     if m["features"]:
         lines.append("  features: " + ", ".join(f"{f['name']} ({f['kind']}, {f.get('cardinality', f.get('dim'))})"
                                                 for f in m["features"]))
