@@ -174,3 +174,19 @@ def test_raw_item_columns_are_kept(tmp_path):
     assert raw.column_names == ["item", "title", "year", "genres"]
     assert raw["title"].to_pylist() == ["Matrix, The", "Heat", None]       # i3 has no row
     assert raw["year"].to_pylist() == [1999, 1995, None]
+
+
+def test_repeat_heavy_log_sets_validation_masking_and_evaluate_states_it(tmp_path, capsys):
+    from unirec_dist.config.train import TrainerSection, resolve_val_mask_seen
+
+    rows = ["user,item,ts"] + [f"u{u},i{(u + t) % 3},{t}" for u in range(6) for t in range(7)]   # cycles over 3 items
+    ds = _prep(tmp_path, "\n".join(rows) + "\n")
+    assert ds.manifest["split"]["repeat_rate"] == {"valid": 1.0, "test": 1.0}
+    mask, why = resolve_val_mask_seen(TrainerSection(), ds.manifest)
+    assert mask is False and "100.0% of validation targets" in why
+    assert resolve_val_mask_seen(TrainerSection(val_mask_seen=True), ds.manifest)[0] is True
+    rare = {"split": {"repeat_rate": {"valid": 0.01, "test": 0.0}}}
+    assert resolve_val_mask_seen(TrainerSection(), rare)[0] is True
+    assert resolve_val_mask_seen(TrainerSection(val_mask_seen=False), rare)[0] is False
+    assert main(["evaluate", "--baseline", "popularity", "--data", str(ds.root), "--k", "2"]) == 0
+    assert "seen items NOT masked (100.0% of test targets were seen before)" in capsys.readouterr().out

@@ -25,6 +25,7 @@ from typing import Literal
 from unirec_dist.errors import ConfigError
 
 ENCODERS = ("sasrec", "hstu", "mean_pool", "mf")
+REPEAT_MASK_MAX = 0.05
 TASKS = ("retrieval", "rating", "ctr")
 
 
@@ -217,7 +218,9 @@ class TrainerSection:
     loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
     progress_bar: bool = True
     val_every_n_epochs: int = 1
-    val_mask_seen: bool = False                 # validation ranking removes each query's history items
+    # validation ranking removes each query's history items; null: from the dataset, masked only
+    # when repeats are rare (split.repeat_rate of the valid targets < REPEAT_MASK_MAX)
+    val_mask_seen: bool | None = None
     log_every_n_steps: int = 20
     limit_train_batches: int | float = 1.0
     early_stop_patience: int | None = None      # validations without NDCG@10 improvement
@@ -266,3 +269,17 @@ def load_train_config(path, overrides: list[str] | None = None) -> TrainConfig:
     from unirec_dist.config.loader import load_config
 
     return load_config(TrainConfig, path, overrides)
+
+
+def resolve_val_mask_seen(trainer: TrainerSection, ds_manifest: dict) -> tuple[bool, str]:
+    """trainer.val_mask_seen as given, or (null) from the dataset's repeat rate: masking the seen
+    items is right when the next item is almost never one consumed before (MovieLens), and caps
+    the metric when most are (baskets, music). Returns (mask, why) for the log."""
+    if trainer.val_mask_seen is not None:
+        return trainer.val_mask_seen, "trainer.val_mask_seen in the config"
+    rate = ((ds_manifest.get("split") or {}).get("repeat_rate") or {}).get("valid")
+    if rate is None:
+        return False, "the dataset records no repeat rate (prepared before it was measured; prepare it again)"
+    mask = rate < REPEAT_MASK_MAX
+    return mask, (f"{rate:.1%} of validation targets were consumed before "
+                  f"({'<' if mask else '>='} {REPEAT_MASK_MAX:.0%}; trainer.val_mask_seen: null)")

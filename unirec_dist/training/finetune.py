@@ -535,13 +535,14 @@ def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
 
     from unirec_dist.training.build import build_from_config, build_task, dataset_section
     from unirec_dist.training.data import SequenceBatches, TrainSequences, read_valid
-    from unirec_dist.training.train import _quiet
+    from unirec_dist.training.train import _quiet, apply_val_mask_seen
     from unirec_dist.utils.device import configure_cpu, resolve_device
 
     t0 = time.perf_counter()
     _quiet()
     plan = plan_finetune(cfg, from_checkpoint)
     eff, target = plan.train_cfg, plan.target
+    apply_val_mask_seen(eff, target.manifest)
     seqs = TrainSequences.from_dir(target.root, eff.data.train_on)
     if "rating" in eff.task.active_tasks and seqs.ratings is None:
         raise ConfigError(f"task.kind: the rating task needs ratings, but {target.root}/train.parquet has none")

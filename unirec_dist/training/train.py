@@ -129,6 +129,14 @@ def check_inputs(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
     return path, ds_manifest
 
 
+def apply_val_mask_seen(cfg: TrainConfig, ds_manifest: dict[str, Any]) -> None:
+    """Set trainer.val_mask_seen to its resolved value (so checkpoints record it) and say why."""
+    from unirec_dist.config.train import resolve_val_mask_seen
+
+    cfg.trainer.val_mask_seen, why = resolve_val_mask_seen(cfg.trainer, ds_manifest)
+    log.info("validation %s seen items: %s", "masks" if cfg.trainer.val_mask_seen else "does not mask", why)
+
+
 def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
                    model_device: str | None = None, table_device: str | None = None) -> TrainingSetup:
     """Build data, model, task and LightningModule. `rank/world_size` slice the training users
@@ -143,6 +151,7 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
     from unirec_dist.training.module import RecModule
 
     path, ds_manifest = check_inputs(cfg)
+    apply_val_mask_seen(cfg, ds_manifest)
     seqs = TrainSequences.from_dir(path, cfg.data.train_on)
     if "rating" in cfg.task.active_tasks and seqs.ratings is None:
         from unirec_dist.errors import ConfigError
