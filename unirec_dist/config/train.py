@@ -198,6 +198,10 @@ class OptimSection:
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    # the embedding tables' optimizer where they are sharded (`unirec pretrain`: fused into the
+    # backward pass, so only FBGEMM's kernels run); auto: adam on CUDA, adagrad on CPU, where
+    # fused Adam does not exist. `unirec train` updates its tables with `name` (auto or the same).
+    tables: Literal["auto", "sgd", "adagrad", "rowwise_adagrad", "adam"] = "auto"
 
     def validate(self) -> None:
         _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")

@@ -68,7 +68,7 @@ def check_model(cfg: PretrainConfig, device_type: str) -> dict[str, Any]:
     model = build_from_config(cfg, ds_manifest, device="meta")
     tables = find_tables(model)
     validate_sharding(cfg.distributed.sharding, tables, device_type)
-    kind, _ = cfg.distributed.table_optimizer.resolve(device_type, cfg.optim.lr)
+    kind, _ = cfg.distributed.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
     validate_table_optimizer(kind, device_type)
     return {name: {"rows": t.num_embeddings, "dim": t.embedding_dim, "kind": t.kind} for name, t in tables.items()}
 
@@ -179,7 +179,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torchrec  # noqa: F401  (imported before any meta-device construction)
 
     st = setup_training(cfg, rank=rank, world_size=world, table_device="meta")
-    kind, lr = dist.table_optimizer.resolve(device_type, cfg.optim.lr)
+    kind, lr = dist.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
     sharding = ShardingOptions(
         constraints=dict(dist.sharding), table_optimizer=kind, table_lr=lr, table_eps=dist.table_optimizer.eps,
         table_weight_decay=dist.table_optimizer.weight_decay,
@@ -191,7 +191,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # "config" is the training schema (what load_retriever rebuilds the model from);
         # the distributed section sits beside it
         manifest={"kind": "pretrain", "config": {k: v for k, v in to_dict(cfg).items() if k != "distributed"},
-                  "distributed": {**to_dict(dist), "workers": world}, "dataset": st.dataset},
+                  "distributed": {**to_dict(dist), "workers": world}, "dataset": st.dataset,
+                  "table_optimizer": {"kind": kind, "lr": lr, "optim.tables": cfg.optim.tables}},
     )
     trainer = L.Trainer(
         accelerator="gpu" if device_type == "cuda" else "cpu",
@@ -384,8 +385,11 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
 
         from unirec_dist.config.loader import to_dict
 
-        log.info("pretraining %s on %d %s worker(s); tables: %s", cfg.name, dist.workers, device_type,
-                 ", ".join(f"{n} {t['rows']}x{t['dim']}" for n, t in sorted(tables.items())))
+        kind, lr = dist.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
+        log.info("pretraining %s on %d %s worker(s); tables: %s; table optimizer: fused %s lr %g (optim.tables: %s), "
+                 "dense: %s lr %g", cfg.name, dist.workers, device_type,
+                 ", ".join(f"{n} {t['rows']}x{t['dim']}" for n, t in sorted(tables.items())),
+                 kind, lr, cfg.optim.tables, cfg.optim.name, cfg.optim.lr)
         trainer = TorchTrainer(
             train_loop_per_worker=train_loop_per_worker,
             train_loop_config={

@@ -186,6 +186,11 @@ def train(cfg: TrainConfig) -> Path:
     t0 = time.perf_counter()
     _quiet()
     check_inputs(cfg)
+    if cfg.optim.tables not in ("auto", cfg.optim.name):
+        from unirec_dist.errors import ConfigError
+
+        raise ConfigError(f"optim.tables: {cfg.optim.tables!r} applies to sharded tables (unirec pretrain); unirec train "
+                          f"updates its tables with optim.name ({cfg.optim.name!r}): set optim.tables: auto")
     device = resolve_device(cfg.trainer.device)
 
     import lightning as L
