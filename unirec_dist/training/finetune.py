@@ -208,7 +208,8 @@ def align(cfg: FinetuneConfig, ckpt_manifest: dict[str, Any], ckpt: Path, target
             continue
         n_rows = int(t_feats[f.name]["cardinality"])
         if f.kind in ("categorical", "multi"):
-            m = A.vocab_map(target.vocab(f.name), source.vocab(f.name), n_rows, int(s_feats[f.name]["cardinality"]))
+            m = A.vocab_map(target.vocab(f.name), source.vocab(f.name), n_rows, int(s_feats[f.name]["cardinality"]),
+                            labels=True)
         else:   # text: hashed token buckets are the same ids when buckets and tokenizer match
             same = (int(s_feats[f.name]["cardinality"]) == n_rows
                     and s_feats[f.name].get("tokenizer") == t_feats[f.name].get("tokenizer"))
