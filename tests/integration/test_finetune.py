@@ -263,3 +263,22 @@ def test_finetune_by_title_offline_without_raw_files(world, tmp_path):
     items = summary["alignment"]["items"]
     assert summary["alignment"]["mode"] == "column" and items["matched"] >= 0.9 * items["rows"], items
     assert not (tmp_path / "empty-cache").exists()
+
+
+def test_transfer_bench_names_its_target_and_refuses_low_overlap_in_one_line(world, capsys, monkeypatch):
+    """bench/transfer.py takes any prepared target and alignment spec; too little overlap is one
+    `error:` line and exit 2, after it printed which target it ran."""
+    import runpy
+    import sys
+
+    ds = _prepare_variant(world["tmp"] / "bench-renamed", seed=6, n_items=40, rename="m")
+    monkeypatch.setattr(sys, "argv", ["transfer.py", "--out", str(world["tmp"] / "bench"), "--source", str(world["a"]),
+                                      "--target", str(ds), "--pretrained", str(world["ckpt"]), "--align", "raw_id",
+                                      "--min-overlap", "0.5", "--fractions", "1.0", "--seeds", "1", "--epochs", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "bench" / "transfer.py"), run_name="__main__")
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert f"target: synthetic ({ds})" in captured.out
+    err = [ln for ln in captured.err.strip().splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and "below init.min_overlap 50%" in err[0] and "Traceback" not in captured.err
