@@ -7,19 +7,21 @@ Example (a generic interaction log plus an item table)::
       kind: table                  # table | movielens-100k | movielens-1m
       interactions: logs/events.csv
       items: logs/items.parquet    # optional
+      header: true                 # csv/tsv without a header row: false, plus column_names: [...]
     columns:
       user: user_id
       item: item_id
       timestamp: ts
       rating: null                 # or a column name
       event: null
+      tie_break: null              # a column ordering events that share a timestamp
     item_features:
       - {column: category, kind: categorical}
       - {column: tags, kind: multi, sep: "|"}
       - {column: title, kind: text, buckets: 20000, max_tokens: 16}
       - {column: image_vec, kind: dense}
     filter: {min_rating: null, user_core: 5, item_core: 5}
-    split: {protocol: leave_one_out}
+    split: {protocol: leave_one_out, order: time, tie_break: row}   # row: source row order
 
 For MovieLens sources, the fetched files are turned into tables with known column names and the
 same `columns`/`item_features` mechanism applies (see configs/datasets/ml-1m.yaml).
