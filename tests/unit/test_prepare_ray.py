@@ -83,3 +83,13 @@ def test_ray_engine_breaks_ties_as_arrow_does(tmp_path, split):
     for name in ("interactions", "train", "valid", "test"):
         assert a.table(name).equals(b.table(name)), name
     assert a.manifest["split"] == b.manifest["split"]
+
+
+def test_ray_engine_reads_headerless_csv(tmp_path):
+    (tmp_path / "log.csv").write_text("".join(f"u{u},i{(u * 7 + k) % 9},{k}\n" for u in range(5) for k in range(4)))
+    cfg = load_config(DatasetConfig, None, ["name=h", f"source.interactions={tmp_path / 'log.csv'}",
+                                           "source.header=false", "source.column_names=[user_id,item_id,timestamp]"])
+    a = PreparedDataset.open(prepare(cfg, tmp_path / "arrow"))
+    b = PreparedDataset.open(prepare(cfg, tmp_path / "ray", engine="ray"))
+    assert a.manifest["counts"]["raw"] == b.manifest["counts"]["raw"] == 20
+    assert a.table("test").equals(b.table("test"))

@@ -104,6 +104,11 @@ def _read(cfg: DatasetConfig):
                                read_options=csv_read_options(None if s.header else s.column_names),
                                convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
                                file_extensions=None)
+        if s.header:   # the header row alone, from a streaming reader's first block
+            from unirec_dist.data.sources import warn_numeric_header
+
+            warn_numeric_header(pacsv.open_csv(p, parse_options=pacsv.ParseOptions(delimiter=delim)).schema.names,
+                                str(p))
     elif fmt == "parquet":
         ds = ray.data.read_parquet(str(p), file_extensions=None)
     else:
