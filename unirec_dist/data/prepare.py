@@ -331,8 +331,9 @@ def _sort_order(key: np.ndarray, bits: int, t: pa.Table, rest: list[str]) -> np.
     with `np.sort` (SIMD, ~6x faster than any argsort on 20M rows); the low bits are then the
     order. When key + row index need more than 64 bits only the key's top bits are packed
     (`prefix`). Rows sharing a prefix, or a key when `rest` is set, come out in row order; such
-    runs are rare (here: duplicates and same-user rows within a few minutes), and are put in
-    the exact (key, *rest, row) order by Arrow's sort on just those rows (its null/NaN order)."""
+    runs (timestamp ties when a tie-break column is set; candidate duplicates in
+    `duplicate_mask`) are put in the exact (key, *rest, row) order by Arrow's sort on just
+    those rows (its null/NaN order)."""
     n = len(key)
     row_bits = max((n - 1).bit_length(), 1)
     shift = max(bits + row_bits - 64, 0)
