@@ -78,19 +78,9 @@ class DistributedSection:
 
 @dataclass
 class PretrainConfig(TrainConfig):
+    # any model.embedding.dim: tables are stored rounded up to a multiple of 4, which FBGEMM's
+    # fused kernel needs (embeddings/features.py `table_dim`)
     distributed: DistributedSection = field(default_factory=DistributedSection)
-
-    def validate(self) -> None:
-        super().validate()
-        # Every sharded table runs on FBGEMM's fused kernel (data_parallel is refused, see
-        # embeddings/sharding.py), and that kernel asserts embedding_dim % 4 == 0 deep inside the
-        # workers; say it here, before any worker starts.
-        dim = self.model.embedding.dim
-        if dim % 4:
-            raise ConfigError(
-                f"model.embedding.dim: sharded tables need a multiple of 4 (FBGEMM fused kernel), got {dim}; "
-                f"use {dim - dim % 4} or {dim - dim % 4 + 4}"
-            )
 
 
 def load_pretrain_config(path, overrides: list[str] | None = None) -> PretrainConfig:
