@@ -38,11 +38,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PROBE_TIMEOUT_S = 5.0
-# never uploaded: environments, outputs, data, VCS, caches (Ray also honours .gitignore)
+# never uploaded: environments, outputs, data, VCS, caches (Ray also honours .gitignore). Ray
+# reads these as gitignore patterns relative to the working dir: a leading "/" anchors one to the
+# repository root, so "/data/" drops the data folder and keeps the package unirec_dist/data/.
 EXCLUDES = [
-    ".venv/", "venv/", "runs/", "data/", "data_cache/", ".git/", "__pycache__/", "*.pyc",
+    "/.venv/", "/venv/", "/runs/", "/data/", "/data_cache/", "/.git/", "__pycache__/", "*.pyc",
     ".pytest_cache/", ".hypothesis/", ".mypy_cache/", ".ruff_cache/", "*.egg-info/",
-    "lightning_logs/", "build/", "dist/", ".whl/", ".gl/",
+    "lightning_logs/", "/build/", "/dist/", "/.whl/", "/.gl/",
 ]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # commands that make no sense as a job on the cluster
