@@ -194,7 +194,7 @@ def test_token_auth_is_sent_only_when_the_cluster_asks(ray_head, monkeypatch, ca
 
 
 @pytest.mark.parametrize("argv", [
-    ["submit", "--", "pretrain", "--config", CONFIG],
+    ["submit", "--", "pretrain", "--config", CONFIG, "data.path=/not/visible/from/here"],
     ["jobs", "list"],
 ])
 def test_unreachable_address_fails_fast_in_one_line(capsys, argv):
@@ -218,9 +218,18 @@ def test_address_from_ray_address_env(monkeypatch, capsys):
     (["nope"], "'nope' is not a unirec command"),
     (["jobs", "list"], "'jobs' is not a unirec command that can run as a job"),
     (["pretrain"], "pretrain: the following arguments are required: --config"),
+    # the inner command's config and dataset are loaded and checked before anything is uploaded
+    (["pretrain", "--config", "configs/pretrain/nope.yaml"], "--config configs/pretrain/nope.yaml: no such file"),
+    (["pretrain", "--config", CONFIG, "model.embedding.dimm=8"], "model.embedding.dimm"),
+    (["pretrain", "--config", CONFIG, "distributed.workers=0"], "distributed.workers: must be >= 1"),
+    (["pretrain", "--config", CONFIG], "data.path=data/prepared/ml-100k is relative"),
+    (["pretrain", "--config", CONFIG, "data.path=EMPTY_DIR"], "manifest.json"),
+    (["train", "--config", CONFIG, "optim.lr=-1"], "optim.lr"),
+    (["prepare", "--config", "configs/datasets/ml-100k.yaml", "filter.user_core=x"], "filter.user_core"),
 ])
-def test_inner_command_is_validated_before_connecting(capsys, inner, message):
+def test_inner_command_is_validated_before_connecting(capsys, inner, message, tmp_path):
     # the address does not answer: the command must fail on its arguments first
+    inner = [a.replace("EMPTY_DIR", str(tmp_path)) for a in inner]
     assert main(["submit", "--address", f"http://127.0.0.1:{_free_port()}", "--", *inner]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
