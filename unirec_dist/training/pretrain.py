@@ -398,7 +398,12 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         # the workers' device comes from the cluster's resources, not this driver's hardware
         from unirec_dist.utils.device import worker_device
 
-        device_type, note = worker_device(dist.device, dist.workers, ray.cluster_resources(), can_grow=not own)
+        resources = ray.cluster_resources()
+        if own:   # the embedded cluster is this machine with this torch build (a CPU build sees no GPU)
+            import torch
+
+            resources["GPU"] = min(resources.get("GPU", 0), torch.cuda.device_count())
+        device_type, note = worker_device(dist.device, dist.workers, resources, can_grow=not own)
         if note:
             log.warning("%s", note)
         use_gpu = device_type == "cuda"
