@@ -55,9 +55,11 @@ def check_address(address: str, timeout_s: float = 3.0) -> None:
         raise ClusterError(f"Ray address {address} does not answer ({e.strerror or e}); is the cluster up?") from None
 
 
-def check_model(cfg: PretrainConfig, device_type: str) -> dict[str, Any]:
-    """Sharding constraints and table optimizer against the real model's tables (built on meta)."""
-    from unirec_dist.embeddings.sharding import find_tables, validate_sharding, validate_table_optimizer
+def check_model(cfg: PretrainConfig) -> dict[str, Any]:
+    """The real model's tables (built on meta), and the sharding constraints no device can run
+    (unknown table or type, data_parallel): checked against CUDA, which allows the most, so
+    that they fail before Ray starts. `check_device` checks the rest once the device is known."""
+    from unirec_dist.embeddings.sharding import find_tables, validate_sharding
     from unirec_dist.training.build import build_from_config
     from unirec_dist.training.train import check_inputs
 
@@ -68,10 +70,17 @@ def check_model(cfg: PretrainConfig, device_type: str) -> dict[str, Any]:
 
     model = build_from_config(cfg, ds_manifest, device="meta")
     tables = find_tables(model)
+    validate_sharding(cfg.distributed.sharding, tables, "cuda")
+    return tables
+
+
+def check_device(cfg: PretrainConfig, tables: dict[str, Any], device_type: str) -> None:
+    """Sharding constraints and table optimizer for the workers' device."""
+    from unirec_dist.embeddings.sharding import validate_sharding, validate_table_optimizer
+
     validate_sharding(cfg.distributed.sharding, tables, device_type)
     kind, _ = cfg.distributed.table_optimizer.resolve(device_type, cfg.optim.lr)
     validate_table_optimizer(kind, device_type)
-    return {name: {"rows": t.num_embeddings, "dim": t.embedding_dim, "kind": t.kind} for name, t in tables.items()}
 
 
 JOINED_RESOURCE_WAIT_S = 600.0
@@ -387,6 +396,9 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         dist.address = address
     if dist.address:
         check_address(dist.address)      # before any heavy import: seconds, not minutes
+    tables = check_model(cfg)
+    if dist.device != "auto":            # known before Ray starts: fail before it does
+        check_device(cfg, tables, dist.device)
     out = Path(cfg.trainer.out_dir).resolve()
     storage = Path(dist.storage_path).resolve() if dist.storage_path else out / "ray"
     # the embedded cluster gets this machine's real CPU count, so too many workers is refused
@@ -407,7 +419,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         if note:
             log.warning("%s", note)
         use_gpu = device_type == "cuda"
-        tables = check_model(cfg, device_type)
+        check_device(cfg, tables, device_type)
         wait = dist.resource_wait_s if dist.resource_wait_s is not None else (0.0 if own else JOINED_RESOURCE_WAIT_S)
         wait_for_resources(dist.workers, dist.cpus_per_worker, use_gpu, wait)
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -416,7 +428,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         from unirec_dist.config.loader import to_dict
 
         log.info("pretraining %s on %d %s worker(s); tables: %s", cfg.name, dist.workers, device_type,
-                 ", ".join(f"{n} {t['rows']}x{t['dim']}" for n, t in sorted(tables.items())))
+                 ", ".join(f"{n} {t.num_embeddings}x{t.embedding_dim}" for n, t in sorted(tables.items())))
         trainer = TorchTrainer(
             train_loop_per_worker=train_loop_per_worker,
             train_loop_config={
