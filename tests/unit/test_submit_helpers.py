@@ -83,3 +83,21 @@ def test_token_lookup_order(monkeypatch, tmp_path):
     assert js.find_token() == "path"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "env")
     assert js.find_token() == "env"
+
+
+def test_inner_config_is_checked_where_this_machine_sees_it(tmp_path):
+    """A relative --config is the uploaded tree's (checked); without an upload it is the cluster
+    image's and a dataset on storage this machine does not mount is left to the job."""
+    from unirec_dist.errors import UnirecError
+
+    root = js.repo_root()
+    cmd = ["pretrain", "--config", "configs/pretrain/ml-1m-sasrec.yaml", "data.path=/not/mounted/here"]
+    js.check_inner_config(cmd, root)                      # dim 50 loads; the dataset is not visible here
+    js.check_inner_config(["pretrain", "--config", "/opt/unirec/configs/x.yaml"], None)     # the image's file
+    js.check_inner_config(["pretrain", "--config", "configs/x.yaml", "data.path=rel"], None)  # the image's tree
+    with pytest.raises(UnirecError, match="no such file in the uploaded working dir"):
+        js.check_inner_config(["pretrain", "--config", "configs/x.yaml"], root)
+    with pytest.raises(UnirecError, match=r"data.path=rel is relative"):
+        js.check_inner_config([*cmd[:3], "data.path=rel"], root)
+    with pytest.raises(UnirecError, match="manifest.json"):
+        js.check_inner_config([*cmd[:3], f"data.path={tmp_path}"], root)
