@@ -197,13 +197,16 @@ def test_cluster_readme_submit_on_a_cpu_only_head_waits_for_a_node_and_finishes(
 
     def add_node_once_the_job_waits() -> None:
         client = connect(cluster.address)
+        earlier = {job.submission_id for job in client.list_jobs()}
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             for job in client.list_jobs():
-                if job.submission_id and "waiting up to" in client.get_job_logs(job.submission_id):
+                if not job.submission_id or job.submission_id in earlier:
+                    continue
+                if "waiting up to" in client.get_job_logs(job.submission_id):
                     cluster.add_node()
                     return
-                if str(job.status).endswith(("FAILED", "SUCCEEDED", "STOPPED")) and job.submission_id:
+                if str(job.status).endswith(("FAILED", "SUCCEEDED", "STOPPED")):
                     return
             time.sleep(1)
 
