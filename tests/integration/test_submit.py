@@ -195,9 +195,10 @@ def test_cluster_readme_submit_on_a_cpu_only_head_waits_for_a_node_and_finishes(
     argv += ["data.batch_size=16", "trainer.max_epochs=1", "trainer.max_steps=2", "distributed.resource_wait_s=300"]
     grow_later = not cluster.has_node
 
+    client = connect(cluster.address)
+    earlier = {job.submission_id for job in client.list_jobs()}      # before this test submits
+
     def add_node_once_the_job_waits() -> None:
-        client = connect(cluster.address)
-        earlier = {job.submission_id for job in client.list_jobs()}
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             for job in client.list_jobs():
