@@ -215,7 +215,8 @@ def test_cluster_readme_submit_on_a_cpu_only_head_waits_for_a_node_and_finishes(
     if grow_later:
         watcher.start()
     rc = main(argv)
-    watcher.join(timeout=60)
+    if grow_later:
+        watcher.join(timeout=60)
     captured = capsys.readouterr()
     assert rc == 0, captured.out[-3000:] + captured.err[-2000:]
     if grow_later:
