@@ -205,7 +205,9 @@ def _fake_venv(tmp_path: Path) -> Path:
 
 
 def _make(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "-C", str(REPO), *args], capture_output=True, text=True, timeout=60)
+    # a clean make: nothing inherited from a `make test TARGET=... VENV=...` that runs this test
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TARGET", "VENV")}
+    return subprocess.run(["make", "-C", str(REPO), *args], capture_output=True, text=True, timeout=60, env=env)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
