@@ -134,33 +134,6 @@ def _lightning_callback_base():
     return Callback
 
 
-class ResumableBatches:
-    """The train loader with `skip(n)` (resume mid-epoch) and `set_epoch` passed through.
-
-    A generator: the skip applies when iteration really starts (Lightning calls iter() early).
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self._skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.inner, "set_epoch"):
-            self.inner.set_epoch(epoch)
-
-    def skip(self, n: int) -> None:
-        self._skip = n
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __iter__(self):
-        skip, self._skip = self._skip, 0
-        for i, b in enumerate(self.inner):
-            if i >= skip:
-                yield b
-
-
 def _quiet_worker() -> None:
     import warnings
 
@@ -263,7 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if fail_at is not None and rank == world - 1:
         trainer.callbacks.append(_FailOnce(int(fail_at), Path(config["work_dir"]) / ".test-failed-once"))
     try:
-        trainer.fit(st.module, train_dataloaders=ResumableBatches(st.batches), ckpt_path=ckpt_path)
+        trainer.fit(st.module, train_dataloaders=st.batches, ckpt_path=ckpt_path)
     finally:
         if local is not None:
             shutil.rmtree(local, ignore_errors=True)
