@@ -246,7 +246,7 @@ def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict) -> tuple[pa.
     lo, hi = (pc.min(st["ts_min"]).as_py(), pc.max(st["ts_max"]).as_py())
     P.check_timestamps(n_ts, lo, hi, cfg.split, where, c.timestamp)
     ds = _number_rows(ds, cfg.split)
-    if tot["rows"] - tot["null_ids"] - tot["null_ts"] == 0:
+    if n_ts == 0:
         raise DataError("no interaction has a user id, an item id and a timestamp")
     ds = ds.map_batches(_drop_block, **mb)
     uq = _collect(ds.map_batches(_uniques_block, **mb))

@@ -18,7 +18,6 @@ from unirec_dist.errors import DataError
 log = logging.getLogger(__name__)
 
 _COMPRESSION = (".gz", ".bz2", ".zst", ".lz4")
-_NUMBER_RE = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
 
 @dataclass
@@ -84,7 +83,9 @@ def warn_numeric_header(names: list[str], where: str) -> None:
     has no header, and its first event became the column names."""
     import pyarrow.compute as pc
 
-    if names and pc.all(pc.match_substring_regex(pa.array(names, pa.string()), _NUMBER_RE)).as_py():
+    from unirec_dist.data.prepare import _NUM_RE
+
+    if names and pc.all(pc.match_substring_regex(pa.array(names, pa.string()), _NUM_RE)).as_py():
         log.warning("%s: the header row %s looks like data (every name is a number); if the file has no "
                     "header set source.header: false and source.column_names", where, ",".join(names))
 
