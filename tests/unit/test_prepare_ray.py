@@ -1,8 +1,11 @@
-"""`--engine ray` (Ray Data on a local 2-CPU Ray) produces exactly the Arrow engine's output."""
+"""`--engine ray` (Ray Data on a local 2-CPU Ray) produces the Arrow engine's dataset content,
+written as part files per user partition, without pulling the interactions to the driver."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -27,7 +30,37 @@ def local_ray():
         ray.shutdown()
 
 
-def test_ray_and_arrow_engines_identical(tmp_path):
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Partitions of ~100 interactions, so that small logs still make several part files."""
+    from unirec_dist.data import ray_engine
+
+    monkeypatch.setattr(ray_engine, "ROWS_PER_PARTITION", 100)
+
+
+def assert_same_content(a: PreparedDataset, b: PreparedDataset) -> None:
+    """Same counts, vocabularies, splits and rows; b (Ray) has its row tables as part files,
+    listed in the manifest with their row counts, valid/test parts each sorted by user."""
+    assert a.manifest["counts"] == b.manifest["counts"]
+    assert a.vocab_hash == b.vocab_hash and a.manifest["vocab_sizes"] == b.manifest["vocab_sizes"]
+    assert a.manifest["split"] == b.manifest["split"] and a.manifest["features"] == b.manifest["features"]
+    assert b.manifest["engine"] == "ray"
+    for name in ("interactions", "train", "valid", "test"):
+        ta, tb = a.table(name), b.table(name)
+        assert ta.schema == tb.schema, name
+        assert ta.equals(tb), name
+        parts = b.manifest["parts"][name]
+        assert sorted((b.root / name).iterdir()) == [b.root / p["file"] for p in parts]
+        assert [pq.ParquetFile(b.root / p["file"]).metadata.num_rows for p in parts] == [p["rows"] for p in parts]
+        assert sum(p["rows"] for p in parts) == tb.num_rows
+        for p in parts:
+            u = pq.read_table(b.root / p["file"], columns=["user"])["user"].to_numpy()
+            assert (np.diff(u) >= 0).all(), p["file"]
+    for rel in ("items.parquet", "vocab/user.parquet", "vocab/item.parquet"):
+        assert pq.read_table(a.root / rel).equals(pq.read_table(b.root / rel)), rel
+
+
+def test_ray_and_arrow_engines_identical(tmp_path, small_parts):
     # duplicates, null ids and every filter are exercised, so each step has work to do
     yml = write_synthetic_log(tmp_path / "raw", n_users=60, n_events=600,
                               filter={"min_rating": 2, "user_core": 3, "item_core": 3})
@@ -37,17 +70,45 @@ def test_ray_and_arrow_engines_identical(tmp_path):
     cfg = load_config(DatasetConfig, yml)
     a = PreparedDataset.open(prepare(cfg, tmp_path / "arrow"))
     b = PreparedDataset.open(prepare(cfg, tmp_path / "ray", engine="ray"))
-    ca, cb = a.manifest["counts"], b.manifest["counts"]
-    assert ca == cb
+    assert_same_content(a, b)
+    ca = a.manifest["counts"]
     assert ca["dropped_duplicates"] == 20 and ca["dropped_null_ids"] == 1 and ca["dropped_null_timestamps"] == 1
     assert ca["dropped_rating_filter"] > 0 and ca["after_kcore"]["dropped"] > 0
-    files = sorted(p.relative_to(a.root).as_posix() for p in a.root.rglob("*.parquet"))
-    assert files == sorted(p.relative_to(b.root).as_posix() for p in b.root.rglob("*.parquet"))
-    for rel in files:
-        assert pq.read_table(a.root / rel).equals(pq.read_table(b.root / rel)), rel
-    assert a.vocab_hash == b.vocab_hash
-    assert a.manifest["split"] == b.manifest["split"] and a.manifest["features"] == b.manifest["features"]
-    assert b.manifest["engine"] == "ray"
+    assert len(b.manifest["parts"]["train"]) > 2
+
+
+def test_ray_kcore_of_several_rounds_and_temporal_split(tmp_path, small_parts):
+    """A chain that the k-core (3, 3) peels one link per round: user k0 has 2 events (round 1),
+    so item x0 keeps 2 raters (round 2), so user k1 keeps 2 events (round 3), ..."""
+    rows = []
+    t = 0
+
+    def add(user: str, item: str) -> None:
+        nonlocal t
+        t += 1
+        rows.append(f"{user},{item},{t}")
+
+    for u in range(30):                      # a dense core: 30 users x 6 items, all kept
+        for i in range(6):
+            add(f"c{u}", f"core{i}")
+    for k in range(4):                       # user k rates x{k-1}, x{k} (and core0); x{k} has one core rater
+        for item in ([f"x{k - 1}"] if k else []) + [f"x{k}", "core0"]:
+            add(f"k{k}", item)
+        add(f"c{k}", f"x{k}")
+    add("c10", "x3")                         # the end of the chain has raters enough
+    add("c11", "x3")
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,ts\n" + "\n".join(rows) + "\n")
+    base = ["name=k", f"source.interactions={log}", "columns.user=user", "columns.item=item",
+            "columns.timestamp=ts", "columns.rating=null", "filter.user_core=3", "filter.item_core=3"]
+    for split in ([], ["split.protocol=temporal", "split.valid_fraction=0.1", "split.test_fraction=0.1"]):
+        cfg = load_config(DatasetConfig, None, base + split)
+        a = PreparedDataset.open(prepare(cfg, tmp_path / f"arrow{len(split)}"))
+        b = PreparedDataset.open(prepare(cfg, tmp_path / f"ray{len(split)}", engine="ray"))
+        assert_same_content(a, b)
+        assert a.manifest["counts"]["after_kcore"]["iterations"] >= 6
+    assert b.manifest["split"]["protocol"] == "temporal" and len(b.manifest["parts"]["valid"]) > 1
+    assert b.table("valid").num_rows > 0
 
 
 def test_ray_engine_bad_input_same_error(tmp_path):
@@ -63,7 +124,7 @@ def test_ray_engine_bad_input_same_error(tmp_path):
 
 
 @pytest.mark.parametrize("split", [{}, {"tie_break": "random", "seed": 5}])
-def test_ray_engine_breaks_ties_as_arrow_does(tmp_path, split):
+def test_ray_engine_breaks_ties_as_arrow_does(tmp_path, split, small_parts):
     """Tied timestamps: both engines order a user's tied events by source row (or the same seeded
     shuffle), whatever blocks and groups Ray makes."""
     yml = write_synthetic_log(tmp_path / "raw", n_users=40, n_events=400)
@@ -80,9 +141,7 @@ def test_ray_engine_breaks_ties_as_arrow_does(tmp_path, split):
     a = PreparedDataset.open(prepare(cfg, tmp_path / "arrow"))
     b = PreparedDataset.open(prepare(cfg, tmp_path / "ray", engine="ray"))
     assert a.manifest["split"]["ordering"]["events_in_tied_groups"] > 0.5
-    for name in ("interactions", "train", "valid", "test"):
-        assert a.table(name).equals(b.table(name)), name
-    assert a.manifest["split"] == b.manifest["split"]
+    assert_same_content(a, b)
 
 
 def test_ray_engine_reads_headerless_csv(tmp_path):
@@ -93,3 +152,33 @@ def test_ray_engine_reads_headerless_csv(tmp_path):
     b = PreparedDataset.open(prepare(cfg, tmp_path / "ray", engine="ray"))
     assert a.manifest["counts"]["raw"] == b.manifest["counts"]["raw"] == 20
     assert a.table("test").equals(b.table("test"))
+
+
+def test_ray_engine_pulls_only_vocabulary_sized_data_to_the_driver(tmp_path, small_parts, monkeypatch):
+    """Every object the driver gets from Ray (ray.get, which Ray Data's own driver-side reads
+    use too) holds at most about one entry per user/item, never the interactions."""
+    import ray
+
+    yml = write_synthetic_log(tmp_path / "raw", n_users=40, n_items=30, n_events=3000)
+    pulled: list[int] = []
+    real_get = ray.get
+
+    def size(x) -> int:
+        if isinstance(x, (pa.Table, pa.RecordBatch)):
+            return x.num_rows
+        if isinstance(x, (np.ndarray, pa.Array, pa.ChunkedArray)):
+            return len(x)
+        if isinstance(x, (list, tuple)):
+            return max((size(v) for v in x), default=0)
+        return 0
+
+    def get(refs, *a, **kw):
+        out = real_get(refs, *a, **kw)
+        pulled.append(size(out))
+        return out
+
+    monkeypatch.setattr(ray, "get", get)
+    b = PreparedDataset.open(prepare(load_config(DatasetConfig, yml), tmp_path / "ray", engine="ray"))
+    monkeypatch.undo()
+    assert b.manifest["counts"]["final"] == 3000 and pulled
+    assert max(pulled) <= 41, max(pulled)     # the user vocabulary (+ padding), not 3000 rows

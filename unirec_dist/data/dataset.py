@@ -13,6 +13,45 @@ from unirec_dist.utils.jsonfile import load_json_object
 TABLES = ("interactions", "train", "valid", "test", "items", "users")
 
 
+def split_path(root: str | os.PathLike, name: str) -> Path | None:
+    """Where table `name` (interactions, train, valid, test, ...) of a prepared dataset lies:
+    `name.parquet` or a folder `name/` of part files (the Ray engine's layout); None if neither."""
+    root = Path(root)
+    if (root / f"{name}.parquet").is_file():
+        return root / f"{name}.parquet"
+    if (root / name).is_dir():
+        return root / name
+    return None
+
+
+def split_files(root: str | os.PathLike, name: str) -> list[Path]:
+    """The Parquet files of table `name`, in user order (part files sorted by name: their user
+    ranges ascend with the name). Raises DataError when the table is missing or has no parts."""
+    path = split_path(root, name)
+    if path is None:
+        raise DataError(f"{Path(root) / name}.parquet does not exist in prepared dataset {root} "
+                        "(re-run `unirec prepare`)")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.suffix == ".parquet")
+    if not files:
+        raise DataError(f"{path}: no .parquet part files; the dataset is incomplete (re-run `unirec prepare`)")
+    return files
+
+
+def read_split(root: str | os.PathLike, name: str, columns: list[str] | None = None) -> pa.Table:
+    """Table `name` of a prepared dataset, whichever layout (`split_path`), as one table in user order."""
+    import pyarrow.parquet as pq
+
+    tables = []
+    for f in split_files(root, name):
+        try:
+            tables.append(pq.read_table(f, columns=columns))
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{f}: not a readable Parquet file ({' '.join(str(e).split())[:160]})") from None
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
 class PreparedDataset:
     """A prepared dataset directory, validated on open.
 
@@ -63,17 +102,12 @@ class PreparedDataset:
         return list(self.manifest.get("features", []))
 
     def has_table(self, name: str) -> bool:
-        return (self.root / f"{name}.parquet").is_file()
+        return split_path(self.root, name) is not None
 
     def table(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        import pyarrow.parquet as pq
-
         if name not in TABLES:
             raise DataError(f"unknown table {name!r}; tables are: {', '.join(TABLES)}")
-        path = self.root / f"{name}.parquet"
-        if not path.is_file():
-            raise DataError(f"{path} does not exist in prepared dataset {self.root}")
-        return pq.read_table(path, columns=columns)
+        return read_split(self.root, name, columns)
 
     def vocab(self, kind: str) -> pa.Table:
         """Vocab table (raw: string, index: int32) for 'user', 'item' or a categorical/multi feature."""

@@ -632,12 +632,14 @@ def temporal_cuts(ts: pa.Array | pa.ChunkedArray, split: SplitConfig) -> tuple[i
     return int(q[0].as_py()), int(q[1].as_py())
 
 
-def split_temporal(t: pa.Table, n_users: int, split: SplitConfig) -> tuple[pa.Table, pa.Table, pa.Table, dict]:
-    """Global time cuts: train before cut1; valid window [cut1, cut2); test window [cut2, end]."""
+def split_temporal(t: pa.Table, n_users: int, split: SplitConfig, cuts: tuple[int, int] | None = None
+                   ) -> tuple[pa.Table, pa.Table, pa.Table, dict]:
+    """Global time cuts (`temporal_cuts` of `t`, or `cuts`): train before cut1; valid window
+    [cut1, cut2); test window [cut2, end]."""
     users = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
     rows = users.astype(np.int64) - 1
     ts = F.as_array(t["timestamp"]).to_numpy(zero_copy_only=False)
-    cut1, cut2 = temporal_cuts(t["timestamp"], split)
+    cut1, cut2 = cuts if cuts is not None else temporal_cuts(t["timestamp"], split)
     if split.valid_fraction == 0:
         cut1 = cut2
     train = _train_table(t, ts < cut1, rows, n_users, split.max_history)
@@ -743,20 +745,24 @@ def entity_table(raw: pa.Table | None, key: str, vocab_values: pa.Array, feats: 
 # ----------------------------------------------------------------------------- the pipeline
 @dataclass
 class PreparedTables:
-    interactions: pa.Table
+    """What `write_prepared` writes. interactions/train/valid/test are None when the engine wrote
+    them already as part files (`parts`: name -> [{"file", "rows"}], see data/format.py)."""
     user_vocab: pa.Table
     item_vocab: pa.Table
-    train: pa.Table
-    valid: pa.Table
-    test: pa.Table
     items: pa.Table
     users: pa.Table | None
+    interactions: pa.Table | None = None
+    train: pa.Table | None = None
+    valid: pa.Table | None = None
+    test: pa.Table | None = None
     items_raw: pa.Table | None = None
     feature_vocabs: dict[str, pa.Table] = field(default_factory=dict)
     features: list[dict] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     split: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)   # items/users alignment stats
+    parts: dict = field(default_factory=dict)
+    part_schemas: dict = field(default_factory=dict)   # name -> schema of its part files
 
 
 def clean_encode_arrow(t: pa.Table, cfg: DatasetConfig, counts: dict, where: str = "interactions"
@@ -812,37 +818,29 @@ def drop_order_columns(t: pa.Table) -> pa.Table:
     return t.drop_columns([k for k in ORDER_COLS if k in t.column_names])
 
 
-def _share(mask: np.ndarray) -> float:
-    return round(float(mask.mean()), 4) if len(mask) else 0.0
+def _share(num: int, den: int) -> float:
+    return round(num / den, 4) if den else 0.0
 
 
-def order_stats(t: pa.Table, n_users: int, sp: SplitConfig, cuts: dict | None) -> dict:
-    """How much of the log ties in time, how many split targets come from a tied group, and how
-    many targets the user had consumed before (the repeat rate).
-
-    events_in_tied_groups: share of events sharing (user, timestamp) with another event;
-    largest_group: the most events of a user sharing one timestamp; targets_tied (leave-one-out):
-    share of valid/test targets in such a group, whose order against the history is then the
-    tie-break's, not time's; repeat_rate: share of valid/test targets already in the user's
-    history (temporal: share of target events)."""
+def order_counts(t: pa.Table, n_users: int, sp: SplitConfig, cuts: dict | None) -> dict[str, int]:
+    """The counts behind `order_stats` for the users of `t` (sums over users, so that the Ray
+    engine adds them up over its user partitions; largest_group is a max)."""
     users = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
     items = F.as_array(t["item"]).to_numpy(zero_copy_only=False)
     n = len(users)
-    out: dict = {"order": sp.order, "tie_break": sp.tie_break}
+    out: dict[str, int] = {"events": n}
     if sp.order == "time":
         same = tied_with_prev(t)
         in_group = same.copy()
         in_group[:-1] |= same[1:]
         starts = np.flatnonzero(~same)
         sizes = np.diff(np.r_[starts, n])
-        out["events_in_tied_groups"] = _share(in_group)
+        out["tied_events"] = int(in_group.sum())
         out["largest_group"] = int(sizes.max(initial=0))
     rows = users.astype(np.int64) - 1
     if cuts is None:   # leave-one-out: targets are the last two rows of users with >= 3
         counts, offsets = _user_offsets(users, n_users)
         ends = offsets[1:][counts >= 3]
-        repeat = {}
-        tied = {}
         for name, tgt in (("valid", ends - 2), ("test", ends - 1)):
             tgt_item = np.full(n_users, -1, dtype=np.int64)
             tgt_item[rows[tgt]] = items[tgt]
@@ -851,20 +849,43 @@ def order_stats(t: pa.Table, n_users: int, sp: SplitConfig, cuts: dict | None) -
             seen = (items == tgt_item[rows]) & (np.arange(n) < tgt_row[rows])
             rep = np.zeros(n_users, dtype=bool)
             rep[rows[seen]] = True
-            repeat[name] = _share(rep[rows[tgt]])
+            out[f"targets_{name}"] = len(tgt)
+            out[f"repeat_{name}"] = int(rep[rows[tgt]].sum())
             if sp.order == "time":
-                tied[name] = _share(in_group[tgt])
-        if tied:
-            out["targets_tied"] = tied
+                out[f"tied_{name}"] = int(in_group[tgt].sum())
     else:              # temporal: every event in a window is a target; history = before the window
         ts = F.as_array(t["timestamp"]).to_numpy(zero_copy_only=False)
         key = rows * (int(items.max(initial=0)) + 1) + items
-        repeat = {}
         for name, lo, hi in (("valid", cuts["cut_valid"], cuts["cut_test"]), ("test", cuts["cut_test"], None)):
             tgt = (ts >= lo) & (ts < hi) if hi is not None else ts >= lo
             hist = np.unique(key[ts < lo])
-            repeat[name] = _share(np.isin(key[tgt], hist, assume_unique=False))
-    out["repeat_rate"] = repeat
+            out[f"targets_{name}"] = int(tgt.sum())
+            out[f"repeat_{name}"] = int(np.isin(key[tgt], hist, assume_unique=False).sum())
+    return out
+
+
+def add_order_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    """`order_counts` of two disjoint sets of users, combined."""
+    return {k: (max if k == "largest_group" else int.__add__)(a.get(k, 0), b.get(k, 0)) for k in {**a, **b}}
+
+
+def order_stats(c: dict[str, int], sp: SplitConfig, leave_one_out: bool) -> dict:
+    """How much of the log ties in time, how many split targets come from a tied group, and how
+    many targets the user had consumed before (the repeat rate), from `order_counts`.
+
+    events_in_tied_groups: share of events sharing (user, timestamp) with another event;
+    largest_group: the most events of a user sharing one timestamp; targets_tied (leave-one-out):
+    share of valid/test targets in such a group, whose order against the history is then the
+    tie-break's, not time's; repeat_rate: share of valid/test targets already in the user's
+    history (temporal: share of target events)."""
+    out: dict = {"order": sp.order, "tie_break": sp.tie_break}
+    names = ("valid", "test")
+    if sp.order == "time":
+        out["events_in_tied_groups"] = _share(c["tied_events"], c["events"])
+        out["largest_group"] = c["largest_group"]
+        if leave_one_out:
+            out["targets_tied"] = {k: _share(c[f"tied_{k}"], c[f"targets_{k}"]) for k in names}
+    out["repeat_rate"] = {k: _share(c[f"repeat_{k}"], c[f"targets_{k}"]) for k in names}
     return out
 
 
@@ -877,25 +898,39 @@ def _warn_tied_targets(stats: dict, cfg: DatasetConfig) -> None:
                     100 * tied.get("valid", 0.0), cfg.split.tie_break)
 
 
-def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, counts: dict) -> PreparedTables:
-    """Steps 8-9 (splits and feature tables) from encoded, sorted interactions."""
-    n_users, n_items = len(uv), len(iv)
-    counts["final"] = t.num_rows
-    counts["users"], counts["items"] = n_users, n_items
-    sp = cfg.split
-    cuts = None
+def split_user_tables(t: pa.Table, n_users: int, sp: SplitConfig, cuts: tuple[int, int] | None = None
+                      ) -> tuple[pa.Table, pa.Table, pa.Table, dict | None, dict[str, int]]:
+    """Step 8 on interactions of users 1..n_users (sorted): (train, valid, test, temporal cut
+    points or None, `order_counts`). `cuts`: the temporal protocol's cut points when they come
+    from a larger log than `t` (the Ray engine's partitions)."""
     if sp.protocol == "leave_one_out":
         train, valid, test = split_leave_one_out(t, n_users, sp.max_history)
+        cut = None
+    else:
+        train, valid, test, cut = split_temporal(t, n_users, sp, cuts)
+    return train, valid, test, cut, order_counts(t, n_users, sp, cut)
+
+
+def split_manifest(cfg: DatasetConfig, cuts: dict | None, users: dict[str, int], ocounts: dict[str, int]) -> dict:
+    """The manifest's split entry (protocol, parameters, users per split, ordering, repeat rate);
+    warns when the tie-break decides many targets."""
+    sp = cfg.split
+    if cuts is None:
         split = {"protocol": "leave_one_out", "max_history": sp.max_history}
     else:
-        train, valid, test, cuts = split_temporal(t, n_users, sp)
         split = {"protocol": "temporal", "valid_fraction": sp.valid_fraction,
                  "test_fraction": sp.test_fraction, "max_history": sp.max_history, **cuts}
-    split["users"] = {"train": train.num_rows, "valid": valid.num_rows, "test": test.num_rows}
-    stats = order_stats(t, n_users, sp, cuts)
+    split["users"] = users
+    stats = order_stats(ocounts, sp, cuts is None)
     split["repeat_rate"] = stats.pop("repeat_rate")
     split["ordering"] = stats
     _warn_tied_targets(stats, cfg)
+    return split
+
+
+def side_tables(uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, counts: dict, split: dict,
+                **splits: pa.Table | None) -> PreparedTables:
+    """Step 9 (item/user feature tables, vocab tables) around the split tables."""
     iwhere = src.where.get("items", "items")
     items, ivocabs, imeta, istats = entity_table(src.items, cfg.columns.item, iv, cfg.item_features, iwhere, "item")
     items_raw = raw_item_table(src.items, cfg.columns.item, iv, iwhere)
@@ -905,11 +940,20 @@ def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, cou
         users, uvocabs, umeta, ustats = entity_table(src.users, cfg.columns.user, uv, cfg.user_features,
                                                      src.where.get("users", "users"), "user")
     return PreparedTables(
-        interactions=t, user_vocab=vocab_table(uv), item_vocab=vocab_table(iv),
-        train=train, valid=valid, test=test, items=items, users=users, items_raw=items_raw,
+        user_vocab=vocab_table(uv), item_vocab=vocab_table(iv), items=items, users=users, items_raw=items_raw,
         feature_vocabs={**ivocabs, **uvocabs}, features=imeta + umeta, counts=counts, split=split,
-        tables={k: v for k, v in (("items", istats), ("users", ustats)) if v},
+        tables={k: v for k, v in (("items", istats), ("users", ustats)) if v}, **splits,
     )
+
+
+def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, counts: dict) -> PreparedTables:
+    """Steps 8-9 (splits and feature tables) from encoded, sorted interactions."""
+    n_users, n_items = len(uv), len(iv)
+    counts["final"] = t.num_rows
+    counts["users"], counts["items"] = n_users, n_items
+    train, valid, test, cuts, oc = split_user_tables(t, n_users, cfg.split)
+    split = split_manifest(cfg, cuts, {"train": train.num_rows, "valid": valid.num_rows, "test": test.num_rows}, oc)
+    return side_tables(uv, iv, src, cfg, counts, split, interactions=t, train=train, valid=valid, test=test)
 
 
 def run_arrow(src, cfg: DatasetConfig) -> PreparedTables:
@@ -920,6 +964,7 @@ def run_arrow(src, cfg: DatasetConfig) -> PreparedTables:
     return finish(t, uv, iv, src, cfg, counts)
 
 
+SPLIT_TABLES = ("interactions", "train", "valid", "test")
 SPLIT_FILES = ("train.parquet", "valid.parquet", "test.parquet")
 SPLIT_ROW_GROUP = 8192
 
@@ -929,11 +974,8 @@ def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine
     import pyarrow.parquet as pq
 
     (out / "vocab").mkdir()
-    files = {
-        "interactions.parquet": p.interactions, "train.parquet": p.train, "valid.parquet": p.valid,
-        "test.parquet": p.test, "items.parquet": p.items,
-        "vocab/user.parquet": p.user_vocab, "vocab/item.parquet": p.item_vocab,
-    }
+    files = {f"{name}.parquet": tbl for name in SPLIT_TABLES if (tbl := getattr(p, name)) is not None}
+    files.update({"items.parquet": p.items, "vocab/user.parquet": p.user_vocab, "vocab/item.parquet": p.item_vocab})
     if p.users is not None:
         files["users.parquet"] = p.users
     if p.items_raw is not None:
@@ -964,7 +1006,9 @@ def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine
         "config": to_dict(cfg),
         "engine": engine,
         "counts": p.counts,
-        "schema": {rel: {f.name: str(f.type) for f in tbl.schema} for rel, tbl in files.items()},
+        "schema": {**{rel: {f.name: str(f.type) for f in tbl.schema} for rel, tbl in files.items()},
+                   **{f"{name}/": {f.name: str(f.type) for f in sch} for name, sch in p.part_schemas.items()}},
+        **({"parts": p.parts} if p.parts else {}),
         "split": p.split,
         "vocab_sizes": vocab_sizes,
         "features": p.features,
@@ -1002,14 +1046,16 @@ def prepare(cfg: DatasetConfig, out: str | os.PathLike, overwrite: bool = False,
     if engine == "ray":
         from unirec_dist.data.ray_engine import run_ray
 
-        p, src = run_ray(cfg, ray_address=ray_address)
+        with atomic_dir(out, overwrite) as tmp:   # Ray tasks write the part files into tmp
+            p, src = run_ray(cfg, tmp, ray_address=ray_address)
+            write_prepared(p, tmp, cfg, src, engine)
     else:
         from unirec_dist.data.sources import load_source
 
         src = load_source(cfg)
         p = run_arrow(src, cfg)
-    with atomic_dir(out, overwrite) as tmp:
-        write_prepared(p, tmp, cfg, src, engine)
+        with atomic_dir(out, overwrite) as tmp:
+            write_prepared(p, tmp, cfg, src, engine)
     c = p.counts
     log.info("prepared %s: %d -> %d interactions, %d users, %d items, splits %s, %s in %.2fs -> %s",
              cfg.name, c["raw"], c["final"], c["users"], c["items"], p.split["users"],

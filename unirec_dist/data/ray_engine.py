@@ -1,28 +1,36 @@
-"""`prepare --engine ray`: the same steps as the Arrow engine, on Ray Data.
+"""`prepare --engine ray`: the Arrow engine's steps on Ray Data, with no per-interaction data on
+the driver.
 
-What runs where (honestly):
-  on Ray workers, per block, in parallel:
-    reading the files (ray.data.read_csv/read_parquet/read_json), `select_columns` (typing and
-    validation), the null counts and `drop_missing`, the distinct user/item values of each block,
-    `encode_ids`, the rating filter, the per-block user/item counts of every k-core round and
-    the k-core filter, and the re-indexing to contiguous ids (`compact`).
-  on Ray, per block after the typing: `order_keys` adds each row's position in the source (a
-    `row` column: blocks are read in order, `preserve_order`, and numbered from their row
-    counts), which breaks timestamp ties as the Arrow engine's stable sort does.
-  on Ray, grouped:
-    `groupby(user % n_buckets).map_groups(...)`: every user's rows meet in one group, where the
-    same vectorized `sort_rows` + `drop_duplicates` of the Arrow engine run.
-  on the driver:
-    merging the per-block distinct values into the sorted vocabularies and summing the per-block
-    k-core counts (both small: one entry per user/item); then gathering the encoded integer
-    columns (about 20 bytes per interaction), one stable sort by user, and the list-column
-    building, splits, item/user feature tables and writing (`prepare.finish`). MovieLens files
-    are parsed on the driver (they are small) and handed to Ray as Arrow blocks.
-So the driver must hold the encoded interactions, not the raw log: a 1B-row log needs ~20 GB there.
-Output is identical to the Arrow engine's (tests/unit/test_prepare_ray.py checks it).
+What runs where:
+  on Ray workers, per block: reading the files (ray.data.read_csv/read_parquet/read_json),
+    `select_columns` (typing and validation), the null counts and `drop_missing`, `order_keys`
+    (each row's position in the source, a `row` column: blocks are read in order,
+    `preserve_order`, and numbered from their row counts; it orders timestamp ties as the Arrow
+    engine's stable sort does), `encode_ids`, the rating filter and each k-core round's filter.
+  on Ray, aggregations: the distinct user/item values and, every k-core round, the rows per
+    user and per item (`groupby(...).count()`); the temporal protocol's cut points (a
+    distributed sort of the timestamps; a task reads the quantile rows out of their blocks).
+  on Ray, per user partition: rows are range-partitioned by encoded user id into
+    ceil(rows / ROWS_PER_PARTITION) partitions (`groupby("part").map_groups`); each partition
+    runs the Arrow engine's `sort_rows` + `drop_duplicates`, and at the end `sort_rows`, the
+    splits (`split_user_tables`, on partition-local user ids) and the ordering counts, and writes
+    its own part files interactions/, train/, valid/, test/ `part-NNNNN.parquet` (NNNNN = the
+    partition: user ranges ascend with it, so the parts in name order are sorted by user).
+The driver holds only what is O(vocabulary), where encoding needs it:
+  - the sorted user and item vocabularies (the raw values: 8 bytes per integer id, or the string
+    bytes + 4 bytes of offset), put once in the object store for the encoding tasks;
+  - each k-core round's per-user and per-item counts (8 bytes per entry, plus 12 bytes per
+    entry while the aggregate is read) and the compaction maps old -> new id (4 bytes per entry);
+  - the item/user feature tables (data/prepare.py `entity_table`, one row per item/user).
+  plus O(blocks + partitions) statistics. MovieLens sources are the exception: their files are
+  parsed on the driver (they are small) and handed to Ray as Arrow blocks.
+The part files are written by Ray tasks into the output's temp directory, so on a multi-node
+cluster the output must be on storage every node sees. Content is the Arrow engine's
+(tests/unit/test_prepare_ray.py checks it table by table).
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -38,7 +46,9 @@ from unirec_dist.errors import DataError, UnirecError
 
 log = logging.getLogger(__name__)
 
-N_BUCKETS = 16
+# interactions per user partition: a partition's rows, sorted and split, fit one task's memory
+# (about 100 bytes per row at the peak)
+ROWS_PER_PARTITION = 2_000_000
 
 
 def _unwrap(e: BaseException) -> BaseException | None:
@@ -156,20 +166,27 @@ def _null_stats(t: pa.Table) -> pa.Table:
                      "ts_max": pa.array([mm["max"].as_py()], pa.int64())})
 
 
-def _number_rows(ds, split) -> "ray.data.Dataset":
-    """`order_keys` on every block with its global row offset (blocks in source order)."""
+def _block_rows(refs: list) -> list[int]:
+    """The row count of each block (counted where the blocks are)."""
     import ray
 
     @ray.remote
     def num_rows(t: pa.Table) -> int:
         return t.num_rows
 
+    return ray.get([num_rows.remote(r) for r in refs])
+
+
+def _number_rows(ds, split) -> "ray.data.Dataset":
+    """`order_keys` on every block with its global row offset (blocks in source order)."""
+    import ray
+
     @ray.remote
     def keys(t: pa.Table, row0: int) -> pa.Table:
         return P.order_keys(t, split, row0=row0, keep_row=True)
 
     refs = ds.to_arrow_refs()                       # in order: the dataset was read preserving it
-    sizes = ray.get([num_rows.remote(r) for r in refs])
+    sizes = _block_rows(refs)
     offsets = np.r_[0, np.cumsum(sizes)[:-1]].astype(int)
     return ray.data.from_arrow_refs([keys.remote(r, int(o)) for r, o in zip(refs, offsets)])
 
@@ -178,57 +195,110 @@ def _drop_block(t: pa.Table) -> pa.Table:
     return P.drop_missing(t)[0]
 
 
-def _uniques_block(t: pa.Table) -> pa.Table:
-    u, i = pc.unique(t["user"]), pc.unique(t["item"])
-    n = max(len(u), len(i))
-    return pa.table({"user": pa.concat_arrays([F.as_array(u), pa.nulls(n - len(u), u.type)]),
-                     "item": pa.concat_arrays([F.as_array(i), pa.nulls(n - len(i), i.type)])})
+def _get(x):
+    """An argument that may have been put in the object store once (vocabularies, counts)."""
+    import ray
+
+    return ray.get(x) if isinstance(x, ray.ObjectRef) else x
 
 
-def _encode_block(t: pa.Table, uv: pa.Array, iv: pa.Array) -> pa.Table:
-    t = t.set_column(0, "user", P.encode_ids(t["user"], uv)).set_column(1, "item", P.encode_ids(t["item"], iv))
-    return t.append_column("bucket", pc.bit_wise_and(t["user"], N_BUCKETS - 1))
+def _encode_block(t: pa.Table, uv, iv, n_parts: int) -> pa.Table:
+    uv, iv = _get(uv), _get(iv)
+    u = P.encode_ids(t["user"], uv)
+    t = t.set_column(0, "user", u).set_column(1, "item", P.encode_ids(t["item"], iv))
+    # range partitions of the encoded user ids: partition p holds a contiguous id range
+    part = (u.to_numpy(zero_copy_only=False).astype(np.int64) - 1) * n_parts // max(len(uv), 1)
+    return t.append_column("part", pa.array(part))
 
 
 def _dedup_group(t: pa.Table) -> pa.Table:
-    t = P.sort_rows(t.drop_columns(["bucket"]))
-    return P.drop_duplicates(t)[0]
+    # (`part` is a function of the user, so it never tells duplicates apart)
+    return P.drop_duplicates(P.sort_rows(t))[0]
 
 
 def _rating_block(t: pa.Table, min_rating: float) -> pa.Table:
     return P.rating_filter(t, min_rating)[0]
 
 
-def _count_block(t: pa.Table, n_users: int, n_items: int) -> pa.Table:
-    u = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
-    i = F.as_array(t["item"]).to_numpy(zero_copy_only=False)
-    return pa.table({"u": [np.bincount(u, minlength=n_users + 1)], "i": [np.bincount(i, minlength=n_items + 1)]})
-
-
-def _kcore_block(t: pa.Table, uc: np.ndarray, ic: np.ndarray, user_core: int, item_core: int) -> pa.Table:
+def _kcore_block(t: pa.Table, uc, ic, user_core: int, item_core: int) -> pa.Table:
+    uc, ic = _get(uc), _get(ic)
     u = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
     i = F.as_array(t["item"]).to_numpy(zero_copy_only=False)
     return t.filter(pa.array((uc[u] >= user_core) & (ic[i] >= item_core)))
 
 
-def _remap_block(t: pa.Table, umap: np.ndarray, imap: np.ndarray) -> pa.Table:
-    u = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
-    i = F.as_array(t["item"]).to_numpy(zero_copy_only=False)
-    t = t.set_column(0, "user", pa.array(umap[u], pa.int32()))
-    return t.set_column(1, "item", pa.array(imap[i], pa.int32()))
+def _write(t: pa.Table, path: Path, row_group: int | None) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(t, path, use_dictionary=False, row_group_size=row_group)
 
 
-def _sum_counts(ds, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    c = _collect(ds.map_batches(_count_block, batch_format="pyarrow", batch_size=None,
-                                fn_kwargs={"n_users": n_users, "n_items": n_items}))
-    if not c.num_rows:
-        return np.zeros(n_users + 1, np.int64), np.zeros(n_items + 1, np.int64)
-    uc = pc.list_flatten(c["u"]).to_numpy(zero_copy_only=False).reshape(c.num_rows, n_users + 1).sum(axis=0)
-    ic = pc.list_flatten(c["i"]).to_numpy(zero_copy_only=False).reshape(c.num_rows, n_items + 1).sum(axis=0)
-    return uc, ic
+def _finish_group(t: pa.Table, umap, imap, sp, cuts: tuple[int, int] | None, out: str) -> pa.Table:
+    """One user partition: compact ids, sort, split, write its part files; returns its row counts
+    and `order_counts` (one row)."""
+    umap, imap = _get(umap), _get(imap)
+    part = int(t["part"][0].as_py())
+    u = umap[F.as_array(t["user"]).to_numpy(zero_copy_only=False)]
+    t = t.drop_columns(["part"]).set_column(0, "user", pa.array(u, pa.int32()))
+    t = t.set_column(1, "item", pa.array(imap[F.as_array(t["item"]).to_numpy(zero_copy_only=False)], pa.int32()))
+    t = P.drop_order_columns(P.sort_rows(t))
+    # the split functions index users 1..n: run them on partition-local ids, then map back
+    users = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
+    first = np.r_[True, users[1:] != users[:-1]]
+    ids = users[first]
+    local = t.set_column(0, "user", pa.array(np.cumsum(first).astype(np.int32)))
+    train, valid, test, cut, oc = P.split_user_tables(local, len(ids), sp, cuts)
+    row = {"part": [part], "order_counts": [json.dumps(oc)]}
+    name = f"part-{part:05d}.parquet"
+    for split, tbl, rg in (("interactions", t, None), ("train", train, P.SPLIT_ROW_GROUP),
+                           ("valid", valid, P.SPLIT_ROW_GROUP), ("test", test, P.SPLIT_ROW_GROUP)):
+        if split != "interactions":
+            glob = ids[tbl["user"].to_numpy() - 1] if tbl.num_rows else np.zeros(0, np.int32)
+            tbl = tbl.set_column(0, "user", pa.array(glob, pa.int32()))
+        _write(tbl, Path(out) / split / name, rg)
+        row[split] = [tbl.num_rows]
+    return pa.table(row)
 
 
-def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict) -> tuple[pa.Table, pa.Array, pa.Array]:
+def _dense_counts(ds, col: str, n: int) -> np.ndarray:
+    """Rows per id 0..n of `col` (a Ray Data aggregation; the driver reads one row per id)."""
+    c = _collect(ds.groupby(col).count())
+    out = np.zeros(n + 1, np.int64)
+    if c.num_rows:
+        out[F.as_array(c[col]).to_numpy(zero_copy_only=False)] = F.as_array(c["count()"]).to_numpy(zero_copy_only=False)
+    return out
+
+
+def _distinct(ds, col: str) -> pa.Array:
+    """The sorted distinct values of `col` (an aggregation on Ray; one row per value reaches the driver)."""
+    return P.sorted_unique(_collect(ds.select_columns([col]).groupby(col).count())[col])
+
+
+def _temporal_cuts(ds, sp) -> tuple[int, int]:
+    """`prepare.temporal_cuts` (Arrow's 'lower' quantile: the value at floor(q * (n - 1)) in sorted
+    order) over a distributed sort; only the two values reach the driver."""
+    import ray
+
+    @ray.remote
+    def value(t: pa.Table, i: int) -> int:
+        return int(t["timestamp"][i].as_py())
+
+    refs = ds.select_columns(["timestamp"]).sort("timestamp").to_arrow_refs()
+    sizes = np.array(_block_rows(refs), np.int64)
+    ends = np.cumsum(sizes)
+    out = []
+    for q in (1 - sp.valid_fraction - sp.test_fraction, 1 - sp.test_fraction):
+        k = int(np.floor(q * (int(ends[-1]) - 1)))
+        b = int(np.searchsorted(ends, k, side="right"))
+        out.append(ray.get(value.remote(refs[b], k - int(ends[b] - sizes[b]))))
+    return out[0], out[1]
+
+
+def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict):
+    """Steps 1-7 on Ray: (dataset of encoded, filtered rows with a `part` column, the user/item
+    vocabularies, the final per-user/per-item counts)."""
+    import ray
+
     mb = dict(batch_format="pyarrow", batch_size=None)
     # preserve_order (set by run_ray): the blocks come out in source order, so they can be numbered
     ds = ds.map_batches(_select_block, fn_kwargs={"cfg": cfg, "where": where}, **mb).materialize()
@@ -245,17 +315,15 @@ def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict) -> tuple[pa.
     n_ts = tot["rows"] - tot["null_ids"] - tot["null_ts"]
     lo, hi = (pc.min(st["ts_min"]).as_py(), pc.max(st["ts_max"]).as_py())
     P.check_timestamps(n_ts, lo, hi, cfg.split, where, c.timestamp)
-    ds = _number_rows(ds, cfg.split)
     if n_ts == 0:
         raise DataError("no interaction has a user id, an item id and a timestamp")
-    ds = ds.map_batches(_drop_block, **mb)
-    uq = _collect(ds.map_batches(_uniques_block, **mb))
-    uv, iv = P.sorted_unique(uq["user"]), P.sorted_unique(uq["item"])
-    ds = ds.map_batches(_encode_block, fn_kwargs={"uv": uv, "iv": iv}, **mb)
-    ds = ds.groupby("bucket").map_groups(_dedup_group, batch_format="pyarrow").materialize()
-    n_clean = tot["rows"] - tot["null_ids"] - tot["null_ts"]
+    ds = _number_rows(ds, cfg.split).map_batches(_drop_block, **mb).materialize()
+    uv, iv = _distinct(ds, "user"), _distinct(ds, "item")
+    n_parts = max(1, -(-n_ts // ROWS_PER_PARTITION))
+    ds = ds.map_batches(_encode_block, fn_kwargs={"uv": ray.put(uv), "iv": ray.put(iv), "n_parts": n_parts}, **mb)
+    ds = ds.groupby("part").map_groups(_dedup_group, batch_format="pyarrow").materialize()
     n = ds.count()
-    counts["dropped_duplicates"] = n_clean - n
+    counts["dropped_duplicates"] = n_ts - n
     f = cfg.filter
     if f.min_rating is not None:
         if "rating" not in ds.schema().names:
@@ -265,33 +333,54 @@ def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict) -> tuple[pa.
     counts["dropped_rating_filter"] = n - n_rated
     if n_rated == 0:
         raise DataError(f"filter.min_rating={f.min_rating} leaves no interactions")
-    rounds = 0
-    n_now = n_rated
-    if f.user_core > 1 or f.item_core > 1:
-        while True:
-            uc, ic = _sum_counts(ds, len(uv), len(iv))
-            ds2 = ds.map_batches(_kcore_block, fn_kwargs={"uc": uc, "ic": ic, "user_core": f.user_core,
-                                                          "item_core": f.item_core}, **mb).materialize()
-            n2 = ds2.count()
-            if n2 == n_now:
-                break
-            rounds += 1
-            ds, n_now = ds2, n2
-            if n2 == 0:
-                raise DataError(f"k-core filter (user_core={f.user_core}, item_core={f.item_core}) "
-                                "leaves no interactions")
+    rounds, n_now = 0, n_rated
+    while True:   # the iterated k-core: counts by aggregation, then one filter pass per round
+        uc, ic = _dense_counts(ds, "user", len(uv)), _dense_counts(ds, "item", len(iv))
+        if not ((0 < uc) & (uc < f.user_core)).any() and not ((0 < ic) & (ic < f.item_core)).any():
+            break
+        rounds += 1
+        ds = ds.map_batches(_kcore_block, fn_kwargs={"uc": ray.put(uc), "ic": ray.put(ic), "user_core": f.user_core,
+                                                     "item_core": f.item_core}, **mb).materialize()
+        n_now = ds.count()
+        if n_now == 0:
+            raise P._kcore_empty(f.user_core, f.item_core)
     counts["after_kcore"] = {"rows": n_now, "dropped": n_rated - n_now, "iterations": rounds}
-    uc, ic = _sum_counts(ds, len(uv), len(iv))
+    return ds, uv, iv, uc, ic
+
+
+def _write_parts(ds, uv: pa.Array, iv: pa.Array, uc: np.ndarray, ic: np.ndarray, cfg: DatasetConfig,
+                 out: Path) -> tuple[pa.Array, pa.Array, dict, dict, dict, dict | None]:
+    """Steps 7-8 on Ray: compact ids, split and write every partition's part files into `out`.
+    Returns (user values, item values, parts, part schemas, order counts, temporal cuts or None)."""
+    import pyarrow.parquet as pq
+    import ray
+
     upresent, ipresent = np.flatnonzero(uc[1:]) + 1, np.flatnonzero(ic[1:]) + 1
     umap, imap = P.compact_mapping(upresent, len(uv)), P.compact_mapping(ipresent, len(iv))
-    ds = ds.map_batches(_remap_block, fn_kwargs={"umap": umap, "imap": imap}, **mb)
-    t = _collect(ds)
-    # groups hold disjoint users, each sorted: one stable sort by user restores the global order
-    t = t.take(pc.sort_indices(t, sort_keys=[("user", "ascending")])).combine_chunks()
-    return P.drop_order_columns(t), uv.take(pa.array(upresent - 1)), iv.take(pa.array(ipresent - 1))
+    sp = cfg.split
+    cuts = _temporal_cuts(ds, sp) if sp.protocol == "temporal" else None
+    for name in P.SPLIT_TABLES:
+        (out / name).mkdir()
+    st = _collect(ds.groupby("part").map_groups(
+        _finish_group, batch_format="pyarrow",
+        fn_kwargs={"umap": ray.put(umap), "imap": ray.put(imap), "sp": sp, "cuts": cuts, "out": str(out)}))
+    st = st.sort_by("part")
+    parts = {name: [{"file": f"{name}/part-{p:05d}.parquet", "rows": r}
+                    for p, r in zip(st["part"].to_pylist(), st[name].to_pylist())] for name in P.SPLIT_TABLES}
+    schemas = {name: pq.read_schema(out / parts[name][0]["file"]) for name in P.SPLIT_TABLES}
+    oc: dict[str, int] = {}
+    for s in st["order_counts"].to_pylist():
+        oc = P.add_order_counts(oc, json.loads(s))
+    cut = None
+    if cuts is not None:
+        c1, c2 = cuts
+        cut = {"cut_valid": c2 if sp.valid_fraction == 0 else c1, "cut_test": c2}
+    return uv.take(pa.array(upresent - 1)), iv.take(pa.array(ipresent - 1)), parts, schemas, oc, cut
 
 
-def run_ray(cfg: DatasetConfig, ray_address: str | None = None) -> tuple[P.PreparedTables, SourceTables]:
+def run_ray(cfg: DatasetConfig, out: Path, ray_address: str | None = None) -> tuple[P.PreparedTables, SourceTables]:
+    """Prepare on Ray: the part files are written into `out` (a fresh temp dir); the returned
+    tables hold the vocabularies, feature tables and the manifest's entries, not the rows."""
     try:
         import ray
         import ray.data
@@ -313,8 +402,15 @@ def run_ray(cfg: DatasetConfig, ray_address: str | None = None) -> tuple[P.Prepa
         ds, src = _read(cfg)
         counts: dict = {}
         where = src.where.get("interactions", "interactions")
-        t, uv, iv = _clean_encode(ds, cfg, where, counts)
-        return P.finish(t, uv, iv, src, cfg, counts), src
+        ds, uv, iv, uc, ic = _clean_encode(ds, cfg, where, counts)
+        uv, iv, parts, schemas, oc, cuts = _write_parts(ds, uv, iv, uc, ic, cfg, Path(out))
+        counts["final"] = sum(p["rows"] for p in parts["interactions"])
+        counts["users"], counts["items"] = len(uv), len(iv)
+        split = P.split_manifest(cfg, cuts, {k: sum(p["rows"] for p in parts[k]) for k in ("train", "valid", "test")},
+                                 oc)
+        p = P.side_tables(uv, iv, src, cfg, counts, split)
+        p.parts, p.part_schemas = parts, schemas
+        return p, src
     except Exception as e:
         inner = _unwrap(e)
         if inner is not None and inner is not e:
