@@ -22,7 +22,7 @@ when batch_size does not divide R), so collectives stay in step. Rows with fewer
 fill its N batches (a few rows then appear twice in that epoch).
 
 Memory per worker: one buffer of sequences, one row group of the train files (and of
-valid.parquet for train+valid), the Parquet footers and the (n_items,) item counts; never the
+the valid file or parts for train+valid), the Parquet footers and the (n_items,) item counts; never the
 whole dataset. Below `data.ingest_memory_mb` of train data (`data.ingest: auto`; or always with
 `memory`) a worker reads its train rows once and keeps them instead of re-reading each epoch;
 the units, and so the batches, are the same either way (tested).
@@ -48,27 +48,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from unirec_dist.data.batch import ITEM_KEY, SeqBatch
+from unirec_dist.data.dataset import read_split, split_files
 from unirec_dist.errors import DataError
 
 log = logging.getLogger(__name__)
 
-REQUIRED_FILES = ("valid.parquet", "items.parquet")
+REQUIRED = ("valid", "items")   # besides train: tables as a file or a folder of part files
 INGEST_MODES = ("auto", "memory", "stream")
 
 
 def train_files(root: str | os.PathLike) -> list[Path]:
     """The training part files of a prepared dataset: `train/*.parquet` (sorted by name) or
     `train.parquet`. Raises DataError naming what is missing."""
-    root = Path(root)
-    if (root / "train").is_dir():
-        files = sorted(p for p in (root / "train").iterdir() if p.suffix == ".parquet")
-        if not files:
-            raise DataError(f"{root / 'train'}: no .parquet part files; the dataset is incomplete (re-run `unirec prepare`)")
-        return files
-    if (root / "train.parquet").is_file():
-        return [root / "train.parquet"]
-    raise DataError(f"data.path: {root} has no train.parquet or train/ part files; the dataset is incomplete "
-                    "(re-run `unirec prepare`)")
+    return split_files(root, "train")
 
 
 def open_parquet(path: Path, columns: tuple[str, ...] = ()) -> pq.ParquetFile:
@@ -92,9 +84,8 @@ def open_prepared(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     from unirec_dist.data.dataset import PreparedDataset
 
     ds = PreparedDataset.open(path)
-    for f in REQUIRED_FILES:
-        if not (ds.root / f).is_file():
-            raise DataError(f"data.path: {ds.root} has no {f}; the dataset is incomplete (re-run `unirec prepare`)")
+    for name in REQUIRED:
+        split_files(ds.root, name)
     for f in train_files(ds.root):
         open_parquet(f, ("user", "items"))
     return ds.root, ds.manifest
@@ -172,20 +163,20 @@ class TrainSequences:
 
 
 class ValidTargets:
-    """The first validation target of given users, read from valid.parquet's row groups that can
-    hold them (row-group min/max statistics of `user`): memory is a few row groups, not the file."""
+    """The first validation target of given users, read from the row groups of `valid.parquet`
+    (or of the `valid/` part files) that can hold them (row-group min/max statistics of `user`):
+    memory is a few row groups, not the split."""
 
-    def __init__(self, path: Path, with_ratings: bool) -> None:
-        self.path = path
-        self.file = open_parquet(path, ("user", "targets"))
+    def __init__(self, files: list[Path], with_ratings: bool) -> None:
+        self.files = [open_parquet(f, ("user", "targets")) for f in files]
         self.columns = ["user", "targets"]
-        if with_ratings and "target_ratings" in self.file.schema_arrow.names:
+        if with_ratings and all("target_ratings" in f.schema_arrow.names for f in self.files):
             self.columns.append("target_ratings")
-        md = self.file.metadata
-        ucol = self.file.schema_arrow.get_field_index("user")
+        self.groups = [(fi, g) for fi, f in enumerate(self.files) for g in range(f.metadata.num_row_groups)]
         self.ranges = []
-        for g in range(md.num_row_groups):
-            st = md.row_group(g).column(ucol).statistics
+        for fi, g in self.groups:
+            f = self.files[fi]
+            st = f.metadata.row_group(g).column(f.schema_arrow.get_field_index("user")).statistics
             if st is None or not st.has_min_max:
                 self.ranges = None            # no statistics: read every row group (still one at a time)
                 break
@@ -196,7 +187,8 @@ class ValidTargets:
         if g not in self._cache:
             if len(self._cache) >= 4:
                 self._cache.pop(next(iter(self._cache)))
-            t = self.file.read_row_group(g, columns=self.columns)
+            fi, rg = self.groups[g]
+            t = self.files[fi].read_row_group(rg, columns=self.columns)
             vals, lens = _flat(t["targets"], np.int64)
             has = lens > 0
             first = (np.cumsum(lens) - lens)[has]
@@ -212,11 +204,11 @@ class ValidTargets:
         if len(users) == 0:
             return has, target, rating
         lo, hi = int(users.min()), int(users.max())
-        groups = range(self.file.metadata.num_row_groups) if self.ranges is None else \
+        groups = range(len(self.groups)) if self.ranges is None else \
             [g for g, (a, b) in enumerate(self.ranges) if a <= hi and b >= lo]
         for g in groups:
             vu, vt, vr = self._group(g)
-            pos = np.searchsorted(vu, users)          # valid rows are sorted by user (data/format.py)
+            pos = np.searchsorted(vu, users)          # each valid file is sorted by user (data/format.py)
             pos = np.minimum(pos, max(len(vu) - 1, 0))
             hit = (vu[pos] == users) if len(vu) else np.zeros(len(users), bool)
             has |= hit
@@ -292,7 +284,7 @@ class ParquetSource:
                 self.units += [Unit(fi, g, a, min(a + unit_rows, n)) for a in range(0, n, unit_rows)]
         self.n_rows = sum(u.rows for u in self.units)
         self.in_memory = ingest == "memory" or (ingest == "auto" and nbytes <= memory_mb * 2**20)
-        self.valid = ValidTargets(self.root / "valid.parquet", self.has_ratings) if train_on == "train+valid" else None
+        self.valid = ValidTargets(split_files(self.root, "valid"), self.has_ratings) if train_on == "train+valid" else None
         self._files: dict[int, TrainSequences] = {}      # in memory: whole part files
         self._last: tuple[tuple[int, int], TrainSequences] | None = None   # streaming: the last row group
 
@@ -488,11 +480,11 @@ class SequenceBatches:
 
 
 def read_valid(path: str | os.PathLike, max_users: int | None = None, seed: int = 0) -> pa.Table:
-    """valid.parquet queries with at least one target (optionally a fixed random subset)."""
-    t = pq.read_table(Path(path) / "valid.parquet")
+    """The valid split's queries with at least one target (optionally a fixed random subset)."""
+    t = read_split(path, "valid")
     for col in ("user", "history", "targets"):
         if col not in t.column_names:
-            raise DataError(f"{Path(path) / 'valid.parquet'}: missing column {col!r}")
+            raise DataError(f"{split_files(path, 'valid')[0]}: missing column {col!r}")
     t = t.filter(pc.greater(pc.list_value_length(t["targets"]), 0))
     if max_users is not None and t.num_rows > max_users:
         rng = np.random.default_rng(seed)
