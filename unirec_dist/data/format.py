@@ -28,6 +28,15 @@ A prepared dataset is a directory written atomically by `unirec prepare`::
                             where the table has no row for the item (only when the source has
                             an item table): what fine-tuning aligns items on
 
+Part-file layout (`--engine ray`). Each of interactions, train, valid and test may instead be a
+folder `interactions/`, `train/`, `valid/`, `test/` of `part-NNNNN.parquet` files with the same
+columns: part NNNNN holds the rows of one contiguous range of user ids, ranges ascending with
+NNNNN, so the parts read in name order are the single file's rows in the same order, and every
+part is sorted by user on its own (training looks valid targets up by user in each part's row
+groups). Split parts have row groups of at most 8192 rows. The manifest then lists them:
+`parts: {name: [{file: "train/part-00000.parquet", rows: N}, ...]}` and `schema["train/"]`.
+Readers take either layout (`data/dataset.py`: `split_path`, `split_files`, `read_split`).
+
 Splits. leave_one_out: per user, by time, test target = last item, valid target = second to
 last; train = everything before the valid target; test history = train + valid target;
 users with fewer than 3 interactions keep all in train and get no valid/test rows.
@@ -67,7 +76,7 @@ Details fixed by the implementation (data/prepare.py, data/features.py):
   feature entry carries `tokenizer`. Multi cells: split on `sep` (or taken as lists), trimmed,
   empties dropped, first max_values kept. Items/users absent from the feature table get 0,
   empty lists and zero vectors. Duplicate keys in a feature table: the first row wins.
-- Extra manifest keys: engine ("arrow" | "ray"), tables (feature-table alignment counts: rows,
+- Extra manifest keys: engine ("arrow" | "ray"), parts (the part-file layout above), tables (feature-table alignment counts: rows,
   matched, unknown_keys, duplicate_keys, missing), features[].column (the source column);
   source.files entries are {role, path, sha256, bytes} (MovieLens adds an "archive" entry with
   the source and the archive checksum); split.cut_valid/cut_test for the temporal protocol.
