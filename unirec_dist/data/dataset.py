@@ -29,8 +29,8 @@ def split_files(root: str | os.PathLike, name: str) -> list[Path]:
     ranges ascend with the name). Raises DataError when the table is missing or has no parts."""
     path = split_path(root, name)
     if path is None:
-        raise DataError(f"{Path(root) / name}.parquet does not exist in prepared dataset {root} "
-                        "(re-run `unirec prepare`)")
+        raise DataError(f"prepared dataset {root} has no {name}.parquet or {name}/ part files; the dataset is "
+                        "incomplete (re-run `unirec prepare`)")
     if path.is_file():
         return [path]
     files = sorted(p for p in path.iterdir() if p.suffix == ".parquet")
