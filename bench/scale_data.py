@@ -5,8 +5,8 @@
 For each size (interactions), a seeded synthetic log is written once under DIR (default:
 $UNIREC_DATA or ~/.cache/unirec, then bench/scale_data/) as Parquet part files
 `interactions/part-NNNNN.parquet` of 1M rows, with a realistic shape:
-  users    size / 10, heavy-tailed activity (log-normal events per user, 1..5,000), raw ids sparse;
-  items    users / 10, Zipf popularity (exponent 1.05), raw ids sparse;
+  users    ~size / 9.3, heavy-tailed activity (log-normal events per user, 1..5,000), raw ids sparse;
+  items    size / 100, Zipf popularity (exponent 1.05), raw ids sparse;
   time     per user, a random start and exponential gaps (mean 1 h), 5% of gaps zero (ties);
   ratings  1..5; 1% of rows repeated exactly (duplicates); rows shuffled within each part.
 Then each arm runs `prepare` (min_rating 3.5, 5-core, leave-one-out) in its own subprocess and
@@ -50,11 +50,12 @@ def generate(out: Path, interactions: int, seed: int = 0) -> Path:
     (d / "interactions").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_users = max(interactions // 10, 10)
-    n_items = max(n_users // 10, 100)
+    n_items = max(interactions // 100, 100)
     cdf = np.cumsum(np.arange(1, n_items + 1, dtype=np.float64) ** -1.05)
     cdf /= cdf[-1]
     n_unique = int(interactions / 1.01)
-    lengths = np.clip(rng.lognormal(1.6, 1.1, n_users).astype(np.int64), 1, 5000)
+    # candidates enough for the total (mean ~9.3 events a user), cut where the events run out
+    lengths = np.clip(rng.lognormal(1.6, 1.1, 2 * n_users).astype(np.int64), 1, 5000)
     lengths = lengths[: int(np.searchsorted(np.cumsum(lengths), n_unique)) + 1]
     lengths[-1] -= int(lengths.sum()) - n_unique
     users = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
