@@ -46,8 +46,8 @@ from unirec_dist.errors import DataError, UnirecError
 
 log = logging.getLogger(__name__)
 
-# interactions per user partition: a partition's rows, sorted and split, fit one task's memory
-# (about 100 bytes per row at the peak)
+# interactions per user partition: one task holds a partition's rows while it sorts and splits
+# them, so this bounds a worker's memory whatever the log's size
 ROWS_PER_PARTITION = 2_000_000
 
 
