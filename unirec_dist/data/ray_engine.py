@@ -8,7 +8,7 @@ What runs where:
     `preserve_order`, and numbered from their row counts; it orders timestamp ties as the Arrow
     engine's stable sort does), `encode_ids`, the rating filter and each k-core round's filter.
   on Ray, aggregations: the distinct user/item values and, every k-core round, the rows per
-    user and per item (`groupby(...).count()`); the temporal protocol's cut points (a
+    user and per item (block counts summed by `groupby("key").sum()`, users and items in one); the temporal protocol's cut points (a
     distributed sort of the timestamps; a task reads the quantile rows out of their blocks).
   on Ray, per user partition: rows are range-partitioned by encoded user id into
     ceil(rows / ROWS_PER_PARTITION) partitions (`groupby("part").map_groups`); each partition
@@ -19,7 +19,7 @@ What runs where:
 The driver holds only what is O(vocabulary), where encoding needs it:
   - the sorted user and item vocabularies (the raw values: 8 bytes per integer id, or the string
     bytes + 4 bytes of offset), put once in the object store for the encoding tasks;
-  - each k-core round's per-user and per-item counts (8 bytes per entry, plus 12 bytes per
+  - each k-core round's per-user and per-item counts (8 bytes per entry, plus 16 bytes per
     entry while the aggregate is read) and the compaction maps old -> new id (4 bytes per entry);
   - the item/user feature tables (data/prepare.py `entity_table`, one row per item/user).
   plus O(blocks + partitions) statistics. MovieLens sources are the exception: their files are
@@ -260,13 +260,25 @@ def _finish_group(t: pa.Table, umap, imap, sp, cuts: tuple[int, int] | None, out
     return pa.table(row)
 
 
-def _dense_counts(ds, col: str, n: int) -> np.ndarray:
-    """Rows per id 0..n of `col` (a Ray Data aggregation; the driver reads one row per id)."""
-    c = _collect(ds.groupby(col).count())
-    out = np.zeros(n + 1, np.int64)
+def _id_counts_block(t: pa.Table) -> pa.Table:
+    """Rows per user id (key = id) and per item id (key = -id) in one block."""
+    u, i = pc.value_counts(t["user"]), pc.value_counts(t["item"])
+    keys = pa.concat_arrays([u.field("values").cast(pa.int64()), pc.negate(i.field("values").cast(pa.int64()))])
+    return pa.table({"key": keys, "n": pa.concat_arrays([u.field("counts"), i.field("counts")])})
+
+
+def _dense_counts(ds, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows per user id 0..n_users and per item id 0..n_items: one Ray Data aggregation (block
+    counts, then a sum by id); the driver reads one row per id."""
+    c = _collect(ds.map_batches(_id_counts_block, batch_format="pyarrow", batch_size=None)
+                 .groupby("key").sum("n"))
+    uc, ic = np.zeros(n_users + 1, np.int64), np.zeros(n_items + 1, np.int64)
     if c.num_rows:
-        out[F.as_array(c[col]).to_numpy(zero_copy_only=False)] = F.as_array(c["count()"]).to_numpy(zero_copy_only=False)
-    return out
+        key = F.as_array(c["key"]).to_numpy(zero_copy_only=False)
+        n = F.as_array(c["sum(n)"]).to_numpy(zero_copy_only=False)
+        uc[key[key > 0]] = n[key > 0]
+        ic[-key[key < 0]] = n[key < 0]
+    return uc, ic
 
 
 def _distinct(ds, col: str) -> pa.Array:
@@ -335,7 +347,7 @@ def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict):
         raise DataError(f"filter.min_rating={f.min_rating} leaves no interactions")
     rounds, n_now = 0, n_rated
     while True:   # the iterated k-core: counts by aggregation, then one filter pass per round
-        uc, ic = _dense_counts(ds, "user", len(uv)), _dense_counts(ds, "item", len(iv))
+        uc, ic = _dense_counts(ds, len(uv), len(iv))
         if not ((0 < uc) & (uc < f.user_core)).any() and not ((0 < ic) & (ic < f.item_core)).any():
             break
         rounds += 1
