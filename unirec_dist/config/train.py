@@ -26,8 +26,7 @@ from typing import Literal
 
 from unirec_dist.errors import ConfigError
 from unirec_dist.models.encoders.base import EncoderConfig
-from unirec_dist.models.encoders.registry import ENCODERS
-from unirec_dist.models.encoders.sasrec import SASRecConfig
+from unirec_dist.models.encoders.registry import DEFAULT_ENCODER, ENCODERS
 
 TASKS = ("retrieval", "rating", "ctr")
 
@@ -74,7 +73,7 @@ class EmbeddingSection:
 class ModelSection:
     embedding: EmbeddingSection = field(default_factory=EmbeddingSection)
     # one registered encoder's config dataclass, picked by its `kind` (models/encoders/registry.py)
-    encoder: EncoderConfig = field(default_factory=SASRecConfig)
+    encoder: EncoderConfig = field(default_factory=lambda: ENCODERS[DEFAULT_ENCODER].config())
     normalize: bool = True                      # L2-normalise query and item vectors
 
     def validate(self) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from unirec_dist.errors import ConfigError
 
+
 def check(cond: bool, key: str, msg: str) -> None:
     """A config check in the loader's style: `key` is the dotted name (model.encoder.X)."""
     if not cond:
