@@ -15,6 +15,7 @@ from unirec_dist.config.loader import from_dict
 from unirec_dist.config.train import ModelSection, TaskSection, EmbeddingSection
 from unirec_dist.data.batch import make_seq_batch
 from unirec_dist.models.encoders.registry import ENCODERS
+from unirec_dist.models.encoders.sasrec import SASRecConfig
 
 # a small section of every registered encoder, dropout off (a new encoder adds its line)
 TINY = {
@@ -337,7 +338,7 @@ def test_a_dim_the_fused_kernel_cannot_run_is_stored_padded(ds):
 
     torch.manual_seed(0)
     mcfg = ModelSection(embedding=EmbeddingSection(dim=10, item_features=["*"], user_id=True),
-                        encoder=EncoderSection(kind="sasrec", num_blocks=1, num_heads=2, ffn_dim=8, dropout=0.0))
+                        encoder=SASRecConfig(num_blocks=1, num_heads=2, ffn_dim=8, dropout=0.0))
     model = build_model(mcfg, _manifest(ds), max_len=10)
     model.embedding.set_item_features(pq.read_table(ds / "items.parquet"))
     emb = model.embedding
