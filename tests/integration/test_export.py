@@ -17,6 +17,7 @@ ENCODERS = {
     "hstu": {"kind": "hstu", "num_blocks": 1, "num_heads": 2, "dqk": 4, "dv": 4, "dropout": 0.1},
     "mean_pool": {"kind": "mean_pool", "hidden": [16], "dropout": 0.1},
     "mf": {"kind": "mf"},
+    "gru4rec": {"kind": "gru4rec", "hidden_size": 16, "dropout": 0.1},
 }
 
 

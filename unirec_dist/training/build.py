@@ -5,8 +5,9 @@
     load_retriever(checkpoint_dir, dataset=None) -> (model (eval, CPU), manifest)
     checkpoint_state(model, optimizer=None, loop=None) -> the dict every writer saves with DCP
 
-Components are picked by name from small explicit maps (ENCODERS, HEADS); no import paths in
-YAML. `device="meta"` builds without allocating (for DMP to materialise and shard).
+Components are picked by name from small explicit maps (the encoder registry in
+models/encoders/registry.py, HEADS); no import paths in YAML. `device="meta"` builds without
+allocating (for DMP to materialise and shard).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unirec_dist.config.train import EncoderSection, ModelSection, TaskSection, TrainConfig
+from unirec_dist.config.train import ModelSection, TaskSection, TrainConfig
 from unirec_dist.embeddings.features import FeatureSpec
 from unirec_dist.errors import CheckpointError
 
@@ -28,33 +29,6 @@ log = logging.getLogger(__name__)
 MODEL_KEY = "model"
 OPTIM_KEY = "optim"
 LOOP_KEY = "loop"
-
-
-def _sasrec(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
-    from unirec_dist.models.encoders.sasrec import SASRecEncoder
-
-    return SASRecEncoder(dim, max_len, enc.num_blocks, enc.num_heads, enc.ffn_dim, enc.dropout, enc.attn_dropout)
-
-
-def _hstu(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
-    from unirec_dist.models.encoders.hstu import HSTUEncoder
-
-    return HSTUEncoder(dim, max_len, enc.num_blocks, enc.num_heads, enc.dqk, enc.dv, enc.dropout, enc.attn_dropout)
-
-
-def _mean_pool(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
-    from unirec_dist.models.encoders.pooling import MeanPoolEncoder
-
-    return MeanPoolEncoder(dim, enc.hidden, enc.dropout)
-
-
-def _mf(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
-    from unirec_dist.models.encoders.pooling import MFEncoder
-
-    return MFEncoder()
-
-
-ENCODERS = {"sasrec": _sasrec, "hstu": _hstu, "mean_pool": _mean_pool, "mf": _mf}
 
 
 def _rating_head(task: TaskSection, dim: int) -> nn.Module:
@@ -86,24 +60,24 @@ def build_model(model_cfg: ModelSection, dataset_manifest: dict[str, Any], task_
     their constructors give them, which a full meta build would lose.
     """
     from unirec_dist.models.embedding import UniversalEmbedding
+    from unirec_dist.models.encoders.registry import build_encoder
     from unirec_dist.models.seqrec import SeqRecModel
 
     spec = FeatureSpec.from_manifest(dataset_manifest)
     dev = torch.device(device) if device is not None else None
     emb_cfg, enc_cfg = model_cfg.embedding, model_cfg.encoder
     feats = spec.item_features(emb_cfg.item_features)
-    user_id = emb_cfg.user_id or enc_cfg.kind == "mf"
     with torch.device(dev) if dev is not None else _nullctx():
-        embedding = UniversalEmbedding(spec, emb_cfg.dim, feats, item_id=emb_cfg.item_id, user_id=user_id, device=dev,
-                                       init_std=emb_cfg.init_std,
+        embedding = UniversalEmbedding(spec, emb_cfg.dim, feats, item_id=emb_cfg.item_id, user_id=model_cfg.user_table,
+                                       device=dev, init_std=emb_cfg.init_std,
                                        table_device=torch.device(table_device) if table_device is not None else None)
-        encoder = ENCODERS[enc_cfg.kind](enc_cfg, emb_cfg.dim, max_len)
+        encoder = build_encoder(enc_cfg, emb_cfg.dim, max_len)
         heads = {}
         if task_cfg is not None:
             for name in task_cfg.active_tasks:
                 if name in HEADS:
                     heads[name] = HEADS[name](task_cfg, emb_cfg.dim)
-        model = SeqRecModel(embedding, encoder, enc_cfg.kind, max_len, model_cfg.normalize, heads)
+        model = SeqRecModel(embedding, encoder, max_len, model_cfg.normalize, heads)
     return model
 
 

@@ -117,7 +117,7 @@ def _effective_config(cfg: FinetuneConfig, pcfg: TrainConfig, feature_names: lis
     model.embedding.item_features = list(feature_names)
     max_len = pcfg.data.max_len
     if cfg.data.max_len is not None and cfg.data.max_len != max_len:
-        if model.encoder.kind in ("sasrec", "hstu"):
+        if model.encoder.encoder_class.fixed_max_len:
             raise ConfigError(f"data.max_len: the pretrained {model.encoder.kind} encoder reads {max_len} items "
                               f"(its position table); leave data.max_len unset or set it to {max_len}")
         max_len = cfg.data.max_len
@@ -240,8 +240,7 @@ def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
     if cfg.init.scratch:
         plan.stats = {"scratch": True}
         return plan
-    user_table = pcfg.model.embedding.user_id or pcfg.model.encoder.kind == "mf"
-    plan.maps, plan.stats = align(cfg, ckpt_manifest, ckpt, target, feats, user_table)
+    plan.maps, plan.stats = align(cfg, ckpt_manifest, ckpt, target, feats, pcfg.model.user_table)
     plan.stats["scratch"] = False
     return plan
 
