@@ -185,7 +185,7 @@ def worker(rank: int, world: int, port: int, actions: list[tuple[str, Any]], out
             cbs.append(CheckpointCallback(cfg["ckpt_dir"], every_n_steps=cfg.get("every", 1), keep_last=2))
         return pl.Trainer(accelerator="cpu", devices=world, num_nodes=1,
                           strategy=TorchRecStrategy(sharding=sharding, manifest={"kind": "test"}),
-                          max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+                          max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=bool(cbs),
                           enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                           num_sanity_val_steps=0, callbacks=cbs)
 

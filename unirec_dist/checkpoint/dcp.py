@@ -467,8 +467,12 @@ def load_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> dict[str,
     folder = resolve_checkpoint(path)
     manifest = read_manifest(folder)
     _verify_collective(folder, manifest)
+    reader = SafeFileSystemReader(folder)
+    # read (and refuse) the metadata here: inside dcp.load a failed read is retried with per-rank
+    # metadata files and logged with a traceback before it surfaces
+    reader.read_metadata()
     try:
-        dcp.load(state, storage_reader=SafeFileSystemReader(folder), planner=SafeLoadPlanner(),
+        dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(),
                  no_dist=_dist() is None)
     except CheckpointException as e:
         raise _unwrap(e, folder) from None

@@ -122,7 +122,8 @@ class OptimizerState(Stateful):
 
     def groups(self) -> dict[str, Any]:
         return {"dense": [opt.state_dict()["param_groups"] for opt in self.dense],
-                "fused": self.fused.state_dict()["param_groups"] if self.fused is not None else None}
+                # TorchRec's KeyedOptimizer has param_groups only when asked to save them
+                "fused": self.fused.state_dict().get("param_groups") if self.fused is not None else None}
 
     def state_dict(self) -> dict[str, Any]:
         # tensors only: DCP's load traversal treats param_groups (a list of flat dicts) as one leaf
@@ -143,8 +144,8 @@ class OptimizerState(Stateful):
             opt.load_state_dict({"state": {int(k): v for k, v in state_dict[f"dense_{i}"].items()},
                                  "param_groups": groups})
         if self.fused is not None:
-            groups = self.param_groups.get("fused") or self.fused.state_dict()["param_groups"]
-            self.fused.load_state_dict({"state": state_dict["fused"], "param_groups": groups})
+            groups = self.param_groups.get("fused")
+            self.fused.load_state_dict({"state": state_dict["fused"], **({"param_groups": groups} if groups else {})})
 
 
 class RNGState(Stateful):

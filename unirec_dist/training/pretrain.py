@@ -208,7 +208,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=True,   # CheckpointCallback (a Checkpoint) is the only checkpoint callback
         enable_model_summary=False,
         enable_progress_bar=bool(config.get("progress", True)) and rank == 0,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
@@ -364,8 +364,8 @@ def publish_final(checkpoint: Any, root: Path, keep_last: int) -> tuple[Path, di
 
 def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | None = None,
              progress: bool = True, verbose: bool = False) -> Path:
-    """Run the distributed pretraining job; returns the final checkpoint's step folder
-    (`<out_dir>/checkpoints/step-<N>`, which the pointers `final` and `last` name)."""
+    """Run the distributed pretraining job; returns `<out_dir>/checkpoints/final`, the pointer to
+    the final checkpoint's step folder (`<out_dir>/checkpoints/step-<N>`)."""
     t0 = time.perf_counter()
     dist = cfg.distributed
     if workers is not None:
@@ -435,7 +435,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         }
         (out / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str))
         log.info("done in %.1f s; checkpoint %s", summary["seconds"], final)
-        return final
+        return final.parent / FINAL
     finally:
         if own:
             ray.shutdown()
