@@ -372,6 +372,14 @@ class CheckpointCallback(Checkpoint):
     def _improved(self, value: float) -> bool:
         return self.best is None or (value > self.best if self.mode == "max" else value < self.best)
 
+    def setup(self, trainer: "pl.Trainer", pl_module: Any, stage: str) -> None:
+        # what a crashed save of a previous run into the same folder left (also when a resumed
+        # run has nothing left to train and never saves)
+        if self.dirpath is not None and trainer.is_global_zero:
+            from unirec_dist.checkpoint.dcp import remove_stale_temps
+
+            remove_stale_temps(self.dirpath)
+
     def on_train_batch_end(self, trainer: "pl.Trainer", *args: Any, **kwargs: Any) -> None:
         step = trainer.global_step
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
