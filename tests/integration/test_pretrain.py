@@ -8,7 +8,6 @@ import io
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -30,8 +29,9 @@ def args(dataset, out, *extra, workers="2", address=None):
             f"trainer.out_dir={out}", "data.batch_size=16", "trainer.max_epochs=2", *extra]
 
 
-# 60 users, 8 per rank and step, 2 ranks -> 4 steps/epoch, 2 epochs: 8 steps, a checkpoint every 2
-RUN = ["data.batch_size=8", "distributed.sharding.t_item=row_wise", "distributed.checkpoint_every_n_steps=2",
+# 60 users, 8 per rank and step, 2 ranks -> 4 steps/epoch, 2 epochs: 8 steps, checkpoints at steps
+# 3 (mid-epoch), 6 and 8
+RUN = ["data.batch_size=8", "distributed.sharding.t_item=row_wise", "distributed.checkpoint_every_n_steps=3",
        "distributed.keep_last=2"]
 
 
@@ -118,8 +118,8 @@ def test_more_workers_than_cpus_fails_fast(dataset, tmp_path, capsys):
 
 
 def test_killed_worker_resumes_from_checkpoint_and_finishes(dataset, straight_run, tmp_path, monkeypatch):
-    """Worker 1 dies (os._exit, injected through the environment) after step 3; with the default
-    distributed.max_failures Ray restarts the group, which continues from the step-2 checkpoint
+    """Worker 1 dies (os._exit, injected through the environment) after step 4; with the default
+    distributed.max_failures Ray restarts the group, which continues from the step-3 checkpoint
     (mid-epoch: global step and data position continue, not step 0) and ends with the weights of
     the uninterrupted run."""
     import torch
@@ -130,14 +130,14 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(dataset, straight_ru
     assert DistributedSection().max_failures == 3
     out = tmp_path / "run"
     trace = tmp_path / "trace.txt"
-    monkeypatch.setenv("UNIREC_FAULT", "train.step-3")
+    monkeypatch.setenv("UNIREC_FAULT", "train.step-4")
     monkeypatch.setenv("UNIREC_FAULT_RANK", "1")
     monkeypatch.setenv("UNIREC_FAULT_ONCE", str(tmp_path / "failed-once"))
     monkeypatch.setenv("UNIREC_FAULT_TRACE", str(trace))
     assert main(args(dataset, out, *RUN)) == 0
     assert (tmp_path / "failed-once").exists()      # the worker really died once
-    # steps each worker process went through: the restarted processes begin at step 3, right after
-    # the step-2 checkpoint
+    # steps each worker process went through: the restarted processes begin at step 4, right after
+    # the step-3 checkpoint
     steps: dict[tuple[str, str], list[int]] = {}
     for line in trace.read_text().splitlines():
         point, rank, pid = line.split()
@@ -145,7 +145,7 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(dataset, straight_ru
             steps.setdefault((rank, pid), []).append(int(point.removeprefix("train.step-")))
     runs = sorted(steps.values(), key=lambda v: v[0])
     assert len(runs) == 4, steps                     # 2 ranks x (first attempt, restart)
-    assert [r[0] for r in runs] == [1, 1, 3, 3] and all(r[-1] == 8 for r in runs[2:]), runs
+    assert [r[0] for r in runs] == [1, 1, 4, 4] and all(r[-1] == 8 for r in runs[2:]), runs
     m = json.loads((out / "checkpoints" / "final" / "manifest.json").read_text())
     assert m["step"] == 8 and m["world_size"] == 2
     resumed, _ = load_retriever(out / "checkpoints" / "final", dataset)

@@ -443,6 +443,10 @@ class CheckpointCallback(Checkpoint):
         try:
             trainer.save_checkpoint(tmp / name, weights_only=False)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp / name)))
+            # Ray's controller takes a reported checkpoint on its next poll of the workers (every
+            # 2 s): a worker that dies before that loses it, and the restart repeats those steps.
+            # Wait until it is committed, so a crash after this point resumes from this step.
+            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,6 +1,7 @@
 """A Lightning strategy for TorchRec: DMP-sharded tables, no outer DDP, DCP checkpoints.
 
-Lightning has no TorchRec strategy and `strategy="ddp"` around a DMP model fails (see STACK.md).
+Lightning has no TorchRec strategy and `strategy="ddp"` around a DMP model fails (gloo collective
+mismatch: DDP and DMP both communicate).
 `TorchRecStrategy` is a DDPStrategy (so process-group setup, barriers, reduce and the cluster
 environments all work) that instead:
 
