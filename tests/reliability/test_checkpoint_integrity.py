@@ -297,6 +297,15 @@ def test_existing_run_is_refused_without_overwrite(world, ck, tmp_path, capsys, 
     assert snapshot(run) == before
 
 
+def test_finetune_never_overwrites_its_own_source(world, ck, capsys):
+    run, step = ck
+    before = snapshot(run)
+    rc = main(["finetune", "--overwrite", "--from", str(run / "checkpoints" / "best"), "--config", FINETUNE,
+               f"data.path={world['ds']}", f"trainer.out_dir={run}", "trainer.loggers=[]"])
+    assert "holds the checkpoint to fine-tune from" in one_error(capsys, rc)
+    assert snapshot(run) == before
+
+
 def test_resume_without_checkpoints_is_one_line(world, tmp_path, capsys):
     rc = main(["train", "--config", TRAIN, "--resume", f"data.path={world['ds']}",
                f"trainer.out_dir={tmp_path / 'fresh'}"])

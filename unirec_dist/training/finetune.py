@@ -504,6 +504,10 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
     t0 = time.perf_counter()
     _quiet()
     plan = plan_finetune(cfg, from_checkpoint)
+    out_dir = Path(plan.train_cfg.trainer.out_dir).resolve()
+    if plan.ckpt.resolve().is_relative_to(out_dir):
+        raise ConfigError(f"trainer.out_dir {out_dir} holds the checkpoint to fine-tune from ({plan.ckpt}); "
+                          "write the fine-tuned run elsewhere")
     resume_from = prepare_out_dir(plan.train_cfg.trainer.out_dir, overwrite, resume)
     eff, target = plan.train_cfg, plan.target
     seqs = TrainSequences.from_dir(target.root, eff.data.train_on)
