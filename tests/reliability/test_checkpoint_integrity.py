@@ -160,6 +160,22 @@ def test_malicious_metadata_never_runs(world, ck, tmp_path, capsys, command, reh
     assert_no_outputs(tmp_path)
 
 
+def test_malicious_metadata_through_the_real_command(world, ck, tmp_path):
+    """The same through `python -m unirec_dist evaluate` in its own process."""
+    import subprocess
+    import sys
+
+    run, step = ck
+    marker = tmp_path / "pwned"
+    (step / ".metadata").write_bytes(pickle.dumps(Evil(marker)))
+    rehash(step)
+    proc = subprocess.run([sys.executable, "-m", "unirec_dist", "evaluate", "--checkpoint", str(run)],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "refused to load posix.system" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not marker.exists()
+
+
 def _rewrite(step: Path, edit) -> None:
     """Re-save the checkpoint's DCP files with `edit(state)` applied (the test's own, trusted,
     full read of its files), then rehash the manifest as an attacker would."""
