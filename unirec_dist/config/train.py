@@ -214,7 +214,8 @@ class TrainerSection:
     log_every_n_steps: int = 20
     limit_train_batches: int | float = 1.0
     early_stop_patience: int | None = None      # validations without NDCG@10 improvement
-    checkpoint_every_n_epochs: int = 1          # DCP "last" checkpoint cadence (0: only at the end)
+    checkpoint_every_n_epochs: int = 1          # checkpoint cadence, pointer "last" (0: only at the end)
+    keep_last: int = 2                          # step folders kept (plus the "best" pointer's target)
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
 
     def validate(self) -> None:
@@ -233,6 +234,7 @@ class TrainerSection:
                f"must be >= 1 or null, got {self.early_stop_patience}")
         _check(self.checkpoint_every_n_epochs >= 0, "trainer.checkpoint_every_n_epochs",
                f"must be >= 0, got {self.checkpoint_every_n_epochs}")
+        _check(self.keep_last >= 1, "trainer.keep_last", f"must be >= 1, got {self.keep_last}")
 
 
 @dataclass

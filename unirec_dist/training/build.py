@@ -2,8 +2,7 @@
 
     build_model(model_cfg, dataset_manifest, task_cfg=None, device=None) -> SeqRecModel
     build_task(task_cfg, dataset_manifest, item_counts=None) -> SequenceTask
-    load_retriever(checkpoint_dir, dataset=None) -> (model (eval, CPU), manifest)
-    checkpoint_state(model, optimizer=None, loop=None) -> the dict every writer saves with DCP
+    load_retriever(checkpoint, dataset=None) -> (model (eval, CPU), manifest)
 
 Components are picked by name from small explicit maps (the encoder registry in
 models/encoders/registry.py, HEADS); no import paths in YAML. `device="meta"` builds without
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,10 +23,8 @@ from unirec_dist.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-# The state layout inside a DCP checkpoint: {"model": model.state_dict(), "optim": ..., "loop": ...}
+# The model's entry in every checkpoint (see unirec_dist.checkpoint.dcp for the whole layout)
 MODEL_KEY = "model"
-OPTIM_KEY = "optim"
-LOOP_KEY = "loop"
 
 
 def _rating_head(task: TaskSection, dim: int) -> nn.Module:
@@ -101,19 +97,6 @@ def build_from_config(cfg: TrainConfig, dataset_manifest: dict[str, Any], device
     return build_model(cfg.model, dataset_manifest, cfg.task, cfg.data.max_len, device=device, table_device=table_device)
 
 
-def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                     loop: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The dict saved with DCP by every writer (single process or N workers)."""
-    state: dict[str, Any] = {MODEL_KEY: model.state_dict()}
-    if optimizer is not None:
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        state[OPTIM_KEY] = get_optimizer_state_dict(model, optimizer)
-    if loop is not None:
-        state[LOOP_KEY] = loop
-    return state
-
-
 def dataset_section(path: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint manifest's "dataset" entry; carries the feature spec so the model can be
     rebuilt without the dataset."""
@@ -129,13 +112,15 @@ def dataset_section(path: str | os.PathLike, manifest: dict[str, Any]) -> dict[s
 def load_retriever(checkpoint_dir: str | os.PathLike, dataset: str | os.PathLike | dict | None = None):
     """Rebuild the model a checkpoint was trained with and load its weights (CPU, eval mode).
 
-    dataset: a prepared dataset dir or its manifest dict; when given, a checkpoint trained on a
-    different vocabulary is refused (CheckpointError). Returns (model, checkpoint manifest).
+    checkpoint_dir: anything `checkpoint.dcp.resolve_checkpoint` accepts (a step folder, a
+    pointer such as runs/x/checkpoints/best, a run's checkpoints folder). dataset: a prepared
+    dataset dir or its manifest dict; when given, a checkpoint trained on a different vocabulary
+    is refused (CheckpointError). Returns (model, checkpoint manifest with "path": the step folder).
     """
-    from unirec_dist.checkpoint.dcp import check_vocab, load_checkpoint, read_manifest
+    from unirec_dist.checkpoint.dcp import check_vocab, load_checkpoint, read_manifest, resolve_checkpoint
     from unirec_dist.config.loader import from_dict
 
-    path = Path(checkpoint_dir)
+    path = resolve_checkpoint(checkpoint_dir)
     manifest = read_manifest(path)
     if dataset is not None:
         if isinstance(dataset, dict):
@@ -151,12 +136,7 @@ def load_retriever(checkpoint_dir: str | os.PathLike, dataset: str | os.PathLike
     cfg = from_dict(TrainConfig, manifest["config"], where=f"{path}/manifest.json config")
     model = build_from_config(cfg, manifest["dataset"])
     state = {MODEL_KEY: model.state_dict()}
-    try:
-        load_checkpoint(path, state)
-    except CheckpointError:
-        raise
-    except Exception as e:  # DCP raises plain exceptions for missing keys / shape mismatches
-        raise CheckpointError(f"{path}: cannot load model weights: {str(e).splitlines()[0][:200]}") from None
+    manifest = load_checkpoint(path, state)
     model.load_state_dict(state[MODEL_KEY])
     model.eval()
     return model, manifest
