@@ -4,7 +4,7 @@ This module and `unirec_dist.training.strategy` are the only places that import
 `torchrec.distributed`. Models stay plain single-device modules; here they are planned and wrapped
 in DistributedModelParallel (DMP).
 
-What runs where (see STACK.md):
+What runs where (measured with torch 2.13 CPU, torchrec 1.8, fbgemm-gpu-cpu 1.8):
     EmbeddingBagCollection (bag tables): table_wise, column_wise, table_column_wise,
         row_wise (the stock sharder offers row_wise only on CUDA; `CpuRowWiseEBCSharder` adds it
         on CPU, where it trains and checkpoints correctly)

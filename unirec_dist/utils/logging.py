@@ -24,7 +24,8 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def quiet_noisy_loggers() -> None:
-    """Silence fbgemm/torchrec/fx chatter (see STACK.md 'Noise worth silencing')."""
+    """Silence fbgemm/torchrec/fx chatter (fbgemm's 'Successfully loaded' INFO lines in every
+    process, torch.fx tracing notes)."""
     for name, level in _NOISY.items():
         logging.getLogger(name).setLevel(level)
 
