@@ -334,29 +334,6 @@ def _env(pg: Any) -> Any:
     return ShardingEnv.from_process_group(pg)
 
 
-def combined_optimizer(dmp: Any, dense_optimizer_factory: Any) -> Any:
-    """Fused table optimizer + dense optimizer as one KeyedOptimizer (no key collisions).
-
-    `dense_optimizer_factory(params)` builds a torch optimizer over the dense params; it is given
-    the params that the fused optimizer does not own (`in_backward_optimizer_filter`).
-    """
-    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    parts = [("fused", dmp.fused_optimizer)]
-    if dense:
-        parts.append(("dense", KeyedOptimizerWrapper(dense, dense_optimizer_factory)))
-    return CombinedOptimizer(parts)
-
-
-def dense_parameters(dmp: "nn.Module") -> list["torch.nn.Parameter"]:
-    """Params that are replicated on every rank (trained by the dense optimizer)."""
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-    return [p for _, p in in_backward_optimizer_filter(dmp.named_parameters())]
-
-
 def dry_run_plan(
     tables: list[dict[str, Any]],
     world_size: int,
