@@ -207,7 +207,9 @@ class TrainerSection:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = 2                     # torch CPU threads (None: torch's default)
     out_dir: str = "runs/train"                 # checkpoints/ and logs/ go here
-    loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
+    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = field(default_factory=lambda: ["csv"])
+    # mlflow's tracking server (http(s)://host:port) or store (file:PATH); null: file:<out_dir>/mlruns
+    mlflow_uri: str | None = None
     progress_bar: bool = True
     val_every_n_epochs: int = 1
     val_mask_seen: bool = False                 # validation ranking removes each query's history items
@@ -235,6 +237,8 @@ class TrainerSection:
         _check(self.checkpoint_every_n_epochs >= 0, "trainer.checkpoint_every_n_epochs",
                f"must be >= 0, got {self.checkpoint_every_n_epochs}")
         _check(self.keep_last >= 1, "trainer.keep_last", f"must be >= 1, got {self.keep_last}")
+        _check(self.mlflow_uri is None or self.mlflow_uri.split(":", 1)[0] in ("file", "http", "https"),
+               "trainer.mlflow_uri", f"must start with file:, http:// or https://, got {self.mlflow_uri!r}")
 
 
 @dataclass

@@ -490,12 +490,14 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
     from unirec_dist.training.build import build_from_config, build_task, dataset_section
     from unirec_dist.training.checkpointing import prepare_out_dir
     from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, read_valid
+    from unirec_dist.training.tracking import check_tracking, log_final_metrics
     from unirec_dist.training.train import _quiet, make_trainer
     from unirec_dist.utils.device import configure_cpu, resolve_device
 
     t0 = time.perf_counter()
     _quiet()
     plan = plan_finetune(cfg, from_checkpoint)
+    check_tracking(plan.train_cfg)
     out_dir = Path(plan.train_cfg.trainer.out_dir).resolve()
     if plan.ckpt.resolve().is_relative_to(out_dir):
         raise ConfigError(f"trainer.out_dir {out_dir} holds the checkpoint to fine-tune from ({plan.ckpt}); "
@@ -556,6 +558,7 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
         "seconds": round(time.perf_counter() - t0, 2),
     }
     (Path(eff.trainer.out_dir) / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    log_final_metrics(trainer.loggers, summary)
     log.info("done in %.1f s; checkpoint %s", summary["seconds"], result)
     return Path(result)
 

@@ -165,7 +165,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from unirec_dist.config.loader import from_dict, to_dict
     from unirec_dist.training.checkpointing import CheckpointCallback
     from unirec_dist.training.strategy import ShardingOptions, ray_torchrec_strategy
-    from unirec_dist.training.train import setup_training
+    from unirec_dist.training.train import make_loggers, setup_training
 
     logging.getLogger("unirec_dist").setLevel(logging.INFO if config.get("verbose") else logging.WARNING)
     ctx = ray.train.get_context()
@@ -203,6 +203,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         manifest={"kind": "pretrain", "config": {k: v for k, v in to_dict(cfg).items() if k != "distributed"},
                   "distributed": {**to_dict(dist), "workers": world}, "dataset": st.dataset},
     )
+    loggers = []
+    if rank == 0:
+        cfg.trainer.out_dir = config.get("work_dir") or cfg.trainer.out_dir
+        loggers = make_loggers(cfg, st.dataset)
     trainer = L.Trainer(
         accelerator="gpu" if device_type == "cuda" else "cpu",
         devices="auto",
@@ -213,7 +217,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         limit_train_batches=cfg.trainer.limit_train_batches,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        logger=False,
+        # rank 0 alone writes trainer.loggers (logs/metrics.csv, MLflow) under the driver's out_dir
+        logger=loggers or False,
         enable_checkpointing=True,   # CheckpointCallback (a Checkpoint) is the only checkpoint callback
         enable_model_summary=False,
         enable_progress_bar=bool(config.get("progress", True)) and rank == 0,
@@ -238,6 +243,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ckpt_path = str(local)
     try:
         trainer.fit(st.module, train_dataloaders=st.batches, ckpt_path=ckpt_path)
+        from unirec_dist.training.tracking import log_final_metrics
+
+        log_final_metrics(loggers, {"last_val": st.module.last_metrics, "steps": trainer.global_step,
+                                    "epochs": trainer.current_epoch})
     finally:
         if local is not None:
             shutil.rmtree(local, ignore_errors=True)

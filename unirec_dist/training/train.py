@@ -8,6 +8,7 @@ Output layout under trainer.out_dir::
     checkpoints/last        pointer to the newest one
     checkpoints/best        pointer to the best by validation NDCG@10 so far
     logs/                   Lightning CSV (metrics.csv) and TensorBoard logs
+    mlruns/                 MLflow's local store (trainer.loggers: [mlflow], training/tracking.py)
     metrics.json            final/best validation metrics and wall time
 
 An out_dir that already holds a run is refused unless `overwrite` (its checkpoints, logs and
@@ -68,8 +69,11 @@ def check_inputs(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
     from unirec_dist.training.data import open_prepared
     from unirec_dist.utils.device import resolve_device
 
+    from unirec_dist.training.tracking import check_tracking
+
     path, ds_manifest = open_prepared(cfg.data.path)
     resolve_device(cfg.trainer.device)
+    check_tracking(cfg)
     FeatureSpec.from_manifest(ds_manifest, where=str(path / "manifest.json")).item_features(
         cfg.model.embedding.item_features)
     return path, ds_manifest
@@ -109,6 +113,25 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
     return TrainingSetup(cfg, path, ds_manifest, module, batches, dataset_section(path, ds_manifest))
 
 
+def make_loggers(cfg: TrainConfig, dataset: dict[str, Any]) -> list[Any]:
+    """The Lightning loggers trainer.loggers names, writing under trainer.out_dir (logs/metrics.csv,
+    logs/tb/, and MLflow: `training.tracking`); `dataset` is the checkpoint manifest's section."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    t = cfg.trainer
+    out = str(Path(t.out_dir))
+    loggers: list[Any] = []
+    if "csv" in t.loggers:
+        loggers.append(CSVLogger(save_dir=out, name="logs", version=""))
+    if "tensorboard" in t.loggers:
+        loggers.append(TensorBoardLogger(save_dir=out, name="logs", version="tb"))
+    if "mlflow" in t.loggers:
+        from unirec_dist.training.tracking import mlflow_logger
+
+        loggers.append(mlflow_logger(cfg, dataset))
+    return loggers
+
+
 def make_trainer(cfg: TrainConfig, device: torch.device, manifest: dict[str, Any], monitor: str,
                  mode: str):
     """The Lightning Trainer of single-process train and finetune, and its checkpoint callback:
@@ -116,18 +139,13 @@ def make_trainer(cfg: TrainConfig, device: torch.device, manifest: dict[str, Any
     early stopping on it when configured. Returns (trainer, callback)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from unirec_dist.training.checkpointing import CheckpointCallback, SingleDeviceDCPStrategy
 
     t = cfg.trainer
     out = Path(t.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loggers = []
-    if "csv" in t.loggers:
-        loggers.append(CSVLogger(save_dir=str(out), name="logs", version=""))
-    if "tensorboard" in t.loggers:
-        loggers.append(TensorBoardLogger(save_dir=str(out), name="logs", version="tb"))
+    loggers = make_loggers(cfg, manifest.get("dataset") or {})
     ckpt = CheckpointCallback(out / "checkpoints", monitor=monitor, mode=mode,
                               every_n_epochs=t.checkpoint_every_n_epochs, keep_last=t.keep_last)
     callbacks: list[Any] = [ckpt]
@@ -194,5 +212,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     }
     out = Path(cfg.trainer.out_dir)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    from unirec_dist.training.tracking import log_final_metrics
+
+    log_final_metrics(trainer.loggers, summary)
     log.info("done in %.1f s; checkpoint %s", summary["seconds"], result)
     return Path(result)
