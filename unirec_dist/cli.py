@@ -22,7 +22,7 @@ COMMANDS = [
     "prepare",
     "train", "finetune",
     "pretrain",
-    "evaluate", "recommend",
+    "evaluate", "recommend", "report",
     "export", "serve", "explain",
     "submit", "jobs",
 ]
