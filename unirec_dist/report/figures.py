@@ -202,7 +202,8 @@ def pretrain_workers(workers: list[dict[str, Any]], seconds: float | None, path:
     for ax in (ax_t, ax_m):
         ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
-    total = np.nansum(thr)
-    return (f"{len(ranks)} workers, {total:,.0f} target positions/s together, peak memory up to "
-            f"{np.nanmax(hwm) if hwm else float('nan'):,.0f} MiB per worker"
+    measured = [t for t in thr if not np.isnan(t)]
+    speed = (f"{sum(measured):,.0f} target positions/s together" if measured else
+             "throughput not measured (the run had no steps after the warm-up)")
+    return (f"{len(ranks)} workers, {speed}, peak memory up to {np.nanmax(hwm):,.0f} MiB per worker"
             + (f"; job wall time {seconds:.1f} s" if seconds else ""))
