@@ -99,13 +99,14 @@ def app_builder(args: dict[str, Any]):
 def start(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
           address: str | None = None, num_cpus: int | None = None, **kw: Any) -> str:
     """Start (or attach to) Ray, start Serve's HTTP proxy on host:port and deploy; returns the URL."""
-    import ray
     from ray import serve
 
-    if not ray.is_initialized():
-        init = ({"address": address} if address
-                else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False})
-        ray.init(log_to_driver=False, logging_level=logging.WARNING, **init)
+    from unirec_dist.utils.ray_cluster import init_ray
+
+    if address:
+        init_ray(address, flag="--ray-address", log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        init_ray(None, num_cpus=num_cpus, log_to_driver=False, logging_level=logging.WARNING)
     serve.start(http_options={"host": host, "port": int(port)})
     serve.run(build_app(bundle, replicas=replicas, **kw), name="unirec", route_prefix="/")
     return f"http://{host}:{port}"
@@ -115,11 +116,13 @@ def stop() -> None:
     import ray
     from ray import serve
 
+    from unirec_dist.utils.ray_cluster import shutdown_ray
+
     try:
         serve.shutdown()
     finally:
         if ray.is_initialized():
-            ray.shutdown()
+            shutdown_ray()
 
 
 def serve_blocking(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,

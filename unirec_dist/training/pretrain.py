@@ -20,38 +20,18 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from unirec_dist.config.distributed import PretrainConfig
-from unirec_dist.errors import ConfigError, UnirecError
+from unirec_dist.errors import ConfigError
+# one implementation of the address check and of the cluster start-up for every command
+from unirec_dist.utils.ray_cluster import ClusterError, check_address, init_ray, shutdown_ray
 
 log = logging.getLogger(__name__)
 
 FINAL = "final"
-
-
-class ClusterError(UnirecError):
-    """The Ray cluster cannot run the job (unreachable, too small)."""
-
-
-# -- fail-fast checks -------------------------------------------------------------------------
-def check_address(address: str, timeout_s: float = 3.0) -> None:
-    """A TCP connect to the Ray address (GCS port / client port / dashboard) within `timeout_s`."""
-    if address in ("auto", "local"):
-        return
-    url = urlparse(address if "://" in address else f"tcp://{address}")
-    host, port = url.hostname, url.port
-    if not host or not port:
-        raise ClusterError(f"--address {address!r}: expected host:port, ray://host:port or http://host:port")
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as e:
-        raise ClusterError(f"Ray address {address} does not answer ({e.strerror or e}); is the cluster up?") from None
 
 
 def check_model(cfg: PretrainConfig, device_type: str) -> dict[str, Any]:
@@ -341,13 +321,7 @@ def _ray_init(address: str | None, num_cpus: int | None) -> bool:
         return False
     filter_worker_logs()
     kw: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True, "configure_logging": True}
-    if address:
-        check_address(address)
-        ray.init(address=address, **kw)
-        return False
-    # "local": always a new cluster of our own, never one found running on this machine
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kw)
-    return True
+    return init_ray(address, **kw) if address else init_ray(None, num_cpus=num_cpus, **kw)
 
 
 def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | None = None,
@@ -435,4 +409,4 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         return final
     finally:
         if own:
-            ray.shutdown()
+            shutdown_ray()

@@ -1,0 +1,138 @@
+"""Starting or joining Ray for a command: one implementation for prepare, pretrain and serve.
+
+    init_ray(address, **ray_init_kwargs) -> True when we started (and own) a local cluster
+    shutdown_ray()                       disconnect; stops the cluster we own and its watchdog
+
+An address is checked with a TCP connect first (`check_address`), so a wrong one fails within
+seconds with one line instead of Ray's endless reconnect loop. No address: always a new local
+cluster of our own (`address="local"`), never one found running on this machine.
+
+A local cluster must not outlive the command, even after a `kill -9` (which runs no cleanup).
+Ray's processes (GCS, raylet, dashboard, runtime-env and dashboard agents, workers) inherit the
+environment of the process that starts them, so before `ray.init` we put a fresh token into the
+environment and start a watchdog process (its own session, so a signal to our group spares it):
+when our process is gone it kills every process whose environment carries the token. This
+module imports only the standard library (psutil inside functions): the watchdog runs it as
+`python -m unirec_dist.utils.ray_cluster --watch PID TOKEN`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from urllib.parse import urlparse
+
+from unirec_dist.errors import UnirecError
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "UNIREC_RAY_OWNER"
+_watchdog: subprocess.Popen | None = None
+
+
+class ClusterError(UnirecError):
+    """The Ray cluster cannot run the job (unreachable, too small)."""
+
+
+def check_address(address: str, timeout_s: float = 3.0, flag: str = "--address") -> None:
+    """A TCP connect to the Ray address (GCS port / client port / dashboard) within `timeout_s`."""
+    if address in ("auto", "local"):
+        return
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = url.hostname, url.port
+    except ValueError:   # a port that is not a number
+        host, port = None, None
+    if not host or not port:
+        raise ClusterError(f"{flag} {address!r}: expected host:port, ray://host:port or http://host:port")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ClusterError(f"Ray address {address} does not answer ({e.strerror or e}); is the cluster up?") from None
+
+
+def init_ray(address: str | None = None, flag: str = "--address", **kwargs) -> bool:
+    """Join `address` (checked first) or start a local cluster of our own (returns True).
+
+    Does nothing (returns False) when Ray is already initialized in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        check_address(address, flag=flag)
+        ray.init(address=address, **kwargs)
+        return False
+    kwargs.setdefault("include_dashboard", False)
+    _start_watchdog()
+    ray.init(address="local", **kwargs)
+    return True
+
+
+def shutdown_ray() -> None:
+    """`ray.shutdown()`, then stop the watchdog of the cluster we started (if any)."""
+    global _watchdog
+    import ray
+
+    ray.shutdown()
+    if _watchdog is not None:
+        _watchdog.terminate()
+        _watchdog.wait(timeout=10)
+        _watchdog = None
+        os.environ.pop(TOKEN_ENV, None)
+
+
+def _start_watchdog() -> None:
+    global _watchdog
+    if _watchdog is not None and _watchdog.poll() is None:
+        return
+    token = f"{os.getpid()}-{uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    _watchdog = subprocess.Popen(
+        [sys.executable, "-m", "unirec_dist.utils.ray_cluster", "--watch", str(os.getpid()), token],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True,
+    )
+    os.environ[TOKEN_ENV] = token   # inherited by every process Ray starts from here on
+
+
+def _carries(p, token: str) -> bool:
+    import psutil
+
+    try:
+        return p.environ().get(TOKEN_ENV) == token
+    except (psutil.Error, OSError):
+        return False
+
+
+def watch(owner_pid: int, token: str, poll_s: float = 0.5) -> None:
+    """Wait for `owner_pid` to end, then kill every process that carries `token`."""
+    import psutil
+
+    try:
+        owner = psutil.Process(owner_pid)
+        while owner.is_running() and owner.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(poll_s)
+    except psutil.NoSuchProcess:
+        pass
+    me = os.getpid()
+    for _ in range(3):   # a process may start another while we kill: look again
+        victims = [p for p in psutil.process_iter() if p.pid != me and _carries(p, token)]
+        if not victims:
+            return
+        for p in victims:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(victims, timeout=5)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--watch":
+        watch(int(sys.argv[2]), sys.argv[3])
