@@ -53,6 +53,15 @@ def check_model(cfg: PretrainConfig, device_type: str) -> dict[str, Any]:
     return {name: {"rows": t.num_embeddings, "dim": t.embedding_dim, "kind": t.kind} for name, t in tables.items()}
 
 
+def resolve_paths(cfg: PretrainConfig) -> None:
+    """Make every path of the config absolute, on the driver: a Ray worker runs in another
+    folder, where a relative path the driver's checks accepted would name nothing."""
+    cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    cfg.trainer.out_dir = str(Path(cfg.trainer.out_dir).expanduser().resolve())
+    if cfg.distributed.storage_path:
+        cfg.distributed.storage_path = str(Path(cfg.distributed.storage_path).expanduser().resolve())
+
+
 def device_type_for(cfg: PretrainConfig) -> str:
     if cfg.distributed.device != "auto":
         return cfg.distributed.device
@@ -337,6 +346,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         dist.address = address
     if dist.address:
         check_address(dist.address)      # before any heavy import: seconds, not minutes
+    resolve_paths(cfg)
     device_type = device_type_for(cfg)
     use_gpu = device_type == "cuda"
     if dist.device == "cuda":
