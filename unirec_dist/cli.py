@@ -36,11 +36,16 @@ _OS_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM
 
 
 def os_error_line(e: OSError) -> str | None:
-    """`PATH: REASON` for an operating-system failure of the machine's making, else None."""
+    """`PATH: REASON` for an operating-system failure of the machine's making, else None.
+
+    Outputs written through utils/atomic.py already fail as one UnirecError naming the output;
+    this catches the rest (a library writing on its own, e.g. training logs)."""
+    from unirec_dist.utils.atomic import os_reason
+
     if e.errno not in _OS_ERRNOS:
         return None
-    path = e.filename if e.filename is not None else "?"
-    return f"{path}: {e.strerror or e}"
+    path = e.filename if e.filename is not None else "the command's output"
+    return f"{path}: {os_reason(e)}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -142,6 +142,23 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         _live.discard(tmp)
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp file path (in a marked temp dir beside `path`); on success it replaces `path`.
+
+    The caller checks `path` beforehand (it may be replaced: the caller's --overwrite)."""
+    path = Path(path)
+    tmp = make_temp_dir(path)
+    try:
+        yield tmp / path.name
+        os.replace(tmp / path.name, path)
+    except OSError as e:
+        raise output_error(path, e) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _live.discard(tmp)
+
+
 def publish_dir(tmp: Path, out: Path) -> None:
     """Move a completed `tmp` dir to `out`, replacing an existing `out` last."""
     old = None
