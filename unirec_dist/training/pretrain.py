@@ -356,6 +356,12 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
     tables = check_model(cfg, device_type)
     out = Path(cfg.trainer.out_dir).resolve()
     storage = Path(dist.storage_path).resolve() if dist.storage_path else out / "ray"
+    try:   # a read-only or full out_dir: one line now, not a traceback from every worker later
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from unirec_dist.utils.atomic import output_error
+
+        raise output_error(out, e) from None
     # the embedded cluster gets this machine's real CPU count, so too many workers is refused
     # below instead of oversubscribing the host
     own = _ray_init(dist.address, None if dist.address else (os.cpu_count() or 1))
