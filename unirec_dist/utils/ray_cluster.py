@@ -11,7 +11,8 @@ A local cluster must not outlive the command, even after a `kill -9` (which runs
 Ray's processes (GCS, raylet, dashboard, runtime-env and dashboard agents, workers) inherit the
 environment of the process that starts them, so before `ray.init` we put a fresh token into the
 environment and start a watchdog process (its own session, so a signal to our group spares it):
-when our process is gone it kills every process whose environment carries the token. This
+when our process is gone it kills every process whose environment carries the token, and the
+processes it saw below them (see `cluster_processes`). This
 module imports only the standard library (psutil inside functions): the watchdog runs it as
 `python -m unirec_dist.utils.ray_cluster --watch PID TOKEN`.
 """
@@ -75,12 +76,17 @@ def init_ray(address: str | None = None, flag: str = "--address", **kwargs) -> b
 
 
 def shutdown_ray() -> None:
-    """`ray.shutdown()`, then stop the watchdog of the cluster we started (if any)."""
+    """`ray.shutdown()`; for a cluster we started, also kill what it leaves running (the
+    dashboard and runtime-env agents outlive `ray.shutdown()`) and stop its watchdog."""
     global _watchdog
+    import psutil
     import ray
 
+    token = os.environ.get(TOKEN_ENV, "") if _watchdog is not None else ""
+    ours = cluster_processes(token, root=psutil.Process()) if token else []
     ray.shutdown()
     if _watchdog is not None:
+        sweep(token, ours)
         _watchdog.terminate()
         _watchdog.wait(timeout=10)
         _watchdog = None
@@ -110,27 +116,67 @@ def _carries(p, token: str) -> bool:
         return False
 
 
-def watch(owner_pid: int, token: str, poll_s: float = 0.5) -> None:
-    """Wait for `owner_pid` to end, then kill every process that carries `token`."""
+def cluster_processes(token: str, root=None) -> list:
+    """The processes of the cluster marked with `token`: those carrying it in their environment
+    (GCS, raylet, workers) and everything below them. The agents the raylet starts are found
+    only as its children: setproctitle ("ray::DashboardAgent") overwrites their environment."""
     import psutil
 
+    if not token:
+        return []
+    me = os.getpid()
+    pool = root.children(recursive=True) if root is not None else list(psutil.process_iter())
+    found: dict[int, psutil.Process] = {}
+    for p in pool:
+        if p.pid in found or p.pid == me or not _carries(p, token):
+            continue
+        found[p.pid] = p
+        try:
+            found.update((c.pid, c) for c in p.children(recursive=True) if c.pid != me)
+        except psutil.Error:
+            pass
+    return list(found.values())
+
+
+def _kill(procs: list) -> None:
+    import psutil
+
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+
+
+def sweep(token: str, seen: list | None = None) -> None:
+    """Kill the cluster's processes (`cluster_processes`), and those of `seen` still running
+    (`is_running` compares start times, so a reused pid is spared)."""
+    import psutil
+
+    for _ in range(3):   # a process may start another while we kill: look again
+        victims = cluster_processes(token)
+        victims += [p for p in (seen or []) if p.is_running() and p.pid not in {v.pid for v in victims}]
+        seen = None
+        if not victims:
+            return
+        _kill(victims)
+
+
+def watch(owner_pid: int, token: str, poll_s: float = 1.0) -> None:
+    """While `owner_pid` runs, note its cluster's processes; when it is gone, kill them."""
+    import psutil
+
+    seen: dict[int, psutil.Process] = {}
     try:
         owner = psutil.Process(owner_pid)
         while owner.is_running() and owner.status() != psutil.STATUS_ZOMBIE:
+            for p in cluster_processes(token, root=owner):
+                seen.setdefault(p.pid, p)
             time.sleep(poll_s)
     except psutil.NoSuchProcess:
         pass
-    me = os.getpid()
-    for _ in range(3):   # a process may start another while we kill: look again
-        victims = [p for p in psutil.process_iter() if p.pid != me and _carries(p, token)]
-        if not victims:
-            return
-        for p in victims:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(victims, timeout=5)
+    sweep(token, list(seen.values()))
 
 
 if __name__ == "__main__":
