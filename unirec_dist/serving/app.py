@@ -30,10 +30,6 @@ MAX_ID_LEN = 256
 MAX_BODY_BYTES = 1 << 20
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: 413 for a request body over `limit` bytes, before anything parses it.
 
@@ -43,11 +39,12 @@ class BodyLimit:
     def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.limit = int(limit)
+        self.detail = f"request body larger than {self.limit} bytes"
 
     async def _refuse(self, send: Any) -> None:
         import json
 
-        body = json.dumps({"detail": f"request body larger than {self.limit} bytes"}).encode()
+        body = json.dumps({"detail": self.detail}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
@@ -61,16 +58,20 @@ class BodyLimit:
             if k == b"content-length" and v.strip().isdigit() and int(v) > self.limit:
                 await self._refuse(send)
                 return
+        from starlette.exceptions import HTTPException
+
         seen = 0
         started = False
 
         async def counted_receive() -> Any:
+            # an HTTPException: FastAPI's body reader passes it on (it turns any other error into
+            # a 400), and the app's exception handling answers it as {"detail": ...}
             nonlocal seen
             msg = await receive()
             if msg.get("type") == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    raise HTTPException(413, self.detail)
             return msg
 
         async def tracked_send(msg: Any) -> None:
@@ -80,9 +81,10 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send)
+        except HTTPException as e:
+            if e.status_code != 413 or started:
+                raise
+            await self._refuse(send)
 
 
 def _coerce_id(v: Any) -> Any:
