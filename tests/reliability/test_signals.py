@@ -145,7 +145,7 @@ def test_kill_9_of_pretrain_leaves_no_ray_process_and_relative_data_path_works(t
     """Run from a folder where `data.path=ds` is relative; once a checkpoint is reported (the
     workers read the data), kill -9 the CLI: every process below it ends within 30 s."""
     shutil.copytree(dataset, tmp_path / "ds")
-    proc = start_cli("pretrain", "--config", DEBUG, "--workers", "2", "--no-progress", "data.path=ds",
+    proc = start_cli("pretrain", "--config", DEBUG, "--workers", "1", "--no-progress", "data.path=ds",
                      "trainer.out_dir=run", "data.batch_size=16", "trainer.max_epochs=1000",
                      "distributed.checkpoint_every_n_steps=1", cwd=tmp_path)
     storage = tmp_path / "run" / "ray"
