@@ -71,7 +71,11 @@ def init_ray(address: str | None = None, flag: str = "--address", **kwargs) -> b
         return False
     kwargs.setdefault("include_dashboard", False)
     _start_watchdog()
-    ray.init(address="local", **kwargs)
+    try:
+        ray.init(address="local", **kwargs)
+    except BaseException:
+        shutdown_ray()    # whatever part of the cluster started, and the watchdog
+        raise
     return True
 
 
