@@ -53,7 +53,7 @@ def main() -> int:
     from unirec_dist.config.train import load_train_config
     from unirec_dist.metrics.evaluate import evaluate_table
     from unirec_dist.training.build import build_from_config, build_task
-    from unirec_dist.training.data import SequenceBatches, TrainSequences, open_prepared, read_valid
+    from unirec_dist.training.data import SequenceBatches, open_prepared, read_valid, train_source
 
     from unirec_dist.utils.device import configure_cpu
 
@@ -62,12 +62,12 @@ def main() -> int:
     torch.manual_seed(cfg.trainer.seed)
     path, man = open_prepared(cfg.data.path)
     n_vocab = int(man["vocab_sizes"]["item"])
-    seqs = TrainSequences.from_dir(path, cfg.data.train_on)
-    batches = SequenceBatches(seqs, cfg.data.batch_size, cfg.data.max_len, seed=cfg.trainer.seed,
-                              length_grouped=cfg.data.length_grouped)
+    source = train_source(path, cfg.data)
+    batches = SequenceBatches(source, cfg.data.batch_size, cfg.data.max_len, seed=cfg.trainer.seed,
+                              length_grouped=cfg.data.length_grouped, buffer_batches=cfg.data.buffer_batches)
     model = build_from_config(cfg, man)
     model.embedding.set_item_features(pq.read_table(path / "items.parquet"))
-    task = build_task(cfg.task, man, seqs.item_counts(n_vocab))
+    task = build_task(cfg.task, man, source.item_counts(n_vocab))
     o = cfg.optim
     opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     valid = read_valid(path)
@@ -100,7 +100,8 @@ def main() -> int:
     out["steps"] = done
     out["positions_per_s"] = pos / dt
     out["positions_per_cpu_s"] = pos / max(time.process_time() - cpu0, 1e-9) * a.threads
-    out["positions_per_epoch"] = int((seqs.lengths.clip(max=cfg.data.max_len + 1) - 1).sum())
+    out["positions_per_epoch"] = int(sum((np.minimum(source.read(u).lengths, cfg.data.max_len + 1) - 1).sum()
+                                         for u in source.units))
     out["epoch_s_est"] = out["positions_per_epoch"] / out["positions_per_s"]
     print(f"throughput: {out['positions_per_s']:,.0f} target positions/s on {a.threads} threads "
           f"({out['positions_per_s'] / BASE_POS_PER_S:,.0f}x RecBole's {BASE_POS_PER_S:.0f}); "

@@ -38,11 +38,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PROBE_TIMEOUT_S = 5.0
-# never uploaded: environments, outputs, data, VCS, caches (Ray also honours .gitignore)
+# never uploaded: environments, outputs, data, VCS, caches (Ray also honours .gitignore). Ray
+# reads these as gitignore patterns relative to the working dir: a leading "/" anchors one to the
+# repository root, so "/data/" drops the data folder and keeps the package unirec_dist/data/.
 EXCLUDES = [
-    ".venv/", "venv/", "runs/", "data/", "data_cache/", ".git/", "__pycache__/", "*.pyc",
+    "/.venv/", "/venv/", "/runs/", "/data/", "/data_cache/", "/.git/", "__pycache__/", "*.pyc",
     ".pytest_cache/", ".hypothesis/", ".mypy_cache/", ".ruff_cache/", "*.egg-info/",
-    "lightning_logs/", "build/", "dist/", ".whl/", ".gl/",
+    "lightning_logs/", "/build/", "/dist/", "/.whl/", "/.gl/",
 ]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # commands that make no sense as a job on the cluster
@@ -222,13 +224,13 @@ def entrypoint_for(command: list[str]) -> str:
     if name in NOT_SUBMITTABLE or name not in COMMANDS:
         raise JobsError(f"{name!r} is not a unirec command that can run as a job; expected one of "
                         f"{', '.join(c for c in COMMANDS if c not in NOT_SUBMITTABLE)}")
-    _validate_args(command)
+    parse_inner(command)
     if name == "pretrain":
         return shlex.join(["python", "-m", "launch.pretrain_job", *command[1:]])
     return shlex.join(["python", "-m", "unirec_dist", *command])
 
 
-def _validate_args(command: list[str]) -> None:
+def parse_inner(command: list[str]):
     """Parse the inner command with the real parser, so a typo fails here and not on the cluster."""
     import argparse
 
@@ -244,7 +246,70 @@ def _validate_args(command: list[str]) -> None:
     parser = _Parser(prog="unirec")
     sub = parser.add_subparsers(dest="command")
     importlib.import_module(f"unirec_dist.commands.{command[0]}").register(sub)
-    parser.parse_args(command)
+    return parser.parse_args(command)
+
+
+def _config_loaders() -> dict[str, Callable[[Path, list[str]], Any]]:
+    """The schema each submittable command loads its --config with (the same loader it calls)."""
+    from unirec_dist.config.distributed import load_pretrain_config
+    from unirec_dist.config.finetune import load_finetune_config
+    from unirec_dist.config.train import load_train_config
+
+    def dataset(path: Path, overrides: list[str]):
+        from unirec_dist.config.dataset import DatasetConfig
+        from unirec_dist.config.loader import load_config
+
+        return load_config(DatasetConfig, path, overrides)
+
+    return {"pretrain": load_pretrain_config, "train": load_train_config, "finetune": load_finetune_config,
+            "prepare": dataset}
+
+
+def check_inner_config(command: list[str], working_dir: Path | None) -> None:
+    """Load and validate the inner command's --config with its overrides, as the job will, before
+    anything is uploaded; and check its dataset (data.path) where this client can see it.
+
+    working_dir: the tree shipped as the job's working_dir (relative paths in the job resolve
+    against it), or None when nothing is shipped (the cluster image's own tree: relative paths
+    there are not visible here, so they are not checked). A dataset on storage this client does
+    not mount is left to the job's own check.
+    """
+    args = parse_inner(command)
+    loader = _config_loaders().get(command[0])
+    if loader is None or getattr(args, "config", None) is None:
+        return
+    config = Path(args.config).expanduser()
+    if not config.is_absolute():
+        if working_dir is None:
+            log.info("not checking %s: a relative path in the cluster image's tree", config)
+            return
+        config = working_dir / config
+        if not config.is_file():
+            raise JobsError(f"--config {args.config}: no such file in the uploaded working dir {working_dir}")
+    elif not config.is_file():
+        log.info("not checking %s: not visible from this machine", config)
+        return
+    cfg = loader(config, list(getattr(args, "overrides", None) or []))
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise JobsError(f"--workers: must be >= 1, got {args.workers}")
+    data = getattr(getattr(cfg, "data", None), "path", None)
+    if command[0] not in ("pretrain", "train") or not data:
+        return
+    path = Path(data).expanduser()
+    if not path.is_absolute():
+        if working_dir is not None:
+            raise JobsError(f"data.path={data} is relative: the job runs in an uploaded copy of the source tree, which "
+                            "leaves data/ out; give an absolute path on storage every node sees")
+        return
+    if not path.exists():
+        log.info("not checking data.path=%s: not visible from this machine", data)
+        return
+    from unirec_dist.embeddings.features import FeatureSpec
+    from unirec_dist.training.data import open_prepared
+
+    root, manifest = open_prepared(path)
+    FeatureSpec.from_manifest(manifest, where=str(root / "manifest.json")).item_features(
+        cfg.model.embedding.item_features)
 
 
 def submit(client, command: list[str], runtime_env: dict[str, Any] | None = None,

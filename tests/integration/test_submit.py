@@ -3,8 +3,9 @@
 
 The head is stopped by ending the `ray start --block` process group this test started, not with
 `ray stop`: `ray stop` ends every Ray process on the machine, other users' clusters included.
-Token auth is left at Ray's default: the head turns it on when ~/.ray/auth_token exists (it
-usually does once any local `ray.init()` ran), and the CLI must cope either way.
+The cluster is a CPU-only head plus, once a test asks, a second node with CPUs (two `ray start`
+processes), both with token auth (RAY_AUTH_MODE=token); the CLI reads the auth mode from the
+dashboard and sends the token only when asked.
 """
 from __future__ import annotations
 
@@ -54,46 +55,119 @@ def _stop_group(proc: subprocess.Popen) -> None:
         pass
 
 
+class SimulatedCluster:
+    """A CPU-only head (`--num-cpus 0`, like the shipped cluster definitions: job drivers and the
+    dashboard, no training) and, once `add_node()` is called, a second Ray node with CPUs: two
+    `ray start --block` processes with their own ports, as on two machines."""
+
+    def __init__(self, temp: Path, env: dict[str, str]) -> None:
+        self.temp, self.env = temp, env
+        self.gcs = f"127.0.0.1:{_free_port()}"
+        self.dash = _free_port()
+        self.address = f"http://127.0.0.1:{self.dash}"
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list = []
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.temp / f"{name}.log", "wb")
+        self.logs.append(log)
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--block", *args, "--disable-usage-stats",
+               "--dashboard-agent-listen-port", str(_free_port())]
+        proc = subprocess.Popen(cmd, cwd=self.temp, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def start_head(self) -> None:
+        proc = self._start("head", [
+            "--head", "--num-cpus", "0", "--port", self.gcs.split(":")[1], "--dashboard-port", str(self.dash),
+            "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
+            "--ray-client-server-port", str(_free_port()), "--temp-dir", str(self.temp)])
+        deadline = time.monotonic() + 60
+        while True:   # the Jobs API answers once the dashboard has loaded its job module
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited {proc.returncode}: {(self.temp / 'head.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.address}/api/authentication_mode", timeout=2) as r:
+                    if r.status == 200:
+                        from launch.submit import connect
+
+                        connect(self.address).list_jobs()
+                        return
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the dashboard at {self.address} did not come up: {(self.temp / 'head.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    @property
+    def has_node(self) -> bool:
+        return len(self.procs) > 1
+
+    def add_node(self, num_cpus: int = 1) -> None:
+        """A node with CPUs joins (idempotent); returns once `ray start` says it joined."""
+        if self.has_node:
+            return
+        proc = self._start("node", ["--address", self.gcs, "--num-cpus", str(num_cpus)])
+        deadline = time.monotonic() + 90
+        while b"Ray runtime started" not in (self.temp / "node.log").read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the worker node did not start: {(self.temp / 'node.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop_group(proc)
+        for log in self.logs:
+            log.close()
+
+
 @pytest.fixture(scope="module")
-def ray_head():
+def cluster():
     # short temp dir: Ray's unix socket paths must stay under ~107 characters
     temp = Path(tempfile.mkdtemp(prefix="ur-", dir="/tmp"))
-    dash = _free_port()
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")    # the job runs `python`: this venv's
     env.pop("RAY_ADDRESS", None)
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"   # on SIGTERM: stop now, no 30 s drain
-    cmd = [str(Path(bindir) / "ray"), "start", "--head", "--block", "--num-cpus", "2",
-           "--port", str(_free_port()), "--dashboard-port", str(dash), "--dashboard-host", "127.0.0.1",
-           "--include-dashboard", "true", "--ray-client-server-port", str(_free_port()),
-           "--dashboard-agent-listen-port", str(_free_port()), "--temp-dir", str(temp),
-           "--disable-usage-stats"]
-    log = open(temp / "ray-start.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=temp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
+    # Ray 2.60 token auth, on both nodes (a node joining a token-auth head needs it too; the
+    # token is ~/.ray/auth_token, which `ray start --head` writes if missing)
+    env["RAY_AUTH_MODE"] = "token"
+    c = SimulatedCluster(temp, env)
     try:
-        deadline = time.monotonic() + 60
-        while True:   # the Jobs API answers once the dashboard has loaded its job module
-            if proc.poll() is not None:
-                pytest.fail(f"ray start exited {proc.returncode}: {(temp / 'ray-start.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{address}/api/authentication_mode", timeout=2) as r:
-                    if r.status == 200:
-                        from launch.submit import connect
-
-                        connect(address).list_jobs()
-                        break
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the dashboard at {address} did not come up: {(temp / 'ray-start.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield address
+        c.start_head()
+        yield c
     finally:
-        _stop_group(proc)
-        log.close()
+        c.stop()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(cluster):
+    """The cluster's dashboard address, with a node that has CPUs."""
+    cluster.add_node()
+    return cluster.address
+
+
+def readme_submit_command(readme: Path, config: str) -> str:
+    """The `unirec submit ... -- pretrain --config CONFIG ...` command of a README, continuation
+    lines joined."""
+    text = readme.read_text().replace("\\\n", " ")
+    (line,) = [ln.strip() for ln in text.splitlines()
+               if ln.strip().startswith("unirec submit --address http://HEAD:8265 -- pretrain") and config in ln]
+    return line
+
+
+def substitute(cmd: str, subs: dict[str, str]) -> list[str]:
+    import shlex
+
+    for old, new in subs.items():
+        assert cmd.count(old) == 1, f"the README's command changed ({old!r}): {cmd}"
+        cmd = cmd.replace(old, new)
+    argv = shlex.split(cmd)
+    assert argv[0] == "unirec"
+    return argv[1:]
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +177,75 @@ def dataset(tmp_path_factory):
     return prepared_dataset(tmp_path_factory.mktemp("ds"), n_users=40)
 
 
-def test_submit_pretrain_succeeds_and_jobs_commands(ray_head, dataset, tmp_path, capsys, monkeypatch):
+def test_cluster_readme_submit_on_a_cpu_only_head_waits_for_a_node_and_finishes(cluster, dataset, tmp_path, capsys,
+                                                                                monkeypatch):
+    """cluster/README.md's submit command, verbatim but for this machine's address, dataset and
+    output paths, one CPU worker (no GPUs here: device auto) and two steps, on a head without
+    CPUs: the job asks for its worker and waits; a node joins; the job trains the dim-50 recipe
+    sharded and leaves a loadable checkpoint."""
+    import threading
+
+    from launch.submit import connect
+
     monkeypatch.chdir(REPO)
     out = tmp_path / "run"
-    rc = main(["submit", "--address", ray_head, "--", "pretrain", "--config", CONFIG, "--workers", "1",
-               "--no-progress", f"data.path={dataset}", f"trainer.out_dir={out}", "data.batch_size=16",
-               "trainer.max_epochs=1", "trainer.max_steps=2"])
+    argv = substitute(readme_submit_command(REPO / "cluster" / "README.md", "configs/pretrain/ml-1m-sasrec.yaml"), {
+        "http://HEAD:8265": cluster.address, "--workers 8": "--workers 1", "/shared/prepared/ml-1m": str(dataset),
+        "/shared/runs/ml-1m": str(out), "distributed.device=cuda": "distributed.device=auto"})
+    argv += ["data.batch_size=16", "trainer.max_epochs=1", "trainer.max_steps=2", "distributed.resource_wait_s=300"]
+    grow_later = not cluster.has_node
+
+    client = connect(cluster.address)
+    earlier = {job.submission_id for job in client.list_jobs()}      # before this test submits
+
+    def add_node_once_the_job_waits() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            for job in client.list_jobs():
+                if not job.submission_id or job.submission_id in earlier:
+                    continue
+                if "waiting up to" in client.get_job_logs(job.submission_id):
+                    cluster.add_node()
+                    return
+                if str(job.status).endswith(("FAILED", "SUCCEEDED", "STOPPED")):
+                    return
+            time.sleep(1)
+
+    watcher = threading.Thread(target=add_node_once_the_job_waits, daemon=True)
+    if grow_later:
+        watcher.start()
+    rc = main(argv)
+    if grow_later:
+        watcher.join(timeout=60)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.out[-3000:] + captured.err[-2000:]
+    if grow_later:
+        assert "--workers 1 needs 1 CPUs (1 per worker) but the Ray cluster has 0: waiting up to 300 s" in captured.out
+    final = out / "checkpoints" / "final"
+    assert f"checkpoint: {final}" in captured.out
+    summary = json.loads((out / "pretrain.json").read_text())
+    assert summary["device"] == "cpu"          # auto, decided from the cluster (no GPUs), not the driver
+    m = json.loads((final / "manifest.json").read_text())
+    assert m["kind"] == "pretrain" and m["step"] == 2 and m["config"]["model"]["embedding"]["dim"] == 50
+
+    # loadable: the checkpoint written on the cluster loads into one local process
+    import torch
+
+    from unirec_dist.training.build import load_retriever
+
+    model, _ = load_retriever(final, dataset)
+    vectors = model.embedding.all_item_vectors()
+    assert vectors.shape[1] == 50 and torch.isfinite(vectors).all()
+
+
+def test_submit_pretrain_succeeds_and_jobs_commands(ray_head, dataset, tmp_path, capsys, monkeypatch):
+    """README.md's submit command (paths, workers and steps made small) and the jobs commands."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "run"
+    argv = substitute(readme_submit_command(REPO / "README.md", "configs/pretrain/ml-100k-sasrec.yaml"), {
+        "http://HEAD:8265": ray_head, "--workers 8": "--workers 1", "/shared/prepared/ml-100k": str(dataset),
+        "/shared/runs/ml-100k": str(out)})
+    rc = main([*argv, "data.batch_size=16", "trainer.max_epochs=1", "trainer.max_steps=2"])
     captured = capsys.readouterr()
     assert rc == 0, captured.out[-3000:] + captured.err[-2000:]
     lines = captured.out.splitlines()
@@ -194,7 +331,7 @@ def test_token_auth_is_sent_only_when_the_cluster_asks(ray_head, monkeypatch, ca
 
 
 @pytest.mark.parametrize("argv", [
-    ["submit", "--", "pretrain", "--config", CONFIG],
+    ["submit", "--", "pretrain", "--config", CONFIG, "data.path=/not/visible/from/here"],
     ["jobs", "list"],
 ])
 def test_unreachable_address_fails_fast_in_one_line(capsys, argv):
@@ -218,9 +355,18 @@ def test_address_from_ray_address_env(monkeypatch, capsys):
     (["nope"], "'nope' is not a unirec command"),
     (["jobs", "list"], "'jobs' is not a unirec command that can run as a job"),
     (["pretrain"], "pretrain: the following arguments are required: --config"),
+    # the inner command's config and dataset are loaded and checked before anything is uploaded
+    (["pretrain", "--config", "configs/pretrain/nope.yaml"], "--config configs/pretrain/nope.yaml: no such file"),
+    (["pretrain", "--config", CONFIG, "model.embedding.dimm=8"], "model.embedding.dimm"),
+    (["pretrain", "--config", CONFIG, "distributed.workers=0"], "distributed.workers: must be >= 1"),
+    (["pretrain", "--config", CONFIG], "data.path=data/prepared/ml-100k is relative"),
+    (["pretrain", "--config", CONFIG, "data.path=EMPTY_DIR"], "manifest.json"),
+    (["train", "--config", CONFIG, "optim.lr=-1"], "optim.lr"),
+    (["prepare", "--config", "configs/datasets/ml-100k.yaml", "filter.user_core=x"], "filter.user_core"),
 ])
-def test_inner_command_is_validated_before_connecting(capsys, inner, message):
+def test_inner_command_is_validated_before_connecting(capsys, inner, message, tmp_path):
     # the address does not answer: the command must fail on its arguments first
+    inner = [a.replace("EMPTY_DIR", str(tmp_path)) for a in inner]
     assert main(["submit", "--address", f"http://127.0.0.1:{_free_port()}", "--", *inner]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err

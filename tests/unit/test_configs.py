@@ -18,7 +18,7 @@ def _loader(folder: str):
     return {
         "datasets": lambda p: load_config(DatasetConfig, p),
         # pretrain YAMLs all feed `unirec train`; those that `unirec pretrain` runs sharded
-        # are checked against its schema too (test_sharded_configs)
+        # are checked against its schema too (test_every_pretrain_config_loads_as_a_sharded_config)
         "pretrain": load_train_config,
         "finetune": load_finetune_config,
         "serve": lambda p: load_config(ServeConfig, p),
@@ -39,17 +39,12 @@ def test_config_loads(path):
     assert cfg is not None and type(cfg).__name__.endswith("Config")
 
 
-@pytest.mark.parametrize("name", ["debug.yaml", "ml-100k-sasrec.yaml"])
-def test_sharded_configs(name):
+@pytest.mark.parametrize("name", ["debug.yaml", "ml-100k-sasrec.yaml", "ml-1m-sasrec.yaml", "ml-1m-hstu.yaml"])
+def test_every_pretrain_config_loads_as_a_sharded_config(name):
+    """The published ML-1M recipes (dim 50) pretrain as shipped: tables are stored padded to a
+    multiple of 4 (FBGEMM's fused kernel), the model keeps dim 50."""
     from unirec_dist.config.distributed import load_pretrain_config
+    from unirec_dist.embeddings.features import table_dim
 
     cfg = load_pretrain_config(CONFIGS / "pretrain" / name)
-    assert cfg.model.embedding.dim % 4 == 0
-
-
-def test_pretrain_refuses_a_dim_the_fused_kernel_cannot_run():
-    from unirec_dist.config.distributed import load_pretrain_config
-    from unirec_dist.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"model.embedding.dim: sharded tables need a multiple of 4 .* got 50; use 48 or 52"):
-        load_pretrain_config(CONFIGS / "pretrain" / "ml-1m-sasrec.yaml")
+    assert table_dim(cfg.model.embedding.dim) % 4 == 0

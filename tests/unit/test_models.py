@@ -310,3 +310,24 @@ def test_grouped_negatives_by_hand():
             vals.append(-1e4 if n == int(pos[p]) else float(q[p] @ items[n]) / 0.5)
         total += -vals[0] + math.log(sum(math.exp(v) for v in vals))
     assert abs(loss.item() - total / P) < 1e-5
+
+
+def test_a_dim_the_fused_kernel_cannot_run_is_stored_padded(ds):
+    """dim 10 (like the published recipes' 50): tables are stored 12 wide (FBGEMM's fused kernel
+    needs a multiple of 4), vectors are the first 10 columns, the padding columns never train."""
+    from unirec_dist.training.build import build_model
+
+    torch.manual_seed(0)
+    mcfg = ModelSection(embedding=EmbeddingSection(dim=10, item_features=["*"], user_id=True),
+                        encoder=EncoderSection(kind="sasrec", num_blocks=1, num_heads=2, ffn_dim=8, dropout=0.0))
+    model = build_model(mcfg, _manifest(ds), max_len=10)
+    model.embedding.set_item_features(pq.read_table(ds / "items.parquet"))
+    emb = model.embedding
+    item_w = emb.item_ec.embeddings["t_item"].weight
+    assert item_w.shape[1] == 12 and emb.user_ec.embeddings["t_user"].weight.shape[1] == 12
+    assert all(b.weight.shape[1] == 12 for b in emb.content_ebc.embedding_bags.values())
+    ids = torch.tensor([3, 7])
+    v = emb.item_vectors(ids)
+    assert v.shape == (2, 10) and emb.user_vectors(torch.tensor([1, 2])).shape == (2, 10)
+    v.sum().backward()
+    assert item_w.grad[ids, :10].abs().sum() > 0 and item_w.grad[:, 10:].abs().sum() == 0

@@ -9,9 +9,38 @@ from launch import submit as js
 def test_runtime_env_ships_the_tree_without_venv_runs_data_git(tmp_path):
     renv = js.build_runtime_env("auto", env={"A": "1"})
     assert renv["working_dir"] == str(js.repo_root())
-    assert {".venv/", "runs/", "data/", ".git/", "__pycache__/"} <= set(renv["excludes"])
+    assert {"/.venv/", "/runs/", "/data/", "/.git/", "__pycache__/"} <= set(renv["excludes"])
     assert "pip" not in renv and renv["env_vars"]["A"] == "1"
     assert "working_dir" not in js.build_runtime_env(None)
+
+
+@pytest.mark.parametrize("gitignore", [True, False], ids=["with-gitignore", "RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1"])
+def test_uploaded_package_holds_every_module(tmp_path, gitignore):
+    """Ray's own packaging (the zip `unirec submit` uploads as working_dir) of a checkout that
+    also holds data/, runs/ and .venv/: every module of unirec_dist and launch is in it (an
+    unanchored "data/" dropped unirec_dist/data/), and the root folders are not."""
+    import shutil
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    root = js.repo_root()
+    tree = tmp_path / "checkout"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for pkg in ("unirec_dist", "launch"):
+        shutil.copytree(root / pkg, tree / pkg, ignore=skip)
+    shutil.copy(root / ".gitignore", tree / ".gitignore")
+    for junk in ("data/prepared/ml-1m/part-0.parquet", "runs/demo/x.bin", ".venv/bin/python", "dist/x.whl"):
+        (tree / junk).parent.mkdir(parents=True, exist_ok=True)
+        (tree / junk).write_text("x")
+    zip_path = tmp_path / "pkg.zip"
+    create_package(str(tree), zip_path, include_gitignore=gitignore, excludes=js.build_runtime_env(tree)["excludes"])
+    names = set(zipfile.ZipFile(zip_path).namelist())
+    modules = {p.relative_to(root).as_posix() for pkg in ("unirec_dist", "launch") for p in (root / pkg).rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert "unirec_dist/data/prepare.py" in modules
+    assert modules - names == set()
+    assert not [n for n in names if n.split("/")[0] in ("data", "runs", ".venv", "dist")]
 
 
 def test_runtime_env_pip_extras_and_refused_stack(tmp_path):
@@ -54,3 +83,21 @@ def test_token_lookup_order(monkeypatch, tmp_path):
     assert js.find_token() == "path"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "env")
     assert js.find_token() == "env"
+
+
+def test_inner_config_is_checked_where_this_machine_sees_it(tmp_path):
+    """A relative --config is the uploaded tree's (checked); without an upload it is the cluster
+    image's and a dataset on storage this machine does not mount is left to the job."""
+    from unirec_dist.errors import UnirecError
+
+    root = js.repo_root()
+    cmd = ["pretrain", "--config", "configs/pretrain/ml-1m-sasrec.yaml", "data.path=/not/mounted/here"]
+    js.check_inner_config(cmd, root)                      # dim 50 loads; the dataset is not visible here
+    js.check_inner_config(["pretrain", "--config", "/opt/unirec/configs/x.yaml"], None)     # the image's file
+    js.check_inner_config(["pretrain", "--config", "configs/x.yaml", "data.path=rel"], None)  # the image's tree
+    with pytest.raises(UnirecError, match="no such file in the uploaded working dir"):
+        js.check_inner_config(["pretrain", "--config", "configs/x.yaml"], root)
+    with pytest.raises(UnirecError, match=r"data.path=rel is relative"):
+        js.check_inner_config([*cmd[:3], "data.path=rel"], root)
+    with pytest.raises(UnirecError, match="manifest.json"):
+        js.check_inner_config([*cmd[:3], f"data.path={tmp_path}"], root)

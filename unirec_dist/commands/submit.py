@@ -3,20 +3,24 @@
 Submits a unirec command as a Ray job through the Jobs API (the dashboard, http://HEAD:8265),
 prints the job id, and by default follows its output until it ends: exit 0 when the job
 SUCCEEDED, 1 when it FAILED or was STOPPED (repeating the job's last `error:` line on stderr, e.g. the
-job Python's missing stack, see launch/pretrain_job.py). Address: --address, else RAY_API_SERVER_ADDRESS /
-RAY_ADDRESS, else http://127.0.0.1:8265.
+job Python's missing stack, see launch/pretrain_job.py). Address: --address, else
+RAY_API_SERVER_ADDRESS / RAY_ADDRESS, else http://127.0.0.1:8265. The inner command's config (with
+its overrides) and, where this machine sees it, its dataset are loaded and validated before
+anything is uploaded.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="run a unirec command (e.g. pretrain) as a job on a Ray cluster",
                        description="Submit `unirec COMMAND ...` (after --) to a Ray cluster's Jobs API.")
     p.add_argument("--address", default=None,
-                   help="Ray dashboard URL (default: $RAY_ADDRESS, else http://127.0.0.1:8265)")
+                   help="Ray dashboard URL (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, "
+                        "else http://127.0.0.1:8265)")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     p.add_argument("--working-dir", default=None,
                    help="directory shipped to the cluster as the job's working_dir (default: this source tree)")
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise js.JobsError("--working-dir and --no-upload exclude each other")
     renv = js.build_runtime_env(None if args.no_upload else (args.working_dir or "auto"),
                                 env=js.parse_env(args.env), pip=args.pip, requirements=args.requirements)
+    wd = renv.get("working_dir")
+    js.check_inner_config(inner, Path(wd) if wd else None)
     client = js.connect(args.address)
     job_id = js.submit(client, inner, runtime_env=renv, submission_id=args.job_id)
     print(f"job: {job_id}", flush=True)

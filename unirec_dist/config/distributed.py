@@ -12,6 +12,7 @@ Every key of `distributed` has a default, so any training YAML is also a pretrai
       keep_last: 2
       max_failures: 1                 # worker-group restarts from the latest checkpoint
       memory_gb: null                 # per device, for the planner (null: measured)
+      resource_wait_s: null           # wait for the workers' CPUs/GPUs (null: 0 local, 600 joined)
 """
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ class DistributedSection:
     memory_gb: float | None = None
     cpus_per_worker: int = 1
     storage_path: str | None = None   # Ray run storage (default: <out_dir>/ray); shared on a cluster
+    # how long the job asks for and waits for its workers' CPUs/GPUs (an autoscaling cluster adds
+    # nodes, pods start late) before refusing; null: 0 on the embedded local cluster (it cannot
+    # grow), 600 on a cluster joined with an address
+    resource_wait_s: float | None = None
 
     def validate(self) -> None:
         if self.workers < 1:
@@ -67,6 +72,8 @@ class DistributedSection:
             raise ConfigError("distributed.max_failures: must be >= -1 (-1: unlimited)")
         if self.cpus_per_worker < 1:
             raise ConfigError("distributed.cpus_per_worker: must be >= 1")
+        if self.resource_wait_s is not None and self.resource_wait_s < 0:
+            raise ConfigError(f"distributed.resource_wait_s: must be >= 0, got {self.resource_wait_s}")
         from unirec_dist.embeddings.sharding import SHARDING_TYPES
 
         for table, st in self.sharding.items():
@@ -78,19 +85,9 @@ class DistributedSection:
 
 @dataclass
 class PretrainConfig(TrainConfig):
+    # any model.embedding.dim: tables are stored rounded up to a multiple of 4, which FBGEMM's
+    # fused kernel needs (embeddings/features.py `table_dim`)
     distributed: DistributedSection = field(default_factory=DistributedSection)
-
-    def validate(self) -> None:
-        super().validate()
-        # Every sharded table runs on FBGEMM's fused kernel (data_parallel is refused, see
-        # embeddings/sharding.py), and that kernel asserts embedding_dim % 4 == 0 deep inside the
-        # workers; say it here, before any worker starts.
-        dim = self.model.embedding.dim
-        if dim % 4:
-            raise ConfigError(
-                f"model.embedding.dim: sharded tables need a multiple of 4 (FBGEMM fused kernel), got {dim}; "
-                f"use {dim - dim % 4} or {dim - dim % 4 + 4}"
-            )
 
 
 def load_pretrain_config(path, overrides: list[str] | None = None) -> PretrainConfig:

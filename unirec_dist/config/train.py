@@ -42,6 +42,13 @@ class DataSection:
     length_grouped: bool = True                 # batch sequences of similar length (less padding)
     valid_batch_size: int = 512
     valid_max_users: int | None = None          # evaluate on a fixed random subset (None: all)
+    # ingestion (training/data.py): each worker streams its share of the train rows in units of
+    # unit_rows rows through a buffer of buffer_batches batches; "auto" keeps a worker's train data
+    # in memory below ingest_memory_mb (same batches either way), "memory"/"stream" force one
+    ingest: Literal["auto", "memory", "stream"] = "auto"
+    ingest_memory_mb: float = 256.0
+    unit_rows: int = 1024
+    buffer_batches: int = 64
 
     def validate(self) -> None:
         _check(self.max_len >= 1, "data.max_len", f"must be >= 1, got {self.max_len}")
@@ -49,6 +56,9 @@ class DataSection:
         _check(self.valid_batch_size >= 1, "data.valid_batch_size", f"must be >= 1, got {self.valid_batch_size}")
         _check(self.valid_max_users is None or self.valid_max_users >= 1, "data.valid_max_users",
                f"must be >= 1 or null, got {self.valid_max_users}")
+        _check(self.ingest_memory_mb >= 0, "data.ingest_memory_mb", f"must be >= 0, got {self.ingest_memory_mb}")
+        _check(self.unit_rows >= 1, "data.unit_rows", f"must be >= 1, got {self.unit_rows}")
+        _check(self.buffer_batches >= 1, "data.buffer_batches", f"must be >= 1, got {self.buffer_batches}")
 
 
 @dataclass

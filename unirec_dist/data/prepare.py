@@ -701,6 +701,10 @@ def run_arrow(src, cfg: DatasetConfig) -> PreparedTables:
     return finish(t, uv, iv, src, cfg, counts)
 
 
+SPLIT_FILES = ("train.parquet", "valid.parquet", "test.parquet")
+SPLIT_ROW_GROUP = 8192
+
+
 def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine: str) -> dict:
     """Write every file of the format into `out` (a fresh temp dir) and return the manifest."""
     import pyarrow.parquet as pq
@@ -720,9 +724,13 @@ def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine
     # No dictionary pages: index columns are high-cardinality (the attempt halves write speed).
     from concurrent.futures import ThreadPoolExecutor
 
+    # The per-user split files get row groups of SPLIT_ROW_GROUP users: the unit a training worker
+    # streams (training/data.py), so no worker ever reads a whole split file.
     by_size = sorted(files.items(), key=lambda kv: -kv[1].nbytes)
     with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
-        jobs = [pool.submit(pq.write_table, tbl, out / rel, use_dictionary=False) for rel, tbl in by_size]
+        jobs = [pool.submit(pq.write_table, tbl, out / rel, use_dictionary=False,
+                            row_group_size=SPLIT_ROW_GROUP if rel in SPLIT_FILES else None)
+                for rel, tbl in by_size]
         for job in jobs:
             job.result()
     vocab_sizes = {"user": len(p.user_vocab) + 1, "item": len(p.item_vocab) + 1}

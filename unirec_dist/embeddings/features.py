@@ -89,6 +89,18 @@ class FeatureSpec:
         return chosen
 
 
+def table_dim(dim: int) -> int:
+    """Stored width of every table of a model with embedding dim `dim`: `dim` rounded up to a
+    multiple of 4.
+
+    FBGEMM's fused kernel, which runs every sharded table (embeddings/sharding.py), asserts
+    `embedding_dim % 4 == 0`; the published ML-1M recipes use dim 50. The model reads only the
+    first `dim` columns (models/embedding.py), so the extra columns get no gradient and keep
+    their init. Every path (train, pretrain, finetune, export) builds the same widths, so
+    checkpoints keep one layout."""
+    return -(-dim // 4) * 4
+
+
 def _bound(dim: int, init_std: float | None) -> float:
     # uniform(-b, b) has std b / sqrt(3); min/max (not init_fn) is what sharded kernels honour too
     return init_std * 3 ** 0.5 if init_std is not None else 1.0 / dim ** 0.5
@@ -103,11 +115,11 @@ def id_table_configs(spec: FeatureSpec, dim: int, user: bool, init_std: float | 
     from torchrec.modules.embedding_configs import EmbeddingConfig
 
     bound = _bound(dim, init_std)
-    item = EmbeddingConfig(num_embeddings=spec.n_items, embedding_dim=dim, name=ITEM_TABLE,
+    item = EmbeddingConfig(num_embeddings=spec.n_items, embedding_dim=table_dim(dim), name=ITEM_TABLE,
                            feature_names=["item"], weight_init_min=-bound, weight_init_max=bound)
     out = {"item": item}
     if user:
-        out["user"] = EmbeddingConfig(num_embeddings=spec.n_users, embedding_dim=dim, name=USER_TABLE,
+        out["user"] = EmbeddingConfig(num_embeddings=spec.n_users, embedding_dim=table_dim(dim), name=USER_TABLE,
                                       feature_names=["user"], weight_init_min=-bound, weight_init_max=bound)
     return out
 
@@ -118,7 +130,7 @@ def content_table_configs(features: list[FeatureInfo], dim: int, init_std: float
 
     bound = _bound(dim, init_std)
     return [
-        EmbeddingBagConfig(num_embeddings=f.cardinality, embedding_dim=dim, name=table_name(f.name),
+        EmbeddingBagConfig(num_embeddings=f.cardinality, embedding_dim=table_dim(dim), name=table_name(f.name),
                            feature_names=[f.name], pooling=PoolingType.MEAN,
                            weight_init_min=-bound, weight_init_max=bound)
         for f in features if f.kind in SPARSE_KINDS

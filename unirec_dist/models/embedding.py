@@ -29,6 +29,7 @@ from unirec_dist.embeddings.features import (
     FeatureSpec,
     content_table_configs,
     id_table_configs,
+    table_dim,
 )
 from unirec_dist.errors import DataError
 
@@ -147,8 +148,9 @@ class UniversalEmbedding(nn.Module):
                 lengths.append(present.sum(1))
             kjt = KeyedJaggedTensor(keys=[f.name for f in self.sparse], values=torch.cat(values),
                                     lengths=torch.cat(lengths))
-            pooled = self.content_ebc(kjt).values()                     # (N, D * n_sparse)
-            out = pooled.view(ids.shape[0], len(self.sparse), self.dim).sum(1)
+            pooled = self.content_ebc(kjt).values()                     # (N, T * n_sparse)
+            # T = table_dim(D) >= D: the tables' padding columns are not part of the vector
+            out = pooled.view(ids.shape[0], len(self.sparse), table_dim(self.dim))[..., :self.dim].sum(1)
         for f in self.dense:
             d = self.dense_proj[f.name](getattr(self, f"dense_{f.name}")[ids])
             out = d if out is None else out + d
@@ -159,7 +161,7 @@ class UniversalEmbedding(nn.Module):
         ids = ids.reshape(-1)
         out = None
         if self.item_ec is not None:
-            out = self.item_ec(_flat_kjt("item", ids))["item"].values()
+            out = self.item_ec(_flat_kjt("item", ids))["item"].values()[:, :self.dim]
         if self.has_content:
             c = self._content(ids)
             out = c if out is None else out + c
@@ -175,4 +177,4 @@ class UniversalEmbedding(nn.Module):
         """users (N,) -> (N, D)."""
         if self.user_ec is None:
             raise RuntimeError("this model has no user table (model.embedding.user_id is false)")
-        return self.user_ec(_flat_kjt("user", users.reshape(-1)))["user"].values()
+        return self.user_ec(_flat_kjt("user", users.reshape(-1)))["user"].values()[:, :self.dim]

@@ -39,7 +39,8 @@ def forward_sequences(model: SeqRecModel, batch, values: torch.Tensor | None = N
     jt = batch.seq["item"]
     if values is None:
         values, lengths = jt.values().long(), jt.lengths().long()
-    width = max(int(lengths.max()), 2)
+    # pad_width: the ranks' common width (training/strategy.common_pad_width), when distributed
+    width = max(int(lengths.max()), 2, int(batch.extra.get("pad_width", 0)))
     ids = pad_jagged(values, lengths, width)                   # (B, L+1)
     # look up the padded id grid (pads hit row 0 and are masked downstream): cheaper on CPU than
     # scattering jagged vectors into a padded tensor and back in backward

@@ -1,21 +1,44 @@
-"""Training data: every user's training sequence from train.parquet, served as length-grouped
-SeqBatches built vectorized from flat numpy arrays (no per-row Python).
+"""Training data: users' training sequences streamed from the prepared dataset's Parquet files
+into length-grouped SeqBatches, each worker reading only its own share (no per-row Python).
 
 Each batch row holds the user's last max_len + 1 items (input positions 0..n-2 predict items
 1..n-1 in one causal pass). `train_on="train+valid"` appends the validation target to each
 user's sequence (every item but the test target), for a final run evaluated on test.
 
-Distributed use: give each worker `rank` and `world_size`; every epoch, all ranks compute the
-same permutation, cut it into chunks of batch_size * world_size users of similar length, and
-rank r takes rows r, r + world, ... of each chunk. Slices are disjoint, every rank gets the same
-number of batches (so collectives stay in step), and the ranks' batches at one step have
-similar lengths (balanced work).
+Units and shares. The training rows (one per user: `train.parquet`, or the part files of a
+`train/` folder) are cut into *units*: row-group slices of at most `data.unit_rows` rows, known
+from the Parquet footers alone. Every epoch all ranks compute the same seeded permutation of the
+units and lay them end to end as one virtual order of T rows; rank r takes the contiguous rows
+[r*R, (r+1)*R) with R = T // W. Shares are disjoint and equal (the last T - W*R < W rows of the
+permuted order sit the epoch out: different ones each epoch), and a rank reads only the units its
+range touches.
+
+Batches. A rank's rows stream through a buffer of `data.buffer_batches * batch_size` sequences;
+each buffer is sorted by (jittered) length and cut into batches whose order is shuffled with a
+permutation every rank shares, so the ranks' batches at one step have similar lengths (balanced
+work). Every rank yields the same N = ceil(R / batch_size) batches per epoch (one of them smaller
+when batch_size does not divide R), so collectives stay in step. Rows with fewer than 2 items
+(no next-item pair) are skipped; a rank that runs short reads on past its range, cyclically, to
+fill its N batches (a few rows then appear twice in that epoch).
+
+Memory per worker: one buffer of sequences, one row group of the train files (and of
+valid.parquet for train+valid), the Parquet footers and the (n_items,) item counts; never the
+whole dataset. Below `data.ingest_memory_mb` of train data (`data.ingest: auto`; or always with
+`memory`) a worker reads its train rows once and keeps them instead of re-reading each epoch;
+the units, and so the batches, are the same either way (tested).
+
+Data position: `set_epoch(e)` then `skip(n)` start the next iteration at batch n of epoch e
+(checkpoint resume); skipped batches are re-derived from the data but no tensors are built.
+
+Fine-tuning's user subsets are in-memory `TrainSequences` (`MemorySource`), batched by the same
+code.
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +52,51 @@ from unirec_dist.errors import DataError
 
 log = logging.getLogger(__name__)
 
-REQUIRED_FILES = ("train.parquet", "valid.parquet", "items.parquet")
+REQUIRED_FILES = ("valid.parquet", "items.parquet")
+INGEST_MODES = ("auto", "memory", "stream")
+
+
+def train_files(root: str | os.PathLike) -> list[Path]:
+    """The training part files of a prepared dataset: `train/*.parquet` (sorted by name) or
+    `train.parquet`. Raises DataError naming what is missing."""
+    root = Path(root)
+    if (root / "train").is_dir():
+        files = sorted(p for p in (root / "train").iterdir() if p.suffix == ".parquet")
+        if not files:
+            raise DataError(f"{root / 'train'}: no .parquet part files; the dataset is incomplete (re-run `unirec prepare`)")
+        return files
+    if (root / "train.parquet").is_file():
+        return [root / "train.parquet"]
+    raise DataError(f"data.path: {root} has no train.parquet or train/ part files; the dataset is incomplete "
+                    "(re-run `unirec prepare`)")
+
+
+def open_parquet(path: Path, columns: tuple[str, ...] = ()) -> pq.ParquetFile:
+    """A Parquet file's footer (no data read), with `columns` checked; one DataError line otherwise."""
+    try:
+        f = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:160]})") from None
+    names = f.schema_arrow.names
+    for col in columns:
+        if col not in names:
+            raise DataError(f"{path}: missing column {col!r}")
+    return f
 
 
 def open_prepared(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """Check a prepared dataset dir for training (PreparedDataset.open's checks: exists, manifest
-    readable, format version supported; plus the files training reads) and return (path, manifest).
-    Raises DataError with one line otherwise."""
+    readable, format version supported; plus the files training reads, down to every train part
+    file's Parquet footer) and return (path, manifest). Raises DataError with one line otherwise.
+    Cheap (footers only), so the driver runs it before any worker starts."""
     from unirec_dist.data.dataset import PreparedDataset
 
     ds = PreparedDataset.open(path)
     for f in REQUIRED_FILES:
         if not (ds.root / f).is_file():
             raise DataError(f"data.path: {ds.root} has no {f}; the dataset is incomplete (re-run `unirec prepare`)")
+    for f in train_files(ds.root):
+        open_parquet(f, ("user", "items"))
     return ds.root, ds.manifest
 
 
@@ -53,16 +108,20 @@ def _flat(lists: pa.ChunkedArray | pa.Array, dtype) -> tuple[np.ndarray, np.ndar
     return values, lengths
 
 
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
 @dataclass
 class TrainSequences:
-    """All training sequences, flat: users (U,), values (T,), offsets (U + 1,), ratings (T,) or None."""
+    """Training sequences, flat: users (U,), values (T,), offsets (U + 1,), ratings (T,) or None."""
 
     users: np.ndarray
     values: np.ndarray
     offsets: np.ndarray
     ratings: np.ndarray | None = None
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
@@ -70,120 +129,362 @@ class TrainSequences:
         return len(self.users)
 
     def item_counts(self, n_items: int) -> np.ndarray:
-        """(n_items,) training frequency of every item id (row 0 = padding, 0)."""
-        c = np.bincount(self.values, minlength=n_items).astype(np.int64)
+        """(n_items,) frequency of every item id (row 0 = padding, 0)."""
+        c = np.bincount(self.values, minlength=n_items)[:n_items].astype(np.int64)
         c[0] = 0
         return c
 
+    def take(self, rows: np.ndarray) -> "TrainSequences":
+        """The sequences at `rows` (whole histories), in that order."""
+        lengths = self.lengths[rows]
+        idx = np.repeat(self.offsets[rows] - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+        return TrainSequences(users=self.users[rows], values=self.values[idx], offsets=_offsets(lengths),
+                              ratings=None if self.ratings is None else self.ratings[idx])
+
+    def trainable(self) -> "TrainSequences":
+        """Without the rows of fewer than 2 items (no (input, next item) pair)."""
+        keep = self.lengths >= 2
+        return self if keep.all() else self.take(np.flatnonzero(keep))
+
+    @staticmethod
+    def concat(parts: list["TrainSequences"]) -> "TrainSequences":
+        if len(parts) == 1:
+            return parts[0]
+        has_r = all(p.ratings is not None for p in parts)
+        return TrainSequences(users=np.concatenate([p.users for p in parts]),
+                              values=np.concatenate([p.values for p in parts]),
+                              offsets=_offsets(np.concatenate([p.lengths for p in parts])),
+                              ratings=np.concatenate([p.ratings for p in parts]) if has_r else None)
+
     @classmethod
-    def from_dir(cls, path: str | os.PathLike, train_on: str = "train") -> "TrainSequences":
-        path = Path(path)
-        train = pq.read_table(path / "train.parquet")
-        for col in ("user", "items"):
-            if col not in train.column_names:
-                raise DataError(f"{path / 'train.parquet'}: missing column {col!r}")
-        users = train["user"].to_numpy().astype(np.int64)
+    def from_table(cls, train: pa.Table) -> "TrainSequences":
+        """From rows of train.parquet (user, items, [ratings]); every row kept, in order."""
         values, lengths = _flat(train["items"], np.int64)
         ratings = _flat(train["ratings"], np.float32)[0] if "ratings" in train.column_names else None
-        if train_on == "train+valid":
-            valid = pq.read_table(path / "valid.parquet")
-            v_users = valid["user"].to_numpy().astype(np.int64)
-            t_vals, t_len = _flat(valid["targets"], np.int64)
-            has = t_len > 0
-            first = (np.cumsum(t_len) - t_len)[has]
-            v_users, v_vals = v_users[has], t_vals[first]
-            v_rat = None
-            if ratings is not None and "target_ratings" in valid.column_names:
-                v_rat = _flat(valid["target_ratings"], np.float32)[0][first]
-            # element-level concat then a stable sort by user keeps train items before the target
-            elem_user = np.concatenate([np.repeat(users, lengths), v_users])
-            order = np.argsort(elem_user, kind="stable")
-            values = np.concatenate([values, v_vals])[order]
-            ratings = np.concatenate([ratings, v_rat])[order] if v_rat is not None else None
-            users, lengths = np.unique(elem_user[order], return_counts=True)
-        keep = lengths >= 2          # a single item gives no (input, next item) pair
-        if not keep.all():
-            elem_keep = np.repeat(keep, lengths)
-            values = values[elem_keep]
-            ratings = ratings[elem_keep] if ratings is not None else None
-            users, lengths = users[keep], lengths[keep]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return cls(users=train["user"].to_numpy().astype(np.int64), values=values, offsets=_offsets(lengths),
+                   ratings=ratings)
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike, train_on: str = "train") -> "TrainSequences":
+        """Every trainable sequence of a prepared dataset, in memory (small data, tests, fine-tuning)."""
+        src = ParquetSource(path, train_on=train_on, ingest="memory")
+        return cls.concat([src.read(u) for u in src.units]).trainable()
+
+
+class ValidTargets:
+    """The first validation target of given users, read from valid.parquet's row groups that can
+    hold them (row-group min/max statistics of `user`): memory is a few row groups, not the file."""
+
+    def __init__(self, path: Path, with_ratings: bool) -> None:
+        self.path = path
+        self.file = open_parquet(path, ("user", "targets"))
+        self.columns = ["user", "targets"]
+        if with_ratings and "target_ratings" in self.file.schema_arrow.names:
+            self.columns.append("target_ratings")
+        md = self.file.metadata
+        ucol = self.file.schema_arrow.get_field_index("user")
+        self.ranges = []
+        for g in range(md.num_row_groups):
+            st = md.row_group(g).column(ucol).statistics
+            if st is None or not st.has_min_max:
+                self.ranges = None            # no statistics: read every row group (still one at a time)
+                break
+            self.ranges.append((int(st.min), int(st.max)))
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+
+    def _group(self, g: int):
+        if g not in self._cache:
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            t = self.file.read_row_group(g, columns=self.columns)
+            vals, lens = _flat(t["targets"], np.int64)
+            has = lens > 0
+            first = (np.cumsum(lens) - lens)[has]
+            rat = _flat(t["target_ratings"], np.float32)[0][first] if "target_ratings" in self.columns else None
+            self._cache[g] = (t["user"].to_numpy().astype(np.int64)[has], vals[first], rat)
+        return self._cache[g]
+
+    def lookup(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(has (U,) bool, target (U,) int64, rating (U,) float32 or None) for `users`."""
+        has = np.zeros(len(users), bool)
+        target = np.zeros(len(users), np.int64)
+        rating = None if "target_ratings" not in self.columns else np.zeros(len(users), np.float32)
         if len(users) == 0:
-            raise DataError(f"{path / 'train.parquet'}: no user has 2 or more training items")
-        return cls(users=users, values=values, offsets=offsets, ratings=ratings)
+            return has, target, rating
+        lo, hi = int(users.min()), int(users.max())
+        groups = range(self.file.metadata.num_row_groups) if self.ranges is None else \
+            [g for g, (a, b) in enumerate(self.ranges) if a <= hi and b >= lo]
+        for g in groups:
+            vu, vt, vr = self._group(g)
+            pos = np.searchsorted(vu, users)          # valid rows are sorted by user (data/format.py)
+            pos = np.minimum(pos, max(len(vu) - 1, 0))
+            hit = (vu[pos] == users) if len(vu) else np.zeros(len(users), bool)
+            has |= hit
+            target[hit] = vt[pos[hit]]
+            if rating is not None and vr is not None:
+                rating[hit] = vr[pos[hit]]
+        return has, target, rating
+
+
+def _append_targets(seqs: TrainSequences, has: np.ndarray, target: np.ndarray,
+                    rating: np.ndarray | None) -> TrainSequences:
+    """Each sequence with its user's validation target appended (where it has one)."""
+    lengths = seqs.lengths
+    new_len = lengths + has
+    offsets = _offsets(new_len)
+    values = np.empty(int(new_len.sum()), np.int64)
+    keep_pos = np.repeat(offsets[:-1] - seqs.offsets[:-1], lengths) + np.arange(len(seqs.values))
+    values[keep_pos] = seqs.values
+    tail = offsets[1:][has] - 1
+    values[tail] = target[has]
+    ratings = None
+    if seqs.ratings is not None and rating is not None:
+        ratings = np.empty(len(values), np.float32)
+        ratings[keep_pos] = seqs.ratings
+        ratings[tail] = rating[has]
+    return TrainSequences(users=seqs.users, values=values, offsets=offsets, ratings=ratings)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Rows [start, stop) of row group `group` of part file `file` (an index into the file list)."""
+
+    file: int
+    group: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+class ParquetSource:
+    """The training rows of a prepared dataset as units (row-group slices of <= unit_rows rows).
+
+    `read(unit)` returns that unit's trainable sequences (train+valid: with the valid target
+    appended). `ingest="memory"` reads each part file once and keeps it; "stream" reads one row
+    group at a time; "auto" keeps the data when its uncompressed size is under `memory_mb`.
+    """
+
+    def __init__(self, path: str | os.PathLike, train_on: str = "train", unit_rows: int = 1024,
+                 ingest: str = "auto", memory_mb: float = 256.0) -> None:
+        if ingest not in INGEST_MODES:
+            raise ValueError(f"ingest must be one of {INGEST_MODES}, got {ingest!r}")
+        self.root = Path(path)
+        self.files = train_files(self.root)
+        self.pq = [open_parquet(f, ("user", "items")) for f in self.files]
+        self.has_ratings = all("ratings" in f.schema_arrow.names for f in self.pq)
+        self.columns = ["user", "items"] + (["ratings"] if self.has_ratings else [])
+        self.units: list[Unit] = []
+        self.groups: list[list[int]] = []        # unit indices of each row group, in row order
+        self._group_start: list[list[int]] = []  # first row of each row group in its file
+        nbytes = 0
+        for fi, f in enumerate(self.pq):
+            md, first = f.metadata, 0
+            self._group_start.append([])
+            for g in range(md.num_row_groups):
+                n = md.row_group(g).num_rows
+                nbytes += md.row_group(g).total_byte_size
+                self._group_start[fi].append(first)
+                first += n
+                self.groups.append(list(range(len(self.units), len(self.units) + -(-n // unit_rows))))
+                self.units += [Unit(fi, g, a, min(a + unit_rows, n)) for a in range(0, n, unit_rows)]
+        self.n_rows = sum(u.rows for u in self.units)
+        self.in_memory = ingest == "memory" or (ingest == "auto" and nbytes <= memory_mb * 2**20)
+        self.valid = ValidTargets(self.root / "valid.parquet", self.has_ratings) if train_on == "train+valid" else None
+        self._files: dict[int, TrainSequences] = {}      # in memory: whole part files
+        self._last: tuple[tuple[int, int], TrainSequences] | None = None   # streaming: the last row group
+
+    def _group(self, fi: int, g: int) -> tuple[TrainSequences, int]:
+        """(sequences holding row group g of file fi, the row group's first row in them)."""
+        try:
+            if self.in_memory:
+                if fi not in self._files:
+                    self._files[fi] = self._with_valid(TrainSequences.from_table(self.pq[fi].read(columns=self.columns)))
+                return self._files[fi], self._group_start[fi][g]
+            if self._last is None or self._last[0] != (fi, g):
+                self._last = ((fi, g), self._with_valid(
+                    TrainSequences.from_table(self.pq[fi].read_row_group(g, columns=self.columns))))
+            return self._last[1], 0
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{self.files[fi]}: row group {g} unreadable ({' '.join(str(e).split())[:160]})") from None
+
+    def _with_valid(self, seqs: TrainSequences) -> TrainSequences:
+        return seqs if self.valid is None else _append_targets(seqs, *self.valid.lookup(seqs.users))
+
+    def read(self, unit: Unit) -> TrainSequences:
+        seqs, base = self._group(unit.file, unit.group)
+        return seqs.take(np.arange(base + unit.start, base + unit.stop)).trainable()
+
+    def item_counts(self, n_items: int) -> np.ndarray:
+        """(n_items,) training frequency of every item id (row 0 = padding, 0): one pass, unit by unit."""
+        return sum((self.read(u).item_counts(n_items) for u in self.units), np.zeros(n_items, np.int64))
+
+
+class MemorySource:
+    """In-memory sequences (e.g. fine-tuning's user subset) as units of <= unit_rows rows."""
+
+    in_memory = True
+
+    def __init__(self, seqs: TrainSequences, unit_rows: int = 1024) -> None:
+        self.seqs = seqs.trainable()
+        self.has_ratings = self.seqs.ratings is not None
+        n = len(self.seqs)
+        self.units = [Unit(0, 0, a, min(a + unit_rows, n)) for a in range(0, n, unit_rows)]
+        self.groups = [list(range(len(self.units)))]
+        self.n_rows = n
+
+    def read(self, unit: Unit) -> TrainSequences:
+        return self.seqs.take(np.arange(unit.start, unit.stop))
+
+    def item_counts(self, n_items: int) -> np.ndarray:
+        return self.seqs.item_counts(n_items)
+
+
+def train_source(path: str | os.PathLike, data_cfg: Any) -> ParquetSource:
+    """The training source a DataSection describes."""
+    return ParquetSource(path, train_on=data_cfg.train_on, unit_rows=data_cfg.unit_rows,
+                         ingest=data_cfg.ingest, memory_mb=data_cfg.ingest_memory_mb)
 
 
 class SequenceBatches:
-    """Re-iterable training batches (one pass = one epoch of this rank's slice).
+    """Re-iterable training batches (one pass = one epoch of this rank's share; see the module doc).
 
     Yields SeqBatch(users (B,), seq KJT "item" (last max_len + 1 items per row),
     extra {"ratings": (T,) float32} when the dataset has ratings).
     """
 
-    def __init__(self, seqs: TrainSequences, batch_size: int, max_len: int, seed: int = 0,
-                 length_grouped: bool = True, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, source: ParquetSource | MemorySource | TrainSequences, batch_size: int, max_len: int,
+                 seed: int = 0, length_grouped: bool = True, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, buffer_batches: int = 64) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-        self.seqs, self.batch_size, self.max_len = seqs, batch_size, max_len
+        if isinstance(source, TrainSequences):
+            source = MemorySource(source)
+        self.source = source
+        self.batch_size, self.max_len = batch_size, max_len
         self.seed, self.length_grouped, self.shuffle = seed, length_grouped, shuffle
         self.rank, self.world_size = rank, world_size
+        self.buffer_rows = max(1, buffer_batches) * batch_size
+        self.rows_per_rank = source.n_rows // world_size
+        if self.rows_per_rank == 0:
+            raise DataError(f"{getattr(source, 'root', 'training data')}: {source.n_rows} training sequences "
+                            f"cannot be shared by {world_size} workers")
         self.epoch = 0
-        self.eff_len = np.minimum(seqs.lengths, max_len + 1)
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip(self, n: int) -> None:
+        """The next iteration starts at batch n of its epoch (resume mid-epoch)."""
+        self._skip = n
 
     @property
     def sampler(self) -> "SequenceBatches":
         # Lightning calls `<loader>.sampler.set_epoch(epoch)` before each epoch's iter()
         return self
 
-    def _chunks(self, epoch: int) -> list[np.ndarray]:
-        U = len(self.seqs)
+    def __len__(self) -> int:
+        return -(-self.rows_per_rank // self.batch_size)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """Unit indices in the epoch's order: row groups permuted, each one's units permuted but kept
+        together, so a rank's contiguous share reads each row group once."""
+        groups = self.source.groups
+        if not self.shuffle:
+            return np.array([u for g in groups for u in g], np.int64)
         rng = np.random.default_rng([self.seed, epoch])
+        return np.concatenate([rng.permutation(groups[g]) for g in rng.permutation(len(groups))]).astype(np.int64)
+
+    def _rows(self, epoch: int):
+        """This rank's R trainable sequences, as TrainSequences pieces in stream order: rows
+        [rank * R, (rank + 1) * R) of the epoch's order, then on past them cyclically for any
+        rows skipped as too short."""
+        units, order = self.source.units, self._epoch_order(epoch)
+        sizes = np.array([units[i].rows for i in order], np.int64)
+        ends = np.cumsum(sizes)
+        lo = self.rank * self.rows_per_rank
+        k = int(np.searchsorted(ends, lo, side="right"))
+        first = lo - int(ends[k] - sizes[k])
+        need, empty_run, j = self.rows_per_rank, 0, k
+        while need > 0:
+            u = units[order[j % len(order)]]
+            piece = self.source.read(Unit(u.file, u.group, u.start + first, u.stop) if first else u)
+            first, j = 0, j + 1
+            if len(piece) == 0:
+                empty_run += 1
+                if empty_run > len(order):
+                    raise DataError(f"{getattr(self.source, 'root', 'training data')}: no user has 2 or more "
+                                    "training items")
+                continue
+            empty_run = 0
+            if len(piece) > need:
+                piece = piece.take(np.arange(need))
+            need -= len(piece)
+            yield piece
+
+    def _buffers(self, epoch: int):
+        """The rank's rows in buffers of buffer_rows sequences (the last one smaller)."""
+        pieces: list[TrainSequences] = []
+        held = 0
+        for piece in self._rows(epoch):
+            pieces.append(piece)
+            held += len(piece)
+            while held >= self.buffer_rows:
+                buf = TrainSequences.concat(pieces)
+                yield buf.take(np.arange(self.buffer_rows))
+                rest = buf.take(np.arange(self.buffer_rows, held))
+                pieces, held = ([rest] if len(rest) else []), len(rest)
+        if held:
+            yield TrainSequences.concat(pieces)
+
+    def _batches(self, epoch: int):
+        """(buffer, row indices of one batch in it) for the whole epoch, in order."""
+        for k, buf in enumerate(self._buffers(epoch)):
+            for rows in self._order(buf, epoch, k):
+                yield buf, rows
+
+    def _order(self, buf: TrainSequences, epoch: int, k: int) -> list[np.ndarray]:
+        """One buffer cut into batches: length-grouped with jitter, batch order shuffled (the same
+        draws on every rank: buffers are the same size everywhere)."""
+        n = len(buf)
+        rng = np.random.default_rng([self.seed, epoch, k])
+        eff = np.minimum(buf.lengths, self.max_len + 1)
         if self.length_grouped:
             # sort by length with a +-10% random jitter, so batch composition changes per epoch
-            jitter = self.eff_len * np.exp(rng.uniform(-0.1, 0.1, U)) if self.shuffle else self.eff_len
-            order = np.lexsort((rng.random(U), jitter))
+            jitter = eff * np.exp(rng.uniform(-0.1, 0.1, n)) if self.shuffle else eff
+            order = np.lexsort((rng.random(n), jitter)) if self.shuffle else np.argsort(eff, kind="stable")
         else:
-            order = rng.permutation(U) if self.shuffle else np.arange(U)
-        per = self.batch_size * self.world_size
-        chunks = [order[i:i + per] for i in range(0, U, per)]
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+        batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
         if self.shuffle:
-            chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-        out = []
-        for c in chunks:
-            n = len(c) // self.world_size     # equal share per rank; drops < world_size rows
-            if n:
-                out.append(c[self.rank::self.world_size][:n])
-        return out
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
 
-    def __len__(self) -> int:
-        U = len(self.seqs)
-        per = self.batch_size * self.world_size
-        full, rest = divmod(U, per)
-        return full + (1 if rest // self.world_size else 0)
-
-    def make_batch(self, rows: np.ndarray) -> SeqBatch:
+    def make_batch(self, buf: TrainSequences, rows: np.ndarray) -> SeqBatch:
         import torch
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-        s = self.seqs
-        n = self.eff_len[rows]
-        starts = s.offsets[rows + 1] - n
+        n = np.minimum(buf.lengths[rows], self.max_len + 1)
+        starts = buf.offsets[rows + 1] - n
         idx = np.repeat(starts - (np.cumsum(n) - n), n) + np.arange(n.sum())
         seq = KeyedJaggedTensor.from_lengths_sync(
-            keys=[ITEM_KEY], values=torch.from_numpy(s.values[idx]), lengths=torch.from_numpy(n.astype(np.int64)))
+            keys=[ITEM_KEY], values=torch.from_numpy(buf.values[idx]), lengths=torch.from_numpy(n.astype(np.int64)))
         extra = {}
-        if s.ratings is not None:
-            extra["ratings"] = torch.from_numpy(s.ratings[idx])
-        return SeqBatch(users=torch.from_numpy(s.users[rows]), seq=seq, extra=extra)
+        if buf.ratings is not None:
+            extra["ratings"] = torch.from_numpy(buf.ratings[idx])
+        return SeqBatch(users=torch.from_numpy(buf.users[rows]), seq=seq, extra=extra)
 
     def __iter__(self):
-        epoch = self.epoch
-        self.epoch += 1      # a plain re-iteration (Lightning) moves to the next epoch's order
-        for rows in self._chunks(epoch):
-            yield self.make_batch(rows)
+        # A generator: epoch and skip are taken when iteration really starts (Lightning calls
+        # iter() more than once up front).
+        epoch, skip = self.epoch, self._skip
+        self.epoch, self._skip = self.epoch + 1, 0  # a plain re-iteration moves to the next epoch
+        for i, (buf, rows) in enumerate(self._batches(epoch)):
+            if i >= skip:
+                yield self.make_batch(buf, rows)
 
 
 def read_valid(path: str | os.PathLike, max_users: int | None = None, seed: int = 0) -> pa.Table:

@@ -511,18 +511,11 @@ def _make_checkpoint_callback(root: Path, base_manifest: dict[str, Any], monitor
 
 def subsample(seqs, fraction: float, seed: int):
     """A fixed random share of the training users (whole histories), same for every arm with one seed."""
-    from unirec_dist.training.data import TrainSequences
-
     if fraction >= 1.0:
         return seqs
     U = len(seqs)
     k = max(1, int(round(U * fraction)))
-    rows = np.sort(np.random.default_rng([seed, 7]).choice(U, k, replace=False))
-    lengths = seqs.lengths[rows]
-    idx = np.repeat(seqs.offsets[rows] - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
-    return TrainSequences(users=seqs.users[rows], values=seqs.values[idx],
-                          offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                          ratings=None if seqs.ratings is None else seqs.ratings[idx])
+    return seqs.take(np.sort(np.random.default_rng([seed, 7]).choice(U, k, replace=False)))
 
 
 def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
@@ -534,7 +527,7 @@ def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from unirec_dist.training.build import build_from_config, build_task, dataset_section
-    from unirec_dist.training.data import SequenceBatches, TrainSequences, read_valid
+    from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, read_valid
     from unirec_dist.training.train import _quiet
     from unirec_dist.utils.device import configure_cpu, resolve_device
 
@@ -551,8 +544,9 @@ def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
 
     seqs = subsample(seqs, cfg.data.fraction, eff.trainer.seed)
     n_vocab = target.n_items + 1
-    batches = SequenceBatches(seqs, eff.data.batch_size, eff.data.max_len, seed=eff.trainer.seed,
-                              length_grouped=eff.data.length_grouped)
+    batches = SequenceBatches(MemorySource(seqs, eff.data.unit_rows), eff.data.batch_size, eff.data.max_len,
+                              seed=eff.trainer.seed, length_grouped=eff.data.length_grouped,
+                              buffer_batches=eff.data.buffer_batches)
     model = build_from_config(eff, target.manifest)
     model.embedding.set_item_features(pq.read_table(target.root / "items.parquet"))
     init_info = {"scratch": True} if cfg.init.scratch else init_from_pretrained(model, plan)

@@ -12,7 +12,8 @@ group (`max_failures`) and every worker resumes from the latest reported checkpo
 Everything a user can get wrong is checked in the driver before any worker starts: the dataset,
 the sharding constraints (against the real model's tables, built on the meta device), the table
 optimizer for the device, a Ray address that does not answer (within seconds), and more workers
-than the cluster's CPUs/GPUs.
+than the cluster's CPUs/GPUs (after `distributed.resource_wait_s`, while the autoscaler is asked
+for them). The workers' device is decided from the cluster's resources, not the driver's.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -34,9 +36,12 @@ log = logging.getLogger(__name__)
 FINAL = "final"
 
 
-def check_model(cfg: PretrainConfig, device_type: str) -> dict[str, Any]:
-    """Sharding constraints and table optimizer against the real model's tables (built on meta)."""
-    from unirec_dist.embeddings.sharding import find_tables, validate_sharding, validate_table_optimizer
+# -- fail-fast checks -------------------------------------------------------------------------
+def check_model(cfg: PretrainConfig) -> dict[str, Any]:
+    """The real model's tables (built on meta), and the sharding constraints no device can run
+    (unknown table or type, data_parallel): checked against CUDA, which allows the most, so
+    that they fail before Ray starts. `check_device` checks the rest once the device is known."""
+    from unirec_dist.embeddings.sharding import find_tables, validate_sharding
     from unirec_dist.training.build import build_from_config
     from unirec_dist.training.train import check_inputs
 
@@ -47,10 +52,17 @@ def check_model(cfg: PretrainConfig, device_type: str) -> dict[str, Any]:
 
     model = build_from_config(cfg, ds_manifest, device="meta")
     tables = find_tables(model)
+    validate_sharding(cfg.distributed.sharding, tables, "cuda")
+    return tables
+
+
+def check_device(cfg: PretrainConfig, tables: dict[str, Any], device_type: str) -> None:
+    """Sharding constraints and table optimizer for the workers' device."""
+    from unirec_dist.embeddings.sharding import validate_sharding, validate_table_optimizer
+
     validate_sharding(cfg.distributed.sharding, tables, device_type)
     kind, _ = cfg.distributed.table_optimizer.resolve(device_type, cfg.optim.lr)
     validate_table_optimizer(kind, device_type)
-    return {name: {"rows": t.num_embeddings, "dim": t.embedding_dim, "kind": t.kind} for name, t in tables.items()}
 
 
 def resolve_paths(cfg: PretrainConfig) -> None:
@@ -62,27 +74,48 @@ def resolve_paths(cfg: PretrainConfig) -> None:
         cfg.distributed.storage_path = str(Path(cfg.distributed.storage_path).expanduser().resolve())
 
 
-def device_type_for(cfg: PretrainConfig) -> str:
-    if cfg.distributed.device != "auto":
-        return cfg.distributed.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+JOINED_RESOURCE_WAIT_S = 600.0
 
 
-def check_resources(workers: int, cpus_per_worker: int, use_gpu: bool) -> None:
-    """Refuse (instead of waiting forever) when the cluster cannot place every worker."""
+def wait_for_resources(workers: int, cpus_per_worker: int, use_gpu: bool, timeout_s: float,
+                       poll_s: float = 2.0) -> None:
+    """Return once the cluster can place every worker; refuse after `timeout_s` seconds.
+
+    Meanwhile the workers' bundles are requested from the autoscaler
+    (`ray.autoscaler.sdk.request_resources`; Ray Train's own placement group would ask only inside
+    `fit`, which then waits forever on a cluster that cannot grow), and the request is cleared
+    again so idle nodes can scale down after the job. Timeout 0: refuse at once.
+    """
     import ray
 
-    res = ray.cluster_resources()
-    need_cpu = workers * cpus_per_worker
-    have_cpu = int(res.get("CPU", 0))
-    if need_cpu > have_cpu:
-        raise ClusterError(
-            f"--workers {workers} needs {need_cpu} CPUs ({cpus_per_worker} per worker) but the Ray cluster has {have_cpu}"
-        )
-    if use_gpu and workers > int(res.get("GPU", 0)):
-        raise ClusterError(f"--workers {workers} needs {workers} GPUs but the Ray cluster has {int(res.get('GPU', 0))}")
+    def shortfall() -> str | None:
+        res = ray.cluster_resources()
+        need_cpu, have_cpu = workers * cpus_per_worker, int(res.get("CPU", 0))
+        if need_cpu > have_cpu:
+            return f"--workers {workers} needs {need_cpu} CPUs ({cpus_per_worker} per worker) but the Ray cluster has {have_cpu}"
+        if use_gpu and workers > int(res.get("GPU", 0)):
+            return f"--workers {workers} needs {workers} GPUs but the Ray cluster has {int(res.get('GPU', 0))}"
+        return None
+
+    missing = shortfall()
+    if missing is None:
+        return
+    if timeout_s <= 0:
+        raise ClusterError(missing)
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}] * workers)
+    log.warning("%s: waiting up to %g s for it to grow (distributed.resource_wait_s)", missing, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while missing is not None:
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"{missing} (after waiting {timeout_s:g} s, distributed.resource_wait_s)")
+            time.sleep(poll_s)
+            missing = shortfall()
+        log.info("the Ray cluster has the resources for %d worker(s)", workers)
+    finally:
+        request_resources(bundles=[])
 
 
 # -- the worker -------------------------------------------------------------------------------
@@ -90,33 +123,6 @@ def _lightning_callback_base():
     from lightning.pytorch.callbacks import Callback
 
     return Callback
-
-
-class ResumableBatches:
-    """The train loader with `skip(n)` (resume mid-epoch) and `set_epoch` passed through.
-
-    A generator: the skip applies when iteration really starts (Lightning calls iter() early).
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self._skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.inner, "set_epoch"):
-            self.inner.set_epoch(epoch)
-
-    def skip(self, n: int) -> None:
-        self._skip = n
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __iter__(self):
-        skip, self._skip = self._skip, 0
-        for i, b in enumerate(self.inner):
-            if i >= skip:
-                yield b
 
 
 def _quiet_worker() -> None:
@@ -158,7 +164,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         h.addFilter(RankZeroFilter())
     cfg = from_dict(PretrainConfig, config["cfg"], where="pretrain config")
     dist = cfg.distributed
-    device_type = config["device_type"]
+    device_type = config["device_type"]   # decided from the cluster's resources (utils/device.py)
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"the workers run on cuda but worker {rank} on {socket.gethostname()} sees no GPU")
     from unirec_dist.utils.device import configure_cpu
 
     configure_cpu(cfg.trainer.threads if device_type == "cpu" else None)
@@ -219,7 +227,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if fail_at is not None and rank == world - 1:
         trainer.callbacks.append(_FailOnce(int(fail_at), Path(config["work_dir"]) / ".test-failed-once"))
     try:
-        trainer.fit(st.module, train_dataloaders=ResumableBatches(st.batches), ckpt_path=ckpt_path)
+        trainer.fit(st.module, train_dataloaders=st.batches, ckpt_path=ckpt_path)
     finally:
         if local is not None:
             shutil.rmtree(local, ignore_errors=True)
@@ -347,13 +355,9 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
     if dist.address:
         check_address(dist.address)      # before any heavy import: seconds, not minutes
     resolve_paths(cfg)
-    device_type = device_type_for(cfg)
-    use_gpu = device_type == "cuda"
-    if dist.device == "cuda":
-        from unirec_dist.utils.device import resolve_device
-
-        resolve_device("cuda")
-    tables = check_model(cfg, device_type)
+    tables = check_model(cfg)
+    if dist.device != "auto":            # known before Ray starts: fail before it does
+        check_device(cfg, tables, dist.device)
     out = Path(cfg.trainer.out_dir).resolve()
     storage = Path(dist.storage_path).resolve() if dist.storage_path else out / "ray"
     try:   # a read-only or full out_dir: one line now, not a traceback from every worker later
@@ -368,14 +372,28 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
     import ray
 
     try:
-        check_resources(dist.workers, dist.cpus_per_worker, use_gpu)
+        # the workers' device comes from the cluster's resources, not this driver's hardware
+        from unirec_dist.utils.device import worker_device
+
+        resources = ray.cluster_resources()
+        if own:   # the embedded cluster is this machine with this torch build (a CPU build sees no GPU)
+            import torch
+
+            resources["GPU"] = min(resources.get("GPU", 0), torch.cuda.device_count())
+        device_type, note = worker_device(dist.device, dist.workers, resources, can_grow=not own)
+        if note:
+            log.warning("%s", note)
+        use_gpu = device_type == "cuda"
+        check_device(cfg, tables, device_type)
+        wait = dist.resource_wait_s if dist.resource_wait_s is not None else (0.0 if own else JOINED_RESOURCE_WAIT_S)
+        wait_for_resources(dist.workers, dist.cpus_per_worker, use_gpu, wait)
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
         from unirec_dist.config.loader import to_dict
 
         log.info("pretraining %s on %d %s worker(s); tables: %s", cfg.name, dist.workers, device_type,
-                 ", ".join(f"{n} {t['rows']}x{t['dim']}" for n, t in sorted(tables.items())))
+                 ", ".join(f"{n} {t.num_embeddings}x{t.embedding_dim}" for n, t in sorted(tables.items())))
         trainer = TorchTrainer(
             train_loop_per_worker=train_loop_per_worker,
             train_loop_config={

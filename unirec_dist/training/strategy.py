@@ -207,6 +207,11 @@ class TorchRecStrategy(DDPStrategy):
     def model_to_device(self) -> None:
         pass  # DMP placed the model
 
+    # -- steps --------------------------------------------------------------------------------
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        common_pad_width(args[0])
+        return super().training_step(*args, **kwargs)
+
     # -- gradients ----------------------------------------------------------------------------
     def pre_backward(self, closure_loss: torch.Tensor) -> None:
         pass
@@ -319,6 +324,24 @@ class TorchRecStrategy(DDPStrategy):
 
         if self.is_global_zero:
             shutil.rmtree(filepath, ignore_errors=True)
+
+
+def common_pad_width(batch: Any) -> None:
+    """Pad every rank's training id grid to the same width (`batch.extra["pad_width"]`).
+
+    A row-wise sharded pooled table (the content features' EmbeddingBagCollection) sends its
+    output back with a variable reduce-scatter whose backward is an all_gather of per-rank
+    (B * width, D) gradients; gloo's all_gather needs equal sizes, so ranks whose batches have
+    different longest sequences would fail. One MAX all-reduce of a scalar per step makes the
+    widths equal (NCCL would not need it; it is cheap enough to do always).
+    """
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1 or not hasattr(batch, "seq"):
+        return
+    jt = batch.seq["item"]
+    width = torch.tensor([int(jt.lengths().max()) if jt.lengths().numel() else 0], dtype=torch.int64)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    batch.extra["pad_width"] = int(width.item())
 
 
 def _batches_per_epoch(loader: Any, limit: int | float | None) -> int | None:

@@ -139,26 +139,27 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
     import pyarrow.parquet as pq
 
     from unirec_dist.training.build import build_from_config, build_task, dataset_section
-    from unirec_dist.training.data import SequenceBatches, TrainSequences, read_valid
+    from unirec_dist.training.data import SequenceBatches, read_valid, train_source
     from unirec_dist.training.module import RecModule
 
     path, ds_manifest = check_inputs(cfg)
-    seqs = TrainSequences.from_dir(path, cfg.data.train_on)
-    if "rating" in cfg.task.active_tasks and seqs.ratings is None:
+    source = train_source(path, cfg.data)
+    if "rating" in cfg.task.active_tasks and not source.has_ratings:
         from unirec_dist.errors import ConfigError
 
         raise ConfigError(f"task.kind: the rating task needs ratings, but {path}/train.parquet has none")
     n_vocab = int(ds_manifest["vocab_sizes"]["item"])
-    batches = SequenceBatches(seqs, cfg.data.batch_size, cfg.data.max_len, seed=cfg.trainer.seed,
-                              length_grouped=cfg.data.length_grouped, rank=rank, world_size=world_size)
+    batches = SequenceBatches(source, cfg.data.batch_size, cfg.data.max_len, seed=cfg.trainer.seed,
+                              length_grouped=cfg.data.length_grouped, rank=rank, world_size=world_size,
+                              buffer_batches=cfg.data.buffer_batches)
     model = build_from_config(cfg, ds_manifest, device=model_device, table_device=table_device)
     if model_device != "meta":
         model.embedding.set_item_features(pq.read_table(path / "items.parquet"))
-    task = build_task(cfg.task, ds_manifest, seqs.item_counts(n_vocab))
+    task = build_task(cfg.task, ds_manifest, source.item_counts(n_vocab))
     valid = read_valid(path, cfg.data.valid_max_users, seed=cfg.trainer.seed)
     module = RecModule(cfg, model, task, valid, n_items=n_vocab - 1)
-    log.info("training %s on %s: %d sequences, %d items, %d parameters, %d batches/epoch",
-             cfg.name, path, len(seqs), n_vocab - 1, sum(p.numel() for p in model.parameters()), len(batches))
+    log.info("training %s on %s: %d sequences (%s), %d items, %d parameters, %d batches/epoch",
+             cfg.name, path, source.n_rows, "in memory" if source.in_memory else "streamed", n_vocab - 1, sum(p.numel() for p in model.parameters()), len(batches))
     return TrainingSetup(cfg, path, ds_manifest, module, batches, dataset_section(path, ds_manifest))
 
 

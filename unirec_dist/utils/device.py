@@ -24,6 +24,29 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> "torch.device":
     raise ConfigError(f"device must be one of auto, cpu, cuda; got {name!r}")
 
 
+def worker_device(requested: str, workers: int, cluster: dict[str, float], can_grow: bool) -> tuple[str, str | None]:
+    """The device type of a job's Ray Train workers, from the cluster's resources
+    (`ray.cluster_resources()`), never from the driver's own hardware: the driver of a submitted
+    job runs on the head, which has no GPU in the shipped cluster definitions.
+
+    cpu / cuda: as asked (cuda waits for GPUs like any other resource). auto: cuda when the
+    cluster has GPUs; on a cluster that cannot grow (the embedded local one) with fewer GPUs than
+    `workers`, the workers run on CPU instead of being refused. Returns (device type, a note
+    saying why when auto did not pick the GPUs it saw, else None).
+    """
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"distributed.device must be one of auto, cpu, cuda; got {requested!r}")
+    if requested != "auto":
+        return requested, None
+    gpus = int(cluster.get("GPU", 0))
+    if gpus == 0:
+        return "cpu", None
+    if gpus < workers and not can_grow:
+        return "cpu", (f"{workers} workers but this machine has {gpus} GPU(s): the workers run on CPU "
+                       f"(for GPUs: --workers {gpus} or fewer, or distributed.device=cuda)")
+    return "cuda", None
+
+
 def dist_backend(device: "torch.device") -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
