@@ -73,7 +73,7 @@ def run(ds: Path, out: Path, workers: int, rows: int, dim: int, steps: int) -> d
         "data.batch_size=64", "data.max_len=20", f"trainer.max_steps={steps}", "trainer.max_epochs=1000", "trainer.limit_train_batches=1.0",
         "trainer.threads=1",
         f"model.embedding.dim={dim}", "model.embedding.user_id=true", "model.embedding.item_features=[]",
-        "model.encoder.kind=mf", "distributed.sharding.t_user=row_wise",
+        "model.encoder={kind: mf}", "distributed.sharding.t_user=row_wise",
         "distributed.table_optimizer.kind=rowwise_adagrad", "distributed.checkpoint_every_n_steps=0",
     ]
     cfg = load_pretrain_config(CONFIG, overrides)

@@ -7,7 +7,10 @@ every Ray Train worker, with TorchRecStrategy sharding the tables (CPU/gloo or G
 worker trains on its own disjoint slice of the prepared dataset (`rank`/`world_size` slicing in
 training/data.py). Checkpoints are DCP directories reported to Ray (every rank reports its
 shards, Ray merges them, keeps the newest `keep_last`); after a worker failure Ray restarts the
-group (`max_failures`) and every worker resumes from the latest reported checkpoint.
+group (`distributed.max_failures`, default 3) and every worker resumes from the latest reported
+checkpoint: model, optimizers, RNG, global step and data position (`training/checkpointing.py`).
+At the end the final checkpoint is copied to `<out_dir>/checkpoints/step-<N>` with the pointers
+`final` and `last` (the layout every writer uses, `unirec_dist.checkpoint.dcp`).
 
 Everything a user can get wrong is checked in the driver before any worker starts: the dataset,
 the sharding constraints (against the real model's tables, built on the meta device), the table
@@ -151,7 +154,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ray.train.lightning import RayLightningEnvironment
 
     from unirec_dist.config.loader import from_dict, to_dict
-    from unirec_dist.training.strategy import ShardingOptions, StepCheckpoint, ray_torchrec_strategy
+    from unirec_dist.training.checkpointing import CheckpointCallback
+    from unirec_dist.training.strategy import ShardingOptions, ray_torchrec_strategy
     from unirec_dist.training.train import setup_training
 
     logging.getLogger("unirec_dist").setLevel(logging.INFO if config.get("verbose") else logging.WARNING)
@@ -201,15 +205,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=True,   # CheckpointCallback (a Checkpoint) is the only checkpoint callback
         enable_model_summary=False,
         enable_progress_bar=bool(config.get("progress", True)) and rank == 0,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         use_distributed_sampler=False,   # the loader slices by rank itself
         # throughput first: the final checkpoint's report (on_train_end) carries its figures
         callbacks=[TrainThroughput(warmup=int(config.get("throughput_warmup", 3))),
-                   StepCheckpoint(None, every_n_steps=dist.checkpoint_every_n_steps, ray_report=True,
-                                  report_workers=True)],
+                   CheckpointCallback(None, every_n_steps=dist.checkpoint_every_n_steps, ray_report=True,
+                                      report_workers=True)],
         precision=cfg.trainer.precision,
         default_root_dir=config.get("work_dir"),
     )
@@ -223,9 +227,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         local = Path(tempfile.mkdtemp(prefix="unirec-resume-"))
         ckpt.to_directory(str(local))
         ckpt_path = str(local)
-    fail_at = config.get("_test_fail_at_step")   # tests: kill one worker once, mid-run
-    if fail_at is not None and rank == world - 1:
-        trainer.callbacks.append(_FailOnce(int(fail_at), Path(config["work_dir"]) / ".test-failed-once"))
     try:
         trainer.fit(st.module, train_dataloaders=st.batches, ckpt_path=ckpt_path)
     finally:
@@ -264,20 +265,6 @@ class TrainThroughput(_lightning_callback_base()):
                          train_s=time.perf_counter() - self._t0, train_cpu_s=time.process_time() - self._c0)
 
 
-
-
-class _FailOnce(_lightning_callback_base()):
-    """Test hook: hard-kill this worker process after `step` (no cleanup, like a crash)."""
-
-    def __init__(self, step: int, marker: Path) -> None:
-        self.step = step
-        self.marker = marker
-
-    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
-        if trainer.global_step >= self.step and not self.marker.exists():
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
-            self.marker.touch()
-            os._exit(1)
 
 
 def worker_stats_from_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -341,9 +328,35 @@ def _ray_init(address: str | None, num_cpus: int | None) -> bool:
     return init_ray(address, **kw) if address else init_ray(None, num_cpus=num_cpus, **kw)
 
 
+def publish_final(checkpoint: Any, root: Path, keep_last: int) -> tuple[Path, dict[str, Any]]:
+    """Copy Ray's final (merged) checkpoint into `root/step-<N>`, check it against its own
+    manifest, and point `final` and `last` at it (the layout of `unirec_dist.checkpoint.dcp`)."""
+    from unirec_dist.checkpoint.dcp import TMP_MARKER, publish_step, remove_stale_temps, step_dir_name, verify_checkpoint
+    from unirec_dist.errors import CheckpointError
+    from unirec_dist.utils.jsonfile import load_json_object
+
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root)
+    tmp = root / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    checkpoint.to_directory(str(tmp))
+    (tmp / TMP_MARKER).touch()
+    manifest = load_json_object(tmp / "manifest.json", CheckpointError)
+    verify_checkpoint(tmp, manifest)
+    final = root / step_dir_name(int(manifest.get("step", 0)))
+    if final.exists():
+        shutil.rmtree(tmp)
+    else:
+        (tmp / TMP_MARKER).unlink()
+        os.replace(tmp, final)
+    publish_step(root, final, (FINAL, "last"), keep_last)
+    return final, manifest
+
+
 def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | None = None,
-             progress: bool = True, verbose: bool = False, _test_fail_at_step: int | None = None) -> Path:
-    """Run the distributed pretraining job; returns `<out_dir>/checkpoints/final`."""
+             progress: bool = True, verbose: bool = False) -> Path:
+    """Run the distributed pretraining job; returns `<out_dir>/checkpoints/final`, the pointer to
+    the final checkpoint's step folder (`<out_dir>/checkpoints/step-<N>`)."""
     t0 = time.perf_counter()
     dist = cfg.distributed
     if workers is not None:
@@ -398,7 +411,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
             train_loop_per_worker=train_loop_per_worker,
             train_loop_config={
                 "cfg": to_dict(cfg), "device_type": device_type, "progress": progress, "verbose": verbose,
-                "work_dir": str(out), "_test_fail_at_step": _test_fail_at_step,
+                "work_dir": str(out),
             },
             scaling_config=ScalingConfig(num_workers=dist.workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": dist.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
@@ -415,17 +428,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
             raise result.error
         if result.checkpoint is None:
             raise RuntimeError("the run finished without a checkpoint")
-        final = out / "checkpoints" / FINAL
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{FINAL}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        result.checkpoint.to_directory(str(tmp))
-        from unirec_dist.utils.atomic import publish_dir
-
-        publish_dir(tmp, final)
-        from unirec_dist.checkpoint.dcp import read_manifest
-
-        manifest = read_manifest(final)
+        final, manifest = publish_final(result.checkpoint, out / "checkpoints", dist.keep_last)
         summary = {
             "checkpoint": str(final),
             "workers": dist.workers,
@@ -440,7 +443,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         }
         (out / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str))
         log.info("done in %.1f s; checkpoint %s", summary["seconds"], final)
-        return final
+        return final.parent / FINAL
     finally:
         if own:
             shutdown_ray()
