@@ -133,9 +133,12 @@ def test_sigterm_ends_a_command_stuck_in_a_c_call(tmp_path, raw):
             proc.kill()
             pytest.fail("still running 10 s after SIGTERM")
         _, err = _finish(proc)
-        assert proc.returncode == 128 + signal.SIGTERM
-        assert [ln for ln in err.splitlines() if ln.startswith("error: ")] == [
-            "error: stopped by signal 15 (the command did not end within 5 s)"]
+        errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        # Ray's own handler (exit 15) when the wait is in Python at that moment; else our backstop
+        assert proc.returncode in (signal.SIGTERM, 128 + signal.SIGTERM), err[-2000:]
+        if proc.returncode == 128 + signal.SIGTERM:
+            assert errors == ["error: stopped by signal 15 (the command did not end within 5 s)"]
+        assert len(errors) <= 1 and "Traceback" not in err, err[-2000:]
         assert not out.exists() and leftovers(tmp_path) == []
     finally:
         listener.close()
