@@ -1,4 +1,4 @@
-"""ML-1M quality of a pretrain config under the DESIGN.md protocol, beside the published numbers.
+"""ML-1M quality of a pretrain config under the published protocol (leave-one-out, full ranking), beside the published numbers.
 
     python bench/quality_ml1m.py --config configs/pretrain/ml-1m-sasrec.yaml [key=value ...]
 

@@ -120,7 +120,7 @@ def test_checkpoint_round_trip(ds, tmp_path, kind):
 
     from unirec_dist.checkpoint.dcp import save_checkpoint
     from unirec_dist.data.batch import make_seq_batch
-    from unirec_dist.training.build import build_from_config, checkpoint_state, dataset_section, load_retriever
+    from unirec_dist.training.build import build_from_config, dataset_section, load_retriever
 
     cfg = _cfg(ds, TINY[kind])
     man = json.loads((ds / "manifest.json").read_text())
@@ -128,7 +128,7 @@ def test_checkpoint_round_trip(ds, tmp_path, kind):
     torch.manual_seed(1)
     model = build_from_config(cfg, section).eval()
     model.embedding.set_item_features(pq.read_table(ds / "items.parquet"))
-    ckpt = save_checkpoint(tmp_path / "ckpt", checkpoint_state(model),
+    ckpt = save_checkpoint(tmp_path / "ckpt", {"model": model.state_dict()},
                            {"kind": "train", "config": to_dict(cfg), "dataset": section, "step": 0, "epoch": 0})
     torch.manual_seed(2)                    # a different init: the weights must come from the file
     again, _ = load_retriever(ckpt, ds)

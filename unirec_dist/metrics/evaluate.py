@@ -1,6 +1,6 @@
 """Full-ranking evaluation of a Retriever on a prepared dataset's valid/test queries.
 
-Protocol (DESIGN.md, Evaluation protocol): every query is ranked against ALL N items of the
+Protocol (leave-one-out, full ranking; README "Evaluation protocol"): every query is ranked against ALL N items of the
 catalogue (no sampled negatives); `mask_seen` says whether the items of the query's full history
 are removed from the ranking, and it is reported with every result. Ties: lower item id first
 (`unirec_dist.metrics.topk`). Metric definitions: `unirec_dist.metrics.ranking`.

@@ -35,11 +35,6 @@ METRICS = ("HR", "Recall", "NDCG", "MRR", "Precision")
 _NEVER = 2**31 - 1  # best_rank of an item never listed
 
 
-def metric_names(ks: Sequence[int]) -> list[str]:
-    """Names in report order: HR@10, Recall@10, ..., Coverage@200."""
-    return [f"{m}@{k}" for k in ks for m in (*METRICS, "Coverage")]
-
-
 class RankingAccumulator:
     """Streams (top-K ids, targets) batches into per-K sums; see the module docstring.
 

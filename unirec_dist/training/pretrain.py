@@ -386,7 +386,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
 
     try:
         # the workers' device comes from the cluster's resources, not this driver's hardware
-        from unirec_dist.utils.device import worker_device
+        from unirec_dist.utils.device import dist_backend, worker_device
 
         resources = ray.cluster_resources()
         if own:   # the embedded cluster is this machine with this torch build (a CPU build sees no GPU)
@@ -415,7 +415,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
             },
             scaling_config=ScalingConfig(num_workers=dist.workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": dist.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            torch_config=TorchConfig(backend=dist_backend("cuda" if use_gpu else "cpu")),
             run_config=RunConfig(
                 name=cfg.name,
                 storage_path=str(storage),

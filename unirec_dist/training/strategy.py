@@ -276,7 +276,6 @@ def allreduce_dense_grads(params: list[torch.nn.Parameter]) -> None:
     dist = _dist()
     if dist is None or dist.get_world_size() == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
     # a param without a grad on this rank (unused branch) contributes zeros, so every rank sends
     # the same layout
     flat_parts = [
@@ -296,7 +295,6 @@ def allreduce_dense_grads(params: list[torch.nn.Parameter]) -> None:
         else:
             p.grad.copy_(g)
         off += n
-    del grads
 
 
 def ray_torchrec_strategy(**kwargs: Any) -> TorchRecStrategy:
