@@ -71,17 +71,12 @@ def _unwrap(e: BaseException) -> BaseException | None:
 
 
 def _init_ray(address: str | None) -> bool:
-    import ray
+    from unirec_dist.utils.ray_cluster import init_ray
 
-    if ray.is_initialized():
-        return False
-    kw = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-              logging_level=logging.WARNING)
+    kw = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address:
-        ray.init(address=address, **kw)
-    else:
-        ray.init(address="local", num_cpus=2, **kw)  # a new cluster of our own, never one found running
-    return True
+        return init_ray(address, flag="--ray-address", **kw)
+    return init_ray(None, num_cpus=2, **kw)
 
 
 def _read(cfg: DatasetConfig):
@@ -324,4 +319,6 @@ def run_ray(cfg: DatasetConfig, ray_address: str | None = None) -> tuple[P.Prepa
         ctx.enable_progress_bars, ctx.shuffle_strategy, ctx.execution_options.preserve_order = saved
         data_log.setLevel(saved_level)
         if started:
-            ray.shutdown()
+            from unirec_dist.utils.ray_cluster import shutdown_ray
+
+            shutdown_ray()
