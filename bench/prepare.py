@@ -2,7 +2,7 @@
 
     python bench/prepare.py [--events 20000000] [--skip-pandas-large] [--work DIR]
 
-Arms, each in its own subprocess so that peak RSS (ru_maxrss) is the arm's own; wall time
+Arms, each in its own subprocess so that peak RSS (ru_maxrss) is the arm's own; wall and CPU time
 starts after the imports:
   ml-1m/arrow      prepare(configs/datasets/ml-1m.yaml)   (files fetched and cached beforehand)
   ml-1m/pandas     the same steps in pandas (read, clean, encode, k-core, sort, sequences,
@@ -122,7 +122,8 @@ def pandas_prepare(cfg: dict, out: Path, movielens_dir: str | None) -> dict:
     item_ids = np.sort(df["item"].unique())
     df["user"] = pd.Categorical(df["user"], categories=users).codes.astype("int32") + 1
     df["item"] = pd.Categorical(df["item"], categories=item_ids).codes.astype("int32") + 1
-    df = df.sort_values(["user", "timestamp", "item", "rating"]).reset_index(drop=True)
+    # a user's events by time, ties in source row order (a stable sort), as prepare orders them
+    df = df.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
     out.mkdir(parents=True)
     (out / "vocab").mkdir()
     df.to_parquet(out / "interactions.parquet")
@@ -188,7 +189,7 @@ def peak_rss_bytes() -> int:
 
 
 def run_arm(arm: str, cfg_json: str, out: str) -> None:
-    """Child process: run one arm, print one JSON line with wall time and peak RSS."""
+    """Child process: run one arm, print one JSON line with wall time, CPU time and peak RSS."""
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -204,15 +205,15 @@ def run_arm(arm: str, cfg_json: str, out: str) -> None:
     from unirec_dist.data.dataset import PreparedDataset
     from unirec_dist.data.prepare import prepare
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if arm.endswith("/arrow"):
         prepare(from_dict(DatasetConfig, cfg["config"]), out)
         extra["counts"] = PreparedDataset.open(out).manifest["counts"]
     else:
         extra = pandas_prepare(cfg["config"], Path(out), cfg.get("movielens_dir"))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = peak_rss_bytes()
-    print(json.dumps({"arm": arm, "wall_s": wall, "peak_rss_gb": peak / 1e9, **extra}))
+    print(json.dumps({"arm": arm, "wall_s": wall, "cpu_s": cpu, "peak_rss_gb": peak / 1e9, **extra}))
 
 
 def spawn(arm: str, payload: dict, work: Path, timeout: float) -> dict:
@@ -274,7 +275,7 @@ def main() -> int:
             continue
         c = r.get("counts", {})
         read = f", read {r['read_s']:.2f}s" if "read_s" in r else ""
-        print(f"{arm:14s} {r['wall_s']:7.2f}s  peak RSS {r['peak_rss_gb']:.2f} GB  "
+        print(f"{arm:14s} {r['wall_s']:7.2f}s wall {r.get('cpu_s', 0):7.2f}s CPU  peak RSS {r['peak_rss_gb']:.2f} GB  "
               f"({c.get('final', 0):,} interactions, {c.get('users', 0):,} users, {c.get('items', 0):,} items{read})",
               flush=True)
     by = {r["arm"]: r for r in results if "error" not in r}

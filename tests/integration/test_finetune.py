@@ -218,3 +218,67 @@ def test_same_ids_naming_different_items_exit_2(world, capsys):
     assert rc == 2
     assert "disagree on feature 'category'" in err and "different items" in err
     assert not out.exists()
+
+
+BLOCK_NETWORK = '''import socket
+
+
+def _blocked(*args, **kwargs):
+    raise OSError("network blocked by the test")
+
+
+socket.socket.connect = socket.socket.connect_ex = _blocked
+socket.create_connection = socket.getaddrinfo = _blocked
+'''
+
+
+def test_finetune_by_title_offline_without_raw_files(world, tmp_path):
+    """Column alignment needs only the prepared datasets: with every raw file of both datasets
+    gone, an empty data cache and sockets that raise, `unirec finetune` aligns by title and trains."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    ds = _prepare_variant(tmp_path / "renamed", seed=5, n_items=40, rename="k")
+    shutil.rmtree(tmp_path / "renamed" / "raw")
+    raw_a = world["a"].parent / "raw"
+    hidden = world["tmp"] / "raw-a-hidden"
+    raw_a.rename(hidden)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCK_NETWORK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)]),
+           "UNIREC_DATA": str(tmp_path / "unirec-data")}      # an empty MovieLens cache
+    out = tmp_path / "ft"
+    try:
+        r = subprocess.run([sys.executable, "-m", "unirec_dist", "finetune", "--from", str(world["ckpt"]),
+                            "--config", FINETUNE, f"data.path={ds}", "init.align=column", "init.align_column=[title]",
+                            "init.align_users=false", f"trainer.out_dir={out}", "trainer.max_epochs=1",
+                            "trainer.limit_train_batches=2", "trainer.loggers=[]"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        hidden.rename(raw_a)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    items = summary["alignment"]["items"]
+    assert summary["alignment"]["mode"] == "column" and items["matched"] >= 0.9 * items["rows"], items
+    assert not (tmp_path / "unirec-data").exists()
+
+
+def test_transfer_bench_names_its_target_and_refuses_low_overlap_in_one_line(world, capsys, monkeypatch):
+    """bench/transfer.py takes any prepared target and alignment spec; too little overlap is one
+    `error:` line and exit 2, after it printed which target it ran."""
+    import runpy
+    import sys
+
+    ds = _prepare_variant(world["tmp"] / "bench-renamed", seed=6, n_items=40, rename="m")
+    monkeypatch.setattr(sys, "argv", ["transfer.py", "--out", str(world["tmp"] / "bench"), "--source", str(world["a"]),
+                                      "--target", str(ds), "--pretrained", str(world["ckpt"]), "--align", "raw_id",
+                                      "--min-overlap", "0.5", "--fractions", "1.0", "--seeds", "1", "--epochs", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "bench" / "transfer.py"), run_name="__main__")
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert f"target: synthetic ({ds})" in captured.out
+    err = [ln for ln in captured.err.strip().splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and "below init.min_overlap 50%" in err[0] and "Traceback" not in captured.err

@@ -48,7 +48,8 @@ def test_splits_match_pandas(prepared, ml100k_dir):
     import pandas as pd
 
     raw = pd.read_csv(ml100k_dir / "u.data", sep="\t", names=["user", "item", "rating", "ts"])
-    raw = raw.sort_values(["user", "ts", "item"], kind="stable")
+    # a user's ratings by time; ratings sharing a timestamp keep their order in u.data
+    raw = raw.sort_values(["user", "ts"], kind="stable")
     uvocab = {int(r): i for r, i in zip(prepared.vocab("user")["raw"].to_pylist(), prepared.vocab("user")["index"].to_pylist())}
     ivocab = {int(r): i for r, i in zip(prepared.vocab("item")["raw"].to_pylist(), prepared.vocab("item")["index"].to_pylist())}
     assert uvocab[1] == 1 and uvocab[943] == 943 and ivocab[1682] == 1682   # numeric ids sort numerically

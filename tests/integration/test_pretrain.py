@@ -58,6 +58,7 @@ def test_two_worker_pretrain_end_to_end(dataset, straight_run):
     assert m["plan"]["tables"]["t_item"]["sharding_type"] == "row_wise"
     assert m["plan"]["tables"]["t_item"]["ranks"] == [0, 1]
     assert m["dataset"]["vocab_hash"] and m["distributed"]["workers"] == 2
+    assert m["table_optimizer"]["kind"] == "adagrad" and m["table_optimizer"]["optim.tables"] == "auto"
     assert m["step"] == 8
     # every worker reported its memory and its own rows of the row-wise table (tables were built on
     # meta, so no rank ever held the whole table)
@@ -92,7 +93,7 @@ def test_rank_slices_are_disjoint(dataset):
     (["distributed.sharding.t_nope=row_wise"], "table 't_nope' does not exist"),
     (["distributed.sharding.t_item=data_parallel"], "data_parallel is not supported"),
     (["distributed.sharding.t_item=diagonal"], "unknown sharding type"),
-    (["distributed.table_optimizer.kind=adam", "distributed.device=cpu"], "'adam' is not supported on cpu"),
+    (["optim.tables=adam", "distributed.device=cpu"], "optim.tables: 'adam' is not supported on cpu"),
 ])
 def test_config_mistakes_fail_before_workers_start(dataset, tmp_path, capsys, extra, message):
     rc = main(args(dataset, tmp_path / "run", *extra))

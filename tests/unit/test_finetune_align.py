@@ -44,6 +44,26 @@ def test_key_map_and_normalised_keys():
     assert A.key_map(t, s).tolist() == [0, 2, 1, -1]
 
 
+def test_normalise_title_label_and_key():
+    titles = pa.array(["Matrix, The", "The Matrix", "City of Lost Children, The (Cité des enfants perdus, La)",
+                       "Professional, The (a.k.a. Leon: The Professional)", "Sunset Blvd. (a.k.a. Sunset Boulevard)",
+                       "(500) Days", "Tom & Jerry", "Crouching Tiger / a.k.a. Wo hu", "Appartement, L'",
+                       "L'Appartement", "Shall We Dance?", None])
+    assert A.normalise_title(titles).to_pylist() == [
+        "the matrix", "the matrix", "the city of lost children", "the professional", "sunset blvd", "500 days",
+        "tom and jerry", "crouching tiger", "l appartement", "l appartement", "shall we dance", None]
+    assert A.normalise_label(pa.array(["Sci-Fi", "SciFi", "sci fi", "Children's", "Childrens", None])).to_pylist() \
+        == ["scifi"] * 3 + ["childrens"] * 2 + [None]
+    # one film written two ways aligns by title + year; the year still tells remakes apart
+    t = A.normalise_key([pa.array([None, "Matrix, The", "Heat", "Psycho"]), pa.array([None, 1999, 1995, 1998])])
+    s = A.normalise_key([pa.array([None, "Psycho", "The Matrix (1999 re-release)", "HEAT!"]),
+                         pa.array([None, 1960, 1999, 1995])])
+    assert A.key_map(t, s).tolist() == [0, 2, 3, -1]
+    # genre vocabularies whose spelling changed align as labels
+    m = A.vocab_map(vocab(["Sci Fi", "Childrens", "War"]), vocab(["Children's", "Sci-Fi"]), labels=True)
+    assert m.tolist() == [0, 2, 1, -1]
+
+
 def test_copy_rows():
     dst = torch.zeros(4, 2)
     src = torch.arange(6, dtype=torch.float32).view(3, 2)

@@ -289,13 +289,22 @@ def test_dataset_configs_load():
 
 
 def test_sort_rows_packed_key_matches_multikey_sort():
+    """The packed-key sort is Arrow's stable sort by (user, timestamp, order columns): rows tied
+    on those keep their position (the source order), whatever their item id."""
     rng = np.random.default_rng(1)
     n = 2000
     base = {"user": pa.array(rng.integers(1, 20, n), pa.int32()), "item": pa.array(rng.integers(1, 9, n), pa.int32()),
             "rating": pa.array(rng.integers(1, 4, n).astype(np.float32))}
+    shuffled = pa.array(rng.permutation(n).astype(np.int64))
     for ts in (rng.integers(-5, 5, n), rng.integers(-(2**62), 2**62, n)):   # packs / does not fit
         t = pa.table({**base, "timestamp": pa.array(ts, pa.int64())}).select(["user", "item", "timestamp", "rating"])
-        want = t.sort_by([("user", "ascending"), ("timestamp", "ascending"), ("item", "ascending"),
-                          ("rating", "ascending")])
-        assert P.sort_rows(t).equals(want.combine_chunks())
-    assert P._packed_key(pa.table({**base, "timestamp": pa.array(rng.integers(-(2**62), 2**62, n))})) is None
+        for extra in ({}, {"tie": pa.array(rng.integers(0, 3, n))}, {"tie": pa.array(rng.random(n))},
+                      {"row": shuffled}):
+            tt = t
+            for k, v in extra.items():
+                tt = tt.append_column(k, v)
+            want = tt.sort_by([(k, "ascending") for k in P.sort_keys(tt)])
+            assert P.sort_rows(tt).equals(want.combine_chunks())
+    t = pa.table({**base, "timestamp": pa.array(rng.integers(-(2**62), 2**62, n))})
+    assert P._packed_key(t, ["user", "timestamp", "item"]) is None
+    assert P._packed_key(t, ["user", "item"]) is not None

@@ -7,19 +7,21 @@ Example (a generic interaction log plus an item table)::
       kind: table                  # table | movielens-100k | movielens-1m
       interactions: logs/events.csv
       items: logs/items.parquet    # optional
+      header: true                 # csv/tsv without a header row: false, plus column_names: [...]
     columns:
       user: user_id
       item: item_id
       timestamp: ts
       rating: null                 # or a column name
       event: null
+      tie_break: null              # a column ordering events that share a timestamp
     item_features:
       - {column: category, kind: categorical}
       - {column: tags, kind: multi, sep: "|"}
       - {column: title, kind: text, buckets: 20000, max_tokens: 16}
       - {column: image_vec, kind: dense}
     filter: {min_rating: null, user_core: 5, item_core: 5}
-    split: {protocol: leave_one_out}
+    split: {protocol: leave_one_out, order: time, tie_break: row}   # row: source row order
 
 For MovieLens sources, the fetched files are turned into tables with known column names and the
 same `columns`/`item_features` mechanism applies (see configs/datasets/ml-1m.yaml).
@@ -40,12 +42,20 @@ class SourceConfig:
     users: str | None = None            # optional user table, joined on the user column
     format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"   # auto: by file extension
     delimiter: str | None = None        # overrides the format's default delimiter
+    header: bool = True                 # csv/tsv: false when the first row is data, not names
+    column_names: list[str] | None = None   # csv/tsv with header: false: the columns' names
     # where fetched sources are cached; default $UNIREC_DATA or the user cache dir
     data_dir: str | None = None
 
     def validate(self) -> None:
         if self.kind == "table" and not self.interactions:
             raise ConfigError("source.interactions: required when source.kind is 'table'")
+        if not self.header and not self.column_names:
+            raise ConfigError("source.column_names: required when source.header is false "
+                              "(the names of the file's columns, in order)")
+        if self.header and self.column_names:
+            raise ConfigError("source.column_names: only with source.header: false "
+                              "(a file with a header row names its own columns)")
 
 
 @dataclass
@@ -55,6 +65,20 @@ class ColumnsConfig:
     timestamp: str = "timestamp"
     rating: str | None = None
     event: str | None = None
+    # orders events of a user that share a timestamp (e.g. add-to-cart position), ascending;
+    # events still tied after it keep split.tie_break's order
+    tie_break: str | None = None
+
+    def validate(self) -> None:
+        # one column cannot play two roles (user=item_id would build "users" that are items)
+        seen: dict[str, str] = {}
+        for role in ("user", "item", "timestamp", "rating", "event"):
+            col = getattr(self, role)
+            if col is None:
+                continue
+            if col in seen:
+                raise ConfigError(f"{seen[col]} and {role} are both column {col!r}; each role needs its own column")
+            seen[col] = role
 
 
 @dataclass
@@ -95,11 +119,26 @@ class SplitConfig:
     valid_fraction: float = 0.1       # temporal: share of the time-ordered log for validation
     test_fraction: float = 0.1        # temporal: share for test
     max_history: int | None = None    # keep only the last N items of each history (None: all)
+    # time: each user's events by timestamp; row: by their row order in the source (for logs
+    # whose timestamps are missing or constant; the timestamp column is then not read)
+    order: Literal["time", "row"] = "time"
+    # events sharing a timestamp (after columns.tie_break): row = source row order (the only
+    # order the log gives), random = a seeded shuffle (split.seed). Never by item id: the
+    # largest id of a tied group would become the test target.
+    tie_break: Literal["row", "random"] = "row"
+    seed: int = 0
 
     def validate(self) -> None:
-        if not (0 <= self.valid_fraction < 1 and 0 < self.test_fraction < 1
-                and self.valid_fraction + self.test_fraction < 1):
-            raise ConfigError("split: valid_fraction and test_fraction must be in [0, 1) and sum below 1")
+        if self.order == "row" and self.tie_break == "random":
+            raise ConfigError("tie_break: 'random' contradicts order 'row' (the row order is the order)")
+        # messages without a "split:" prefix: the loader adds the section's name
+        if not 0 <= self.valid_fraction < 1:
+            raise ConfigError(f"valid_fraction: must be in [0, 1), got {self.valid_fraction}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction: must be in (0, 1), got {self.test_fraction}")
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ConfigError(f"valid_fraction + test_fraction: must be below 1, got "
+                              f"{self.valid_fraction} + {self.test_fraction}")
 
 
 @dataclass

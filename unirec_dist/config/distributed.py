@@ -7,7 +7,7 @@ Every key of `distributed` has a default, so any training YAML is also a pretrai
       device: auto                    # auto | cpu | cuda  (cuda: NCCL, one GPU per worker)
       address: null                   # null: embedded local Ray cluster; or host:port / ray://...
       sharding: {t_item: row_wise}    # table -> table_wise | row_wise | column_wise | ...
-      table_optimizer: {kind: auto, lr: null}
+      table_optimizer: {lr: null}     # the tables' optimizer itself is optim.tables
       checkpoint_every_n_steps: 50    # 0: only at the end
       keep_last: 2
       max_failures: 3                 # worker-group restarts from the latest checkpoint (-1: unlimited)
@@ -25,8 +25,8 @@ from unirec_dist.errors import ConfigError
 
 @dataclass
 class TableOptimizerSection:
-    # auto: adam on CUDA (fused), adagrad on CPU (fused Adam does not run on CPU)
-    kind: Literal["auto", "sgd", "adagrad", "rowwise_adagrad", "adam"] = "auto"
+    """Settings of the fused table optimizer named by optim.tables (config/train.py)."""
+
     lr: float | None = None          # null: optim.lr for adam, 0.05 for adagrad/rowwise_adagrad/sgd
     eps: float = 1e-8
     weight_decay: float = 0.0
@@ -35,8 +35,9 @@ class TableOptimizerSection:
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"distributed.table_optimizer.lr: must be > 0, got {self.lr}")
 
-    def resolve(self, device_type: str, dense_lr: float) -> tuple[str, float]:
-        kind = self.kind
+    def resolve(self, tables: str, device_type: str, dense_lr: float) -> tuple[str, float]:
+        """(optimizer, lr) of the sharded tables: optim.tables, auto resolved per device."""
+        kind = tables
         if kind == "auto":
             kind = "adam" if device_type == "cuda" else "adagrad"
         lr = self.lr if self.lr is not None else (dense_lr if kind == "adam" else 0.05)

@@ -28,6 +28,7 @@ from unirec_dist.errors import ConfigError
 from unirec_dist.models.encoders.base import EncoderConfig
 from unirec_dist.models.encoders.registry import DEFAULT_ENCODER, ENCODERS
 
+REPEAT_MASK_MAX = 0.05
 TASKS = ("retrieval", "rating", "ctr")
 
 
@@ -190,6 +191,10 @@ class OptimSection:
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    # the embedding tables' optimizer where they are sharded (`unirec pretrain`: fused into the
+    # backward pass, so only FBGEMM's kernels run); auto: adam on CUDA, adagrad on CPU, where
+    # fused Adam does not exist. `unirec train` updates its tables with `name` (auto or the same).
+    tables: Literal["auto", "sgd", "adagrad", "rowwise_adagrad", "adam"] = "auto"
 
     def validate(self) -> None:
         _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
@@ -212,7 +217,9 @@ class TrainerSection:
     mlflow_uri: str | None = None
     progress_bar: bool = True
     val_every_n_epochs: int = 1
-    val_mask_seen: bool = False                 # validation ranking removes each query's history items
+    # validation ranking removes each query's history items; null: from the dataset, masked only
+    # when repeats are rare (split.repeat_rate of the valid targets < REPEAT_MASK_MAX)
+    val_mask_seen: bool | None = None
     log_every_n_steps: int = 20
     limit_train_batches: int | float = 1.0
     early_stop_patience: int | None = None      # validations without NDCG@10 improvement
@@ -268,3 +275,17 @@ def load_train_config(path, overrides: list[str] | None = None) -> TrainConfig:
     from unirec_dist.config.loader import load_config
 
     return load_config(TrainConfig, path, overrides)
+
+
+def resolve_val_mask_seen(trainer: TrainerSection, ds_manifest: dict) -> tuple[bool, str]:
+    """trainer.val_mask_seen as given, or (null) from the dataset's repeat rate: masking the seen
+    items is right when the next item is almost never one consumed before (MovieLens), and caps
+    the metric when most are (baskets, music). Returns (mask, why) for the log."""
+    if trainer.val_mask_seen is not None:
+        return trainer.val_mask_seen, "trainer.val_mask_seen in the config"
+    rate = ((ds_manifest.get("split") or {}).get("repeat_rate") or {}).get("valid")
+    if rate is None:
+        return False, "the dataset records no repeat rate (prepared before it was measured; prepare it again)"
+    mask = rate < REPEAT_MASK_MAX
+    return mask, (f"{rate:.1%} of validation targets were consumed before "
+                  f"({'<' if mask else '>='} {REPEAT_MASK_MAX:.0%}; trainer.val_mask_seen: null)")

@@ -7,7 +7,8 @@ A prepared dataset is a directory written atomically by `unirec prepare`::
     vocab/item.parquet      raw: string, index: int32   (index 1..n_items; 0 = padding)
     vocab/<feature>.parquet raw: string, index: int32   for categorical and multi features
     interactions.parquet    user: int32, item: int32, timestamp: int64, [rating: float32],
-                            [event: string]; cleaned, sorted by (user, timestamp, item)
+                            [event: string]; cleaned, sorted by (user, timestamp), events
+                            sharing a timestamp in the tie-break's order (see below)
     train.parquet           one row per user with training history:
                             user: int32, items: list<int32>, timestamps: list<int64>,
                             [ratings: list<float32>]; time-ordered
@@ -22,6 +23,10 @@ A prepared dataset is a directory written atomically by `unirec prepare`::
                               dense       -> fixed_size_list<float32>[dim]
     users.parquet           user: int32 (1..n_users) and user features, same encodings
                             (only when user features are configured)
+    items_raw.parquet       item: int32 (1..n_items), then the source item table's own scalar
+                            columns (strings, numbers, dates; not lists or vectors), raw, null
+                            where the table has no row for the item (only when the source has
+                            an item table): what fine-tuning aligns items on
 
 Splits. leave_one_out: per user, by time, test target = last item, valid target = second to
 last; train = everything before the valid target; test history = train + valid target;
@@ -45,7 +50,15 @@ mismatched dataset).
 Details fixed by the implementation (data/prepare.py, data/features.py):
 - Vocab order: indices follow the sorted raw values (integer ids numerically, strings bytewise),
   so they do not depend on row order or on the engine. Raw values are stored as strings.
-- interactions.parquet ties on (user, timestamp, item) are ordered by rating, then event.
+- Order of a user's events: timestamp, then (columns.tie_break) that column ascending, then
+  source row order (split.tie_break row) or a shuffle fixed by split.seed (random: a hash of the
+  seed and the source row, the same for both engines); never item id. split.order row: the
+  timestamp column is not read and each event's timestamp is its source row (0-based).
+  Exact duplicates (same user, timestamp, item, rating, event, tie-break value) keep the first.
+- split.ordering (manifest): {order, tie_break, events_in_tied_groups (share of events sharing
+  (user, timestamp) with another), largest_group, targets_tied: {valid, test} (leave-one-out:
+  share of targets in such a group)}; split.repeat_rate: {valid, test}, the share of targets
+  already in the user's history (temporal: of target events, history = before the window).
 - vocab_hash = sha256 over, for "user" then "item": name, NUL, row count (int64 LE), the UTF-8
   byte length of every raw value in index order (int64 LE), then the concatenated raw bytes
   (`prepare.vocab_hash`).

@@ -7,13 +7,17 @@ Steps, each a function over Arrow tables so that the Ray engine (data/ray_engine
 3. `sorted_unique` / `encode_ids`  vocabularies sorted by raw value (numeric ids numerically),
                      ids -> 1..n (0 = padding). Sorted vocabularies make the encoding
                      independent of row order, so both engines produce the same indices.
-4. `sort_rows` / `drop_duplicates`  sort by (user, timestamp, item, rating, event); exact
-                     duplicates are then adjacent and dropped (counted)
+4. `sort_rows` / `drop_duplicates`  sort by (user, timestamp, [tie-break column], then the
+                     source's row order, or a seeded shuffle: split.tie_break); never by item
+                     id, which would make the largest id of a tied group the test target. Exact
+                     duplicates (same user, timestamp, item, rating, event) are dropped, the
+                     first row kept (counted)
 5. `rating_filter`   keep rating >= min_rating (counted)
 6. `kcore`           iterated user/item k-core until stable (rounds counted)
 7. `compact`         re-index the surviving ids to contiguous 1..n (order preserved)
-8. `split_leave_one_out` / `split_temporal`  per-user time-ordered list columns
-9. `entity_table`    item/user feature tables aligned to the vocab
+8. `split_leave_one_out` / `split_temporal`  per-user time-ordered list columns; `order_stats`
+                     (timestamp ties, targets drawn from tied groups, repeat rate of targets)
+9. `entity_table`    item/user feature tables aligned to the vocab (+ the raw item columns)
 
 Everything is Arrow compute plus numpy vectorized over whole columns; no per-row Python.
 `clean_encode_arrow` fuses steps to copy the table less: rows dropped in step 2 leave in step
@@ -36,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from unirec_dist import __version__
-from unirec_dist.config.dataset import DatasetConfig, FeatureConfig, FilterConfig, SplitConfig
+from unirec_dist.config.dataset import DatasetConfig, FeatureConfig, SplitConfig
 from unirec_dist.config.loader import to_dict
 from unirec_dist.data import features as F
 from unirec_dist.data.format import FORMAT_VERSION, MANIFEST
@@ -46,7 +50,11 @@ from unirec_dist.utils.atomic import atomic_dir, check_output_dir
 log = logging.getLogger(__name__)
 
 ROLES = ("user", "item", "timestamp", "rating", "event")
-SORT_KEYS = ["user", "timestamp", "item", "rating", "event"]
+# helper columns that order tied events, dropped once the rows are sorted and deduplicated:
+# tie = columns.tie_break, shuffle = split.tie_break random, row = the source row (Ray engine;
+# the Arrow engine's rows are in source order already)
+ORDER_COLS = ("tie", "shuffle", "row")
+TIED_TARGETS_WARN = 0.2
 _INT_RE = r"^\s*[-+]?\d+\s*$"
 _NUM_RE = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
@@ -110,24 +118,85 @@ def check_columns(names: list[str], wanted: dict[str, str | None], where: str, p
             raise DataError(f"{where}: column {c!r} ({prefix}{role}) not found; columns are: {', '.join(names)}")
 
 
-def select_columns(table: pa.Table, cfg: DatasetConfig, where: str, check_all_null: bool = True) -> pa.Table:
-    """Raw interactions -> user (int64|string), item, timestamp: int64, [rating: float32], [event: string].
+def tie_column(col: pa.ChunkedArray | pa.Array, where: str, name: str) -> pa.Array:
+    """columns.tie_break as int64 (integers) or float64 (any other number); else DataError."""
+    col = F.as_array(col)
+    if pa.types.is_integer(col.type):
+        return col.cast(pa.int64())
+    return number_column(col, where, name, "tie_break").cast(pa.float64())
 
+
+def select_columns(table: pa.Table, cfg: DatasetConfig, where: str, check_all_null: bool = True) -> pa.Table:
+    """Raw interactions -> user (int64|string), item, timestamp: int64, [rating: float32], [event: string],
+    [tie: int64|float64].
+
+    With split.order 'row' the timestamp column is not read: timestamps are set by `order_keys`.
     `check_all_null=False` skips the 'null in every row' check (the Ray engine checks it globally,
     since one block may legitimately be all null)."""
     c = cfg.columns
-    wanted = {r: getattr(c, r) for r in ROLES}
+    by_row = cfg.split.order == "row"
+    wanted = {r: getattr(c, r) for r in ROLES if not (by_row and r == "timestamp")}
+    wanted["tie_break"] = c.tie_break
     check_columns(table.column_names, wanted, where, "columns.")
     cols = {
         "user": id_column(table[c.user], where, c.user, "user", check_all_null),
         "item": id_column(table[c.item], where, c.item, "item", check_all_null),
-        "timestamp": timestamp_column(table[c.timestamp], where, c.timestamp),
+        "timestamp": (pa.array(np.zeros(table.num_rows, np.int64)) if by_row
+                      else timestamp_column(table[c.timestamp], where, c.timestamp)),
     }
     if c.rating is not None:
         cols["rating"] = number_column(table[c.rating], where, c.rating, "rating")
     if c.event is not None:
         cols["event"] = F.as_array(table[c.event]).cast(pa.string())
+    if c.tie_break is not None:
+        cols["tie"] = tie_column(table[c.tie_break], where, c.tie_break)
     return pa.table(cols)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a fixed bijection of uint64 that scatters consecutive inputs."""
+    x = x.copy()
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def order_keys(t: pa.Table, split: SplitConfig, row0: int = 0, keep_row: bool = False) -> pa.Table:
+    """Add what orders a user's events beyond the timestamp, from each row's position in the
+    source (`row0` = the global position of `t`'s first row): split.order 'row' -> timestamp =
+    the row; split.tie_break 'random' -> `shuffle`, a hash of (seed, row) (the same for both
+    engines, whatever the blocks); `keep_row` -> `row` (the Ray engine, whose groups lose the
+    source order)."""
+    if split.order == "time" and split.tie_break == "row" and not keep_row:
+        return t
+    row = np.arange(row0, row0 + t.num_rows, dtype=np.int64)
+    if split.order == "row":
+        t = t.set_column(t.column_names.index("timestamp"), "timestamp", pa.array(row))
+    if split.tie_break == "random":
+        h = _mix64(row.astype(np.uint64) + _mix64(np.array([split.seed], np.uint64))[0])
+        t = t.append_column("shuffle", pa.array((h >> np.uint64(1)).astype(np.int64)))
+    if keep_row:
+        t = t.append_column("row", pa.array(row))
+    return t
+
+
+def check_timestamps(n_valid: int, lo: int | None, hi: int | None, split: SplitConfig, where: str,
+                     column: str) -> None:
+    """A log whose timestamps are all missing or all equal has no time order: refuse it unless the
+    config says to use the row order (split.order: row), rather than order it by accident."""
+    if split.order == "row":
+        return
+    hint = ("; set split.order: row to order each user's events by their row in the file "
+            "(or name a real time column in columns.timestamp)")
+    if n_valid == 0:
+        raise DataError(f"{where}: column {column!r} (timestamp) is empty in every row, so events "
+                        f"cannot be ordered by time{hint}")
+    if n_valid > 1 and lo == hi:
+        raise DataError(f"{where}: column {column!r} (timestamp) has the same value ({lo}) in every row, "
+                        f"so events cannot be ordered by time{hint}")
 
 
 def missing_mask(t: pa.Table) -> tuple[np.ndarray | None, int, int]:
@@ -226,14 +295,16 @@ def vocab_hash(user_vocab: pa.Table, item_vocab: pa.Table) -> str:
 
 
 # ----------------------------------------------------------------------------- cleaning
-def _packed_key(t: pa.Table, present: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
-    """(user, timestamp, item) packed into one uint64 whose order is theirs, and its bit width,
-    when they fit in 63 bits. Rows outside `present` (where these may be null) get key bits 0."""
+def _packed_key(t: pa.Table, names: list[str], present: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
+    """The integer columns `names` packed into one uint64 whose order is theirs, and its bit
+    width, when they fit in 63 bits. Rows outside `present` (where user/item/timestamp may be
+    null) get key bits 0; any other column must have no null."""
     cols = []
     bits = 0
-    for name in ("user", "timestamp", "item"):
+    for name in names:
         a = F.as_array(t[name])
-        if (a.null_count and present is None) or not pa.types.is_integer(a.type) or a.null_count == len(a):
+        if (a.null_count and (present is None or name in ORDER_COLS)) or not pa.types.is_integer(a.type) \
+                or a.null_count == len(a):
             return None
         mm = pc.min_max(a)
         lo, hi = mm["min"].as_py(), mm["max"].as_py()
@@ -260,8 +331,9 @@ def _sort_order(key: np.ndarray, bits: int, t: pa.Table, rest: list[str]) -> np.
     with `np.sort` (SIMD, ~6x faster than any argsort on 20M rows); the low bits are then the
     order. When key + row index need more than 64 bits only the key's top bits are packed
     (`prefix`). Rows sharing a prefix, or a key when `rest` is set, come out in row order; such
-    runs are rare (here: duplicates and same-user rows within a few minutes), and are put in
-    the exact (key, *rest, row) order by Arrow's sort on just those rows (its null/NaN order)."""
+    runs (timestamp ties when a tie-break column is set; candidate duplicates in
+    `duplicate_mask`) are put in the exact (key, *rest, row) order by Arrow's sort on just
+    those rows (its null/NaN order)."""
     n = len(key)
     row_bits = max((n - 1).bit_length(), 1)
     shift = max(bits + row_bits - 64, 0)
@@ -290,20 +362,28 @@ def _sort_order(key: np.ndarray, bits: int, t: pa.Table, rest: list[str]) -> np.
     return order
 
 
+def sort_keys(t: pa.Table) -> list[str]:
+    """What orders a user's events: user, timestamp, then the order columns present; rows still
+    tied keep their position (the source order, or `row`)."""
+    return ["user", "timestamp", *[k for k in ORDER_COLS if k in t.column_names]]
+
+
 def sort_rows(t: pa.Table, present: np.ndarray | None = None) -> pa.Table:
-    """Sort by (user, timestamp, item, rating, event), stably, keeping only the rows where
-    `present` (all when None): dropping rows inside the sort's take saves a copy of the table.
-    When the three integer keys fit in 63 bits they are packed into one key first (see
-    `_sort_order`)."""
-    packed = _packed_key(t, present) if t.num_rows else None
+    """Sort by `sort_keys` stably, keeping only the rows where `present` (all when None):
+    dropping rows inside the sort's take saves a copy of the table. The longest prefix of the
+    keys whose integers fit in 63 bits is packed into one key first (see `_sort_order`)."""
+    keys = sort_keys(t)
+    packed, n = None, len(keys)
+    while t.num_rows and packed is None and n >= 2:
+        packed = _packed_key(t, keys[:n], present)
+        n -= packed is None
     if packed is None:
         if present is not None:
             t = t.filter(pa.array(present))
-        keys = [(k, "ascending") for k in SORT_KEYS if k in t.column_names]
-        return t.take(pc.sort_indices(t, sort_keys=keys)).combine_chunks()
+        # Arrow's sort_indices is stable: rows tied on every key keep their source order
+        return t.take(pc.sort_indices(t, sort_keys=[(k, "ascending") for k in keys])).combine_chunks()
     key, bits = packed
-    rest = [k for k in ("rating", "event") if k in t.column_names]
-    order = _sort_order(key, bits, t, rest)
+    order = _sort_order(key, bits, t, keys[n:])
     del key, packed
     if present is not None:
         order = order[present[order]]
@@ -319,19 +399,48 @@ def _same_as_prev(col: pa.Array) -> np.ndarray:
     return np.r_[False, eq.to_numpy(zero_copy_only=False)]
 
 
-def duplicate_mask(t: pa.Table) -> np.ndarray:
-    """True for each row equal to the previous one (in a table sorted by all its columns)."""
-    dup = np.ones(t.num_rows, dtype=bool)
+def tied_with_prev(t: pa.Table) -> np.ndarray:
+    """True for each row with the previous row's user and timestamp (in a table sorted by them)."""
     if t.num_rows < 2:
-        dup[:] = False
+        return np.zeros(t.num_rows, dtype=bool)
+    return _same_as_prev(F.as_array(t["user"])) & _same_as_prev(F.as_array(t["timestamp"]))
+
+
+def duplicate_mask(t: pa.Table) -> np.ndarray:
+    """True for each row that repeats an earlier row of its (user, timestamp) group on every
+    column but the order columns shuffle/row (in a table sorted by `sort_keys`): the first
+    occurrence in the sorted order is kept.
+
+    Duplicates can only sit inside runs of tied rows; those rows alone are sorted by (run, item,
+    the other columns, position), where duplicates are adjacent."""
+    n = t.num_rows
+    dup = np.zeros(n, dtype=bool)
+    same = tied_with_prev(t)
+    if not same.any():
         return dup
-    for name in t.column_names:
-        dup &= _same_as_prev(F.as_array(t[name]))
+    in_run = same.copy()
+    in_run[:-1] |= same[1:]
+    pos = np.flatnonzero(in_run)
+    run = np.cumsum(~same[pos])                          # 1.. per run of tied rows
+    item = F.as_array(t["item"]).take(pa.array(pos))
+    rest = [k for k in t.column_names if k not in ("user", "timestamp", "item", "shuffle", "row")]
+    sub = pa.table({"run": run, "item": item, **{k: F.as_array(t[k]).take(pa.array(pos)) for k in rest}})
+    keys = ["run", "item", *rest]
+    packed = _packed_key(sub, ["run", "item"])
+    if packed is None:
+        order = pc.sort_indices(sub, sort_keys=[(k, "ascending") for k in keys]).to_numpy()
+    else:
+        order = _sort_order(packed[0], packed[1], sub, rest)
+    s = sub.select(keys).take(pa.array(order))
+    d = np.ones(len(pos), dtype=bool)
+    for k in keys:
+        d &= _same_as_prev(F.as_array(s[k]))
+    dup[pos[order[d]]] = True
     return dup
 
 
 def drop_duplicates(t: pa.Table) -> tuple[pa.Table, int]:
-    """Drop exact duplicate rows of a table sorted by all its columns (duplicates adjacent)."""
+    """Drop exact duplicate rows of a table sorted by `sort_keys` (see `duplicate_mask`)."""
     if t.num_rows < 2:
         return t, 0
     dup = duplicate_mask(t)
@@ -550,6 +659,39 @@ def _key_strings(col: pa.Array) -> pa.Array:
     return col.cast(pa.string())
 
 
+def _row_map(raw: pa.Table, key: str, vocab_values: pa.Array, where: str, entity: str) -> tuple[np.ndarray, dict]:
+    """Index 1..n -> the feature table's first row with that key (-1: none), and match counts."""
+    n = len(vocab_values)
+    keys = _key_strings(id_column(raw[key], where, key, f"{entity} key"))
+    pos = F.as_array(pc.index_in(keys, value_set=_key_strings(vocab_values)))
+    valid = pos.is_valid().to_numpy(zero_copy_only=False)
+    posn = pos.fill_null(-1).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(valid)
+    uniq, first = np.unique(posn[rows], return_index=True)      # first row of each known key
+    rowmap = np.full(n, -1, dtype=np.int64)
+    rowmap[uniq] = rows[first]
+    stats = {"rows": raw.num_rows, "matched": int(len(uniq)), "unknown_keys": int((~valid).sum()),
+             "duplicate_keys": int(len(rows) - len(uniq)), "missing": int(n - len(uniq))}
+    return rowmap, stats
+
+
+def raw_item_table(raw: pa.Table | None, key: str, vocab_values: pa.Array, where: str) -> pa.Table | None:
+    """The item table's own scalar columns (strings, numbers, dates; not lists or vectors), raw,
+    one row per item index 1..n (null where the table has no row): what fine-tuning aligns items
+    on (e.g. title + year), kept so that it never re-reads the raw source."""
+    if raw is None:
+        return None
+    rowmap, _ = _row_map(raw, key, vocab_values, where, "item")
+    keep = [f.name for f in raw.schema if f.name != key and not pa.types.is_nested(f.type)
+            and not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
+    cols = {"item": pa.array(np.arange(1, len(vocab_values) + 1, dtype=np.int32))}
+    taken = raw.select(keep).take(pa.array(rowmap, mask=rowmap < 0))
+    for name in keep:
+        col = F.as_array(taken[name])
+        cols[name] = col.dictionary_decode() if pa.types.is_dictionary(col.type) else col
+    return pa.table(cols)
+
+
 def entity_table(raw: pa.Table | None, key: str, vocab_values: pa.Array, feats: list[FeatureConfig],
                  where: str, entity: str) -> tuple[pa.Table, dict[str, pa.Table], list[dict], dict]:
     """Feature table with one row per index 1..n (sorted), features encoded per data/format.py."""
@@ -565,16 +707,7 @@ def entity_table(raw: pa.Table | None, key: str, vocab_values: pa.Array, feats: 
                         f"(source.{entity}s)")
     check_columns(raw.column_names, {"key": key, **{f"features[{k}].column": f.column for k, f in enumerate(feats)}},
                   where, f"{entity} table ")
-    keys = _key_strings(id_column(raw[key], where, key, f"{entity} key"))
-    pos = F.as_array(pc.index_in(keys, value_set=_key_strings(vocab_values)))
-    valid = pos.is_valid().to_numpy(zero_copy_only=False)
-    posn = pos.fill_null(-1).to_numpy(zero_copy_only=False)
-    rows = np.flatnonzero(valid)
-    uniq, first = np.unique(posn[rows], return_index=True)      # first row of each known key
-    rowmap = np.full(n, -1, dtype=np.int64)
-    rowmap[uniq] = rows[first]
-    stats = {"rows": raw.num_rows, "matched": int(len(uniq)), "unknown_keys": int((~valid).sum()),
-             "duplicate_keys": int(len(rows) - len(uniq)), "missing": int(n - len(uniq))}
+    rowmap, stats = _row_map(raw, key, vocab_values, where, entity)
     aligned = raw.select([f.column for f in feats]).take(pa.array(rowmap, mask=rowmap < 0))
     for f in feats:
         col = F.as_array(aligned[f.column])
@@ -618,6 +751,7 @@ class PreparedTables:
     test: pa.Table
     items: pa.Table
     users: pa.Table | None
+    items_raw: pa.Table | None = None
     feature_vocabs: dict[str, pa.Table] = field(default_factory=dict)
     features: list[dict] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
@@ -625,14 +759,21 @@ class PreparedTables:
     tables: dict = field(default_factory=dict)   # items/users alignment stats
 
 
-def clean_encode_arrow(t: pa.Table, filt: FilterConfig, counts: dict) -> tuple[pa.Table, pa.Array, pa.Array]:
+def clean_encode_arrow(t: pa.Table, cfg: DatasetConfig, counts: dict, where: str = "interactions"
+                       ) -> tuple[pa.Table, pa.Array, pa.Array]:
     """Steps 2-7 on one table; fills `counts`. Returns (interactions, user values, item values)."""
+    filt = cfg.filter
     counts["raw"] = t.num_rows
     # Rows with a null id/timestamp are dropped by the sort's take rather than a filter of their
     # own (one copy of the table less). The vocabularies may then hold ids seen only in dropped
     # rows; `compact` removes them with the ids the filters drop, so the output is the same.
     present, n_ids, n_ts = missing_mask(t)
     counts["dropped_null_ids"], counts["dropped_null_timestamps"] = n_ids, n_ts
+    ts = t["timestamp"] if present is None else t["timestamp"].filter(pa.array(present))
+    mm = pc.min_max(ts)
+    check_timestamps(len(ts) - ts.null_count, mm["min"].as_py(), mm["max"].as_py(), cfg.split, where,
+                     cfg.columns.timestamp)
+    del ts
     if t.num_rows - n_ids - n_ts == 0:
         raise DataError("no interaction has a user id, an item id and a timestamp")
     uv, iv = sorted_unique(t["user"]), sorted_unique(t["item"])
@@ -660,9 +801,80 @@ def clean_encode_arrow(t: pa.Table, filt: FilterConfig, counts: dict) -> tuple[p
     t = t.filter(pa.array(keep)) if n_before < t.num_rows or rounds else t
     if t.num_rows == 0:
         raise _kcore_empty(filt.user_core, filt.item_core)
+    t = drop_order_columns(t)
     counts["after_kcore"] = {"rows": t.num_rows, "dropped": n_before - t.num_rows, "iterations": rounds}
     t, uv, iv = compact(t, uv, iv)
     return t, uv, iv
+
+
+def drop_order_columns(t: pa.Table) -> pa.Table:
+    """The interactions without the helper columns that ordered them (ORDER_COLS)."""
+    return t.drop_columns([k for k in ORDER_COLS if k in t.column_names])
+
+
+def _share(mask: np.ndarray) -> float:
+    return round(float(mask.mean()), 4) if len(mask) else 0.0
+
+
+def order_stats(t: pa.Table, n_users: int, sp: SplitConfig, cuts: dict | None) -> dict:
+    """How much of the log ties in time, how many split targets come from a tied group, and how
+    many targets the user had consumed before (the repeat rate).
+
+    events_in_tied_groups: share of events sharing (user, timestamp) with another event;
+    largest_group: the most events of a user sharing one timestamp; targets_tied (leave-one-out):
+    share of valid/test targets in such a group, whose order against the history is then the
+    tie-break's, not time's; repeat_rate: share of valid/test targets already in the user's
+    history (temporal: share of target events)."""
+    users = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
+    items = F.as_array(t["item"]).to_numpy(zero_copy_only=False)
+    n = len(users)
+    out: dict = {"order": sp.order, "tie_break": sp.tie_break}
+    if sp.order == "time":
+        same = tied_with_prev(t)
+        in_group = same.copy()
+        in_group[:-1] |= same[1:]
+        starts = np.flatnonzero(~same)
+        sizes = np.diff(np.r_[starts, n])
+        out["events_in_tied_groups"] = _share(in_group)
+        out["largest_group"] = int(sizes.max(initial=0))
+    rows = users.astype(np.int64) - 1
+    if cuts is None:   # leave-one-out: targets are the last two rows of users with >= 3
+        counts, offsets = _user_offsets(users, n_users)
+        ends = offsets[1:][counts >= 3]
+        repeat = {}
+        tied = {}
+        for name, tgt in (("valid", ends - 2), ("test", ends - 1)):
+            tgt_item = np.full(n_users, -1, dtype=np.int64)
+            tgt_item[rows[tgt]] = items[tgt]
+            tgt_row = np.zeros(n_users, dtype=np.int64)
+            tgt_row[rows[tgt]] = tgt
+            seen = (items == tgt_item[rows]) & (np.arange(n) < tgt_row[rows])
+            rep = np.zeros(n_users, dtype=bool)
+            rep[rows[seen]] = True
+            repeat[name] = _share(rep[rows[tgt]])
+            if sp.order == "time":
+                tied[name] = _share(in_group[tgt])
+        if tied:
+            out["targets_tied"] = tied
+    else:              # temporal: every event in a window is a target; history = before the window
+        ts = F.as_array(t["timestamp"]).to_numpy(zero_copy_only=False)
+        key = rows * (int(items.max(initial=0)) + 1) + items
+        repeat = {}
+        for name, lo, hi in (("valid", cuts["cut_valid"], cuts["cut_test"]), ("test", cuts["cut_test"], None)):
+            tgt = (ts >= lo) & (ts < hi) if hi is not None else ts >= lo
+            hist = np.unique(key[ts < lo])
+            repeat[name] = _share(np.isin(key[tgt], hist, assume_unique=False))
+    out["repeat_rate"] = repeat
+    return out
+
+
+def _warn_tied_targets(stats: dict, cfg: DatasetConfig) -> None:
+    tied = stats.get("targets_tied") or {}
+    if cfg.columns.tie_break is None and max(tied.values(), default=0.0) > TIED_TARGETS_WARN:
+        log.warning("%s: %.0f%% of test targets (%.0f%% of valid) share their timestamp with another event of the "
+                    "user, so the tie-break (split.tie_break: %s) decides them, not time; name an ordering column "
+                    "in columns.tie_break if the log has one", cfg.name, 100 * tied.get("test", 0.0),
+                    100 * tied.get("valid", 0.0), cfg.split.tie_break)
 
 
 def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, counts: dict) -> PreparedTables:
@@ -671,6 +883,7 @@ def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, cou
     counts["final"] = t.num_rows
     counts["users"], counts["items"] = n_users, n_items
     sp = cfg.split
+    cuts = None
     if sp.protocol == "leave_one_out":
         train, valid, test = split_leave_one_out(t, n_users, sp.max_history)
         split = {"protocol": "leave_one_out", "max_history": sp.max_history}
@@ -679,8 +892,13 @@ def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, cou
         split = {"protocol": "temporal", "valid_fraction": sp.valid_fraction,
                  "test_fraction": sp.test_fraction, "max_history": sp.max_history, **cuts}
     split["users"] = {"train": train.num_rows, "valid": valid.num_rows, "test": test.num_rows}
-    items, ivocabs, imeta, istats = entity_table(src.items, cfg.columns.item, iv, cfg.item_features,
-                                                 src.where.get("items", "items"), "item")
+    stats = order_stats(t, n_users, sp, cuts)
+    split["repeat_rate"] = stats.pop("repeat_rate")
+    split["ordering"] = stats
+    _warn_tied_targets(stats, cfg)
+    iwhere = src.where.get("items", "items")
+    items, ivocabs, imeta, istats = entity_table(src.items, cfg.columns.item, iv, cfg.item_features, iwhere, "item")
+    items_raw = raw_item_table(src.items, cfg.columns.item, iv, iwhere)
     users = None
     uvocabs, umeta, ustats = {}, [], {}
     if cfg.user_features:
@@ -688,7 +906,7 @@ def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, cou
                                                      src.where.get("users", "users"), "user")
     return PreparedTables(
         interactions=t, user_vocab=vocab_table(uv), item_vocab=vocab_table(iv),
-        train=train, valid=valid, test=test, items=items, users=users,
+        train=train, valid=valid, test=test, items=items, users=users, items_raw=items_raw,
         feature_vocabs={**ivocabs, **uvocabs}, features=imeta + umeta, counts=counts, split=split,
         tables={k: v for k, v in (("items", istats), ("users", ustats)) if v},
     )
@@ -696,8 +914,9 @@ def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, cou
 
 def run_arrow(src, cfg: DatasetConfig) -> PreparedTables:
     counts: dict = {}
-    t = select_columns(src.interactions, cfg, src.where.get("interactions", "interactions"))
-    t, uv, iv = clean_encode_arrow(t, cfg.filter, counts)
+    where = src.where.get("interactions", "interactions")
+    t = order_keys(select_columns(src.interactions, cfg, where), cfg.split)
+    t, uv, iv = clean_encode_arrow(t, cfg, counts, where)
     return finish(t, uv, iv, src, cfg, counts)
 
 
@@ -717,6 +936,8 @@ def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine
     }
     if p.users is not None:
         files["users.parquet"] = p.users
+    if p.items_raw is not None:
+        files["items_raw.parquet"] = p.items_raw
     for name, tbl in p.feature_vocabs.items():
         files[f"vocab/{name}.parquet"] = tbl
     # Parquet encoding releases the GIL, so the files are written by concurrent threads, largest
@@ -755,9 +976,48 @@ def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine
     return manifest
 
 
+def describe_ordering(split: dict) -> str:
+    """One line on ties and repeats, from a manifest's split entry."""
+    o = split.get("ordering") or {}
+    if o.get("order") == "row":
+        parts = ["events ordered by source row (split.order: row)"]
+    else:
+        parts = [f"{o.get('events_in_tied_groups', 0):.1%} of events tie in time with another of the user's "
+                 f"(largest group {o.get('largest_group', 0)}; ties by {o.get('tie_break', 'row')} order)"]
+        if o.get("targets_tied"):
+            parts.append(f"tied targets valid {o['targets_tied']['valid']:.1%} / test {o['targets_tied']['test']:.1%}")
+    r = split.get("repeat_rate") or {}
+    if r:
+        parts.append(f"repeat rate of targets valid {r.get('valid', 0):.1%} / test {r.get('test', 0):.1%}")
+    return "; ".join(parts)
+
+
+def input_paths(cfg: DatasetConfig) -> dict[str, Path]:
+    """The files/folders `prepare` reads: the table source's paths, or the MovieLens cache dir."""
+    s = cfg.source
+    if s.kind != "table":
+        from unirec_dist.data.movielens import data_dir
+
+        return {"source.data_dir": data_dir(s.data_dir) / s.kind}
+    return {f"source.{role}": Path(getattr(s, role)) for role in ("interactions", "items", "users")
+            if getattr(s, role)}
+
+
+def check_out_not_input(out: Path, cfg: DatasetConfig) -> None:
+    """Refuse an output dir that is, holds, or lies inside an input: replacing it would delete the
+    input (with or without --overwrite)."""
+    o = out.expanduser().resolve()
+    for key, p in input_paths(cfg).items():
+        i = p.expanduser().resolve()
+        if o == i or o in i.parents or i in o.parents:
+            how = "is" if o == i else ("holds" if o in i.parents else "lies inside")
+            raise DataError(f"--out {out} {how} the input {key} ({p}); choose an output folder apart from the inputs")
+
+
 def prepare(cfg: DatasetConfig, out: str | os.PathLike, overwrite: bool = False, engine: str = "arrow",
             ray_address: str | None = None) -> Path:
     """Prepare the dataset described by `cfg` into directory `out` (atomically); returns `out`."""
+    check_out_not_input(Path(out), cfg)
     out = check_output_dir(out, overwrite)
     if engine not in ("arrow", "ray"):
         raise DataError(f"unknown engine {engine!r}; use 'arrow' or 'ray'")
@@ -774,7 +1034,7 @@ def prepare(cfg: DatasetConfig, out: str | os.PathLike, overwrite: bool = False,
     with atomic_dir(out, overwrite) as tmp:
         write_prepared(p, tmp, cfg, src, engine)
     c = p.counts
-    log.info("prepared %s: %d -> %d interactions, %d users, %d items, splits %s in %.2fs -> %s",
+    log.info("prepared %s: %d -> %d interactions, %d users, %d items, splits %s, %s in %.2fs -> %s",
              cfg.name, c["raw"], c["final"], c["users"], c["items"], p.split["users"],
-             time.perf_counter() - t0, out)
+             describe_ordering(p.split), time.perf_counter() - t0, out)
     return out

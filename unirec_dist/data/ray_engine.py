@@ -6,6 +6,9 @@ What runs where (honestly):
     validation), the null counts and `drop_missing`, the distinct user/item values of each block,
     `encode_ids`, the rating filter, the per-block user/item counts of every k-core round and
     the k-core filter, and the re-indexing to contiguous ids (`compact`).
+  on Ray, per block after the typing: `order_keys` adds each row's position in the source (a
+    `row` column: blocks are read in order, `preserve_order`, and numbered from their row
+    counts), which breaks timestamp ties as the Arrow engine's stable sort does.
   on Ray, grouped:
     `groupby(user % n_buckets).map_groups(...)`: every user's rows meet in one group, where the
     same vectorized `sort_rows` + `drop_duplicates` of the Arrow engine run.
@@ -68,17 +71,12 @@ def _unwrap(e: BaseException) -> BaseException | None:
 
 
 def _init_ray(address: str | None) -> bool:
-    import ray
+    from unirec_dist.utils.ray_cluster import init_ray
 
-    if ray.is_initialized():
-        return False
-    kw = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-              logging_level=logging.WARNING)
+    kw = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address:
-        ray.init(address=address, **kw)
-    else:
-        ray.init(address="local", num_cpus=2, **kw)  # a new cluster of our own, never one found running
-    return True
+        return init_ray(address, flag="--ray-address", **kw)
+    return init_ray(None, num_cpus=2, **kw)
 
 
 def _read(cfg: DatasetConfig):
@@ -94,10 +92,18 @@ def _read(cfg: DatasetConfig):
     if fmt in ("csv", "tsv"):
         import pyarrow.csv as pacsv
 
+        from unirec_dist.data.sources import csv_read_options
+
         delim = s.delimiter or ("\t" if fmt == "tsv" else ",")
         ds = ray.data.read_csv(str(p), parse_options=pacsv.ParseOptions(delimiter=delim),
+                               read_options=csv_read_options(None if s.header else s.column_names),
                                convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
                                file_extensions=None)
+        if s.header:   # the header row alone, from a streaming reader's first block
+            from unirec_dist.data.sources import warn_numeric_header
+
+            warn_numeric_header(pacsv.open_csv(p, parse_options=pacsv.ParseOptions(delimiter=delim)).schema.names,
+                                str(p))
     elif fmt == "parquet":
         ds = ray.data.read_parquet(str(p), file_extensions=None)
     else:
@@ -138,8 +144,29 @@ def _null_stats(t: pa.Table) -> pa.Table:
     ids = pc.and_(uv, iv)
     ts_null = pc.and_(ids, pc.is_null(t["timestamp"]))
     s = lambda m: pc.sum(m.cast(pa.int64())).as_py() or 0  # noqa: E731
+    mm = pc.min_max(t["timestamp"].filter(ids))
     return pa.table({"rows": [t.num_rows], "user_valid": [s(uv)], "item_valid": [s(iv)],
-                     "null_ids": [t.num_rows - s(ids)], "null_ts": [s(ts_null)]})
+                     "null_ids": [t.num_rows - s(ids)], "null_ts": [s(ts_null)],
+                     "ts_min": pa.array([mm["min"].as_py()], pa.int64()),
+                     "ts_max": pa.array([mm["max"].as_py()], pa.int64())})
+
+
+def _number_rows(ds, split) -> "ray.data.Dataset":
+    """`order_keys` on every block with its global row offset (blocks in source order)."""
+    import ray
+
+    @ray.remote
+    def num_rows(t: pa.Table) -> int:
+        return t.num_rows
+
+    @ray.remote
+    def keys(t: pa.Table, row0: int) -> pa.Table:
+        return P.order_keys(t, split, row0=row0, keep_row=True)
+
+    refs = ds.to_arrow_refs()                       # in order: the dataset was read preserving it
+    sizes = ray.get([num_rows.remote(r) for r in refs])
+    offsets = np.r_[0, np.cumsum(sizes)[:-1]].astype(int)
+    return ray.data.from_arrow_refs([keys.remote(r, int(o)) for r, o in zip(refs, offsets)])
 
 
 def _drop_block(t: pa.Table) -> pa.Table:
@@ -198,6 +225,7 @@ def _sum_counts(ds, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]
 
 def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict) -> tuple[pa.Table, pa.Array, pa.Array]:
     mb = dict(batch_format="pyarrow", batch_size=None)
+    # preserve_order (set by run_ray): the blocks come out in source order, so they can be numbered
     ds = ds.map_batches(_select_block, fn_kwargs={"cfg": cfg, "where": where}, **mb).materialize()
     st = _collect(ds.map_batches(_null_stats, **mb))
     tot = {k: int(pc.sum(st[k]).as_py() or 0) for k in st.column_names} if st.num_rows else {}
@@ -209,7 +237,11 @@ def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict) -> tuple[pa.
             raise DataError(f"{where}: column {getattr(c, role)!r} ({role}) is null in every row")
     counts["raw"] = tot["rows"]
     counts["dropped_null_ids"], counts["dropped_null_timestamps"] = tot["null_ids"], tot["null_ts"]
-    if tot["rows"] - tot["null_ids"] - tot["null_ts"] == 0:
+    n_ts = tot["rows"] - tot["null_ids"] - tot["null_ts"]
+    lo, hi = (pc.min(st["ts_min"]).as_py(), pc.max(st["ts_max"]).as_py())
+    P.check_timestamps(n_ts, lo, hi, cfg.split, where, c.timestamp)
+    ds = _number_rows(ds, cfg.split)
+    if n_ts == 0:
         raise DataError("no interaction has a user id, an item id and a timestamp")
     ds = ds.map_batches(_drop_block, **mb)
     uq = _collect(ds.map_batches(_uniques_block, **mb))
@@ -251,7 +283,7 @@ def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict) -> tuple[pa.
     t = _collect(ds)
     # groups hold disjoint users, each sorted: one stable sort by user restores the global order
     t = t.take(pc.sort_indices(t, sort_keys=[("user", "ascending")])).combine_chunks()
-    return t, uv.take(pa.array(upresent - 1)), iv.take(pa.array(ipresent - 1))
+    return P.drop_order_columns(t), uv.take(pa.array(upresent - 1)), iv.take(pa.array(ipresent - 1))
 
 
 def run_ray(cfg: DatasetConfig, ray_address: str | None = None) -> tuple[P.PreparedTables, SourceTables]:
@@ -262,11 +294,12 @@ def run_ray(cfg: DatasetConfig, ray_address: str | None = None) -> tuple[P.Prepa
         raise DataError("--engine ray needs ray[data]; install the pinned stack") from None
     started = _init_ray(ray_address)
     ctx = ray.data.DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.shuffle_strategy)
+    saved = (ctx.enable_progress_bars, ctx.shuffle_strategy, ctx.execution_options.preserve_order)
     data_log = logging.getLogger("ray.data")
     saved_level = data_log.level
     try:
         ctx.enable_progress_bars = False
+        ctx.execution_options.preserve_order = True
         # the sort-based shuffle: the default hash shuffle starts one aggregator actor per
         # partition (200), which costs ~10 s before any data moves on a 2-core machine
         ctx.shuffle_strategy = type(ctx.shuffle_strategy).SORT_SHUFFLE_PULL_BASED
@@ -283,7 +316,9 @@ def run_ray(cfg: DatasetConfig, ray_address: str | None = None) -> tuple[P.Prepa
             raise inner from None
         raise
     finally:
-        ctx.enable_progress_bars, ctx.shuffle_strategy = saved
+        ctx.enable_progress_bars, ctx.shuffle_strategy, ctx.execution_options.preserve_order = saved
         data_log.setLevel(saved_level)
         if started:
-            ray.shutdown()
+            from unirec_dist.utils.ray_cluster import shutdown_ray
+
+            shutdown_ray()

@@ -5,6 +5,7 @@ Every reader fails with a one-line `DataError` naming the file: missing, empty, 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ import pyarrow as pa
 
 from unirec_dist.config.dataset import DatasetConfig
 from unirec_dist.errors import DataError
+
+log = logging.getLogger(__name__)
 
 _COMPRESSION = (".gz", ".bz2", ".zst", ".lz4")
 
@@ -68,9 +71,31 @@ def check_file(path: str | os.PathLike, role: str) -> Path:
     return p
 
 
+def csv_read_options(column_names: list[str] | None):
+    """pyarrow ReadOptions for a file with a header row (None) or without one (its names)."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ReadOptions(column_names=list(column_names)) if column_names else pacsv.ReadOptions()
+
+
+def warn_numeric_header(names: list[str], where: str) -> None:
+    """One warning line when every column name of a header row is a number: the file most likely
+    has no header, and its first event became the column names."""
+    import pyarrow.compute as pc
+
+    from unirec_dist.data.prepare import _NUM_RE
+
+    if names and pc.all(pc.match_substring_regex(pa.array(names, pa.string()), _NUM_RE)).as_py():
+        log.warning("%s: the header row %s looks like data (every name is a number); if the file has no "
+                    "header set source.header: false and source.column_names", where, ",".join(names))
+
+
 def read_table(path: str | os.PathLike, role: str = "interactions", fmt: str = "auto",
-               delimiter: str | None = None, column_types: dict[str, pa.DataType] | None = None) -> pa.Table:
-    """Read one file (or a Parquet directory) as an Arrow table; empty -> DataError."""
+               delimiter: str | None = None, column_types: dict[str, pa.DataType] | None = None,
+               column_names: list[str] | None = None) -> pa.Table:
+    """Read one file (or a Parquet directory) as an Arrow table; empty -> DataError.
+
+    csv/tsv: `column_names` for a file without a header row (its first row is data)."""
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
@@ -84,6 +109,7 @@ def read_table(path: str | os.PathLike, role: str = "interactions", fmt: str = "
                 raise DataError(f"{p}: delimiter {delim!r} must be one character")
             table = pacsv.read_csv(
                 p,
+                read_options=csv_read_options(column_names),
                 parse_options=pacsv.ParseOptions(delimiter=delim),
                 # empty cells are missing values, for ids as much as for numbers
                 convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types or {}),
@@ -103,6 +129,8 @@ def read_table(path: str | os.PathLike, role: str = "interactions", fmt: str = "
         raise DataError(f"{p}: cannot read as {kind}: {msg}") from None
     if table.num_rows == 0:
         raise DataError(f"{role} file {p} has a header but no rows")
+    if kind in ("csv", "tsv") and not column_names:
+        warn_numeric_header(table.column_names, str(p))
     return table
 
 
@@ -122,7 +150,9 @@ def load_source(cfg: DatasetConfig) -> SourceTables:
             tables[role] = None
             continue
         p = check_file(path, role)
-        tables[role] = read_table(p, role=role, fmt=s.format, delimiter=s.delimiter)
+        # source.column_names name the interactions file's columns; item/user tables keep their header
+        names = s.column_names if role == "interactions" and not s.header else None
+        tables[role] = read_table(p, role=role, fmt=s.format, delimiter=s.delimiter, column_names=names)
         where[role] = str(p)
         files.append(_file_entry(role, p))
     return SourceTables(tables["interactions"], tables["items"], tables["users"], files, where, kind="table")

@@ -119,7 +119,7 @@ def validate_table_optimizer(kind: str, device_type: str) -> None:
     ok = _OPTIMIZERS_BY_DEVICE["cuda" if device_type == "cuda" else "cpu"]
     if kind not in ok:
         raise ConfigError(
-            f"distributed.table_optimizer.kind: {kind!r} is not supported on {device_type} "
+            f"optim.tables: {kind!r} is not supported on {device_type} for sharded tables "
             f"(fused table optimizers there: {', '.join(ok)})"
         )
 

@@ -212,7 +212,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Full-ranking evaluation on `dataset.table(split)`; a JSON-ready report:
 
-    {"protocol": {split, ranking: "full", n_items, queries, mask_seen, ks, tie_break, ...},
+    {"protocol": {split, ranking: "full", n_items, queries, mask_seen, ks, tie_break,
+                  repeat_rate (share of the split's targets already in the user's history, from
+                  the dataset manifest; null when not recorded), ...},
      "metrics": {"HR@10": ..., "Recall@10": ..., "NDCG@10": ..., "MRR@10": ...,
                  "Precision@10": ..., "Coverage@10": ..., ... for every K},
      "seconds": wall time}
@@ -233,8 +235,9 @@ def evaluate(
     queries = metrics.pop("queries")
     seconds = time.perf_counter() - t0
     log.info("evaluated %d %s queries over %d items in %.2f s", queries, split, n_items, seconds)
+    repeat = ((getattr(dataset, "manifest", None) or {}).get("split", {}).get("repeat_rate") or {}).get(split)
     report = {
-        "protocol": protocol(split, n_items, queries, mask_seen, ks),
+        "protocol": protocol(split, n_items, queries, mask_seen, ks, repeat),
         "metrics": metrics,
         "seconds": round(seconds, 4),
     }
@@ -243,7 +246,8 @@ def evaluate(
     return report
 
 
-def protocol(split: str, n_items: int, queries: int, mask_seen: bool, ks: Sequence[int]) -> dict[str, Any]:
+def protocol(split: str, n_items: int, queries: int, mask_seen: bool, ks: Sequence[int],
+             repeat_rate: float | None = None) -> dict[str, Any]:
     return {
         "split": split,
         "ranking": "full",
@@ -251,6 +255,7 @@ def protocol(split: str, n_items: int, queries: int, mask_seen: bool, ks: Sequen
         "queries": queries,
         "mask_seen": bool(mask_seen),
         "ks": [int(k) for k in ks],
+        "repeat_rate": repeat_rate,
         "tie_break": TIE_RULE,
         "recall": "hits@K / |targets|",
         "precision": "hits@K / min(K, n_items)",
@@ -261,6 +266,9 @@ def protocol_line(report: dict[str, Any]) -> str:
     """One human line stating the protocol beside the numbers."""
     p = report["protocol"]
     seen = "seen items masked" if p["mask_seen"] else "seen items NOT masked"
+    if p.get("repeat_rate") is not None:
+        # masking removes every repeat target from reach: say how many there are
+        seen += f" ({p['repeat_rate']:.1%} of {p['split']} targets were seen before)"
     return f"split={p['split']}, full ranking over {p['n_items']:,} items, {p['queries']:,} queries, {seen}; ties: lower item id first"
 
 

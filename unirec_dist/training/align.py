@@ -5,9 +5,12 @@ target row t, or -1 for a row the pretrained model has never seen (a new user, i
 Row 0 (padding / missing value) always maps to 0. Maps are built with Arrow (`index_in`
 lookups over the vocab Parquet tables), never with per-row Python.
 
-    vocab_map(target_vocab, source_vocab)             by raw value (ids, genre names, years)
-    key_map(target_keys, source_keys)                 by a key column (e.g. "title | year")
-    item_keys(dataset, columns)                       raw item table -> (raw id, key) table
+    vocab_map(target_vocab, source_vocab)             by raw value (ids; labels such as genre
+                                                      names and years by `normalise_label`)
+    key_map(target_keys, source_keys)                 by a key column (e.g. "the matrix | 1999")
+    normalise_title / normalise_label / normalise_key the comparison forms of titles, labels, keys
+    item_keys(dataset, columns)                       the prepared dataset's raw item columns
+                                                      (items_raw.parquet) -> one key per item
     feature_agreement(...)                            do aligned items agree on a categorical
                                                       feature? (raw ids naming different items)
     copy_rows(dst, src, m)                            dst[t] = src[m[t]] for known rows
@@ -55,10 +58,13 @@ def lookup(target_values: pa.Array, source_values: pa.Array) -> np.ndarray:
 
 
 def vocab_map(target_vocab: pa.Table, source_vocab: pa.Table, n_target: int | None = None,
-              n_source: int | None = None) -> np.ndarray:
-    """Target row -> pretrained row by equal raw value; (n_target,) int64, -1 = new, [0] = 0."""
+              n_source: int | None = None, labels: bool = False) -> np.ndarray:
+    """Target row -> pretrained row by equal raw value (`labels`: equal `normalise_label`, for
+    feature values such as genre names whose spelling varies); (n_target,) int64, -1 = new, [0] = 0."""
     t = _dense_raw(target_vocab, n_target)
     s = _dense_raw(source_vocab, n_source)
+    if labels:
+        t, s = normalise_label(t), normalise_label(s)
     m = lookup(t, s)
     m[0] = 0
     return m
@@ -71,44 +77,82 @@ def key_map(target_keys: pa.Array, source_keys: pa.Array) -> np.ndarray:
     return m
 
 
+# Articles that catalogues move behind the title ("Matrix, The"), English and the languages
+# MovieLens titles use most.
+_ARTICLES = ("the", "a", "an", "la", "le", "les", "l'", "il", "el", "los", "las", "lo", "das", "der", "die",
+             "den", "det", "de", "het", "o", "os", "as", "un", "une", "una", "uno", "ein", "eine")
+
+
+def normalise_title(titles: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Titles -> the form two catalogues agree on, so that one film written two ways aligns.
+
+    In order: Unicode compatibility form with accents dropped (NFKD, combining marks removed);
+    lower case; parenthesised parts after the title removed (MovieLens puts alternate and
+    original-language titles there: "Seven (Se7en)", "Shanghai Triad (Yao a yao yao dao waipo
+    qiao)", "Foo (a.k.a. Bar)"; a title that starts with one, "(500) Days", keeps it); an
+    "a.k.a." alternate after a slash or semicolon dropped; a trailing article moved to the front
+    ("matrix, the" -> "the matrix"); "&" -> "and"; every run of punctuation and spaces -> one
+    space, trimmed. Null stays null. E.g. "Matrix, The" and "The Matrix" -> "the matrix";
+    "City of Lost Children, The (Cité des enfants perdus, La)" -> "the city of lost children";
+    "Appartement, L'" and "L'Appartement" -> "l appartement"."""
+    s = _arr(titles).cast(pa.string())
+    s = pc.replace_substring_regex(pc.utf8_normalize(s, form="NFKD"), r"\p{Mn}+", "")
+    s = pc.utf8_lower(s)
+    s = pc.utf8_trim_whitespace(s)
+    s = pc.utf8_trim_whitespace(pc.replace_substring_regex(s, r"\s+\([^()]*\)", ""))
+    s = pc.replace_substring_regex(s, r"\s*[/;]\s*a\.?k\.?a\.?\s.*$", "")
+    arts = "|".join(_ARTICLES)
+    s = pc.replace_substring_regex(s, rf"^(.+?),\s*({arts})$", r"\2 \1")
+    s = pc.replace_substring_regex(s, r"&", " and ")
+    s = pc.replace_substring_regex(s, r"[^\p{L}\p{N}]+", " ")
+    return pc.utf8_trim_whitespace(s)
+
+
+def normalise_label(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Labels (genre names, categories) -> lower case letters and digits only, so that
+    "Sci-Fi" / "SciFi" / "sci fi" and "Children's" / "Childrens" are one label. Null stays null."""
+    s = _arr(values).cast(pa.string())
+    s = pc.replace_substring_regex(pc.utf8_normalize(s, form="NFKD"), r"\p{Mn}+", "")
+    return pc.replace_substring_regex(pc.utf8_lower(s), r"[^\p{L}\p{N}]+", "")
+
+
 def normalise_key(parts: list[pa.Array]) -> pa.Array:
-    """Columns -> one key string per row: each part cast to string, lower-cased, whitespace
-    collapsed, joined by " | ". A null in any part gives a null key (cannot be aligned)."""
+    """Columns -> one key string per row: string parts through `normalise_title`, other parts
+    (years, numbers) cast to string, joined by " | ". A null in any part gives a null key (cannot
+    be aligned)."""
     norm = []
     for p in parts:
-        s = _arr(p).cast(pa.string())
-        s = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(s), r"\s+", " "))
-        norm.append(s)
+        p = _arr(p)
+        if pa.types.is_dictionary(p.type):
+            p = p.dictionary_decode()
+        if pa.types.is_string(p.type) or pa.types.is_large_string(p.type):
+            norm.append(normalise_title(p))
+        else:
+            norm.append(pc.utf8_trim_whitespace(p.cast(pa.string())))
     if len(norm) == 1:
         return norm[0]
     return pc.binary_join_element_wise(*norm, KEY_SEP)
 
 
 def item_keys(dataset: Any, columns: list[str], where: str) -> pa.Array:
-    """The alignment key of every item row 0..n_items of a prepared dataset, read from the raw
-    item table its manifest names (re-read from the source: prepared items hold encoded features
-    only). Row 0 = null."""
-    from unirec_dist.config.dataset import DatasetConfig
-    from unirec_dist.config.loader import from_dict
-    from unirec_dist.data.sources import load_source
+    """The alignment key of every item row 0..n_items of a prepared dataset, from the raw item
+    columns `prepare` kept beside the encoded features (items_raw.parquet): no raw file and no
+    network is touched. Row 0 = null."""
+    import pyarrow.parquet as pq
 
-    cfg_data = dataset.manifest.get("config")
-    if not isinstance(cfg_data, dict):
-        raise DataError(f"{where}: the dataset manifest has no source config; cannot read raw item columns")
-    cfg = from_dict(DatasetConfig, cfg_data, where=f"{where}/manifest.json config")
-    src = load_source(cfg)
-    items = src.items
-    if items is None:
-        raise DataError(f"{where}: the source has no item table, so init.align=column cannot read {columns}")
-    key_col = cfg.columns.item
-    missing = [c for c in [key_col, *columns] if c not in items.column_names]
+    path = dataset.root / "items_raw.parquet"
+    if not path.is_file():
+        raise DataError(f"{where}: the prepared dataset has no raw item columns (items_raw.parquet: no item table "
+                        f"in its source, or prepared by an older version; prepare it again) for init.align_column")
+    names = pq.read_schema(path).names
+    missing = [c for c in columns if c not in names or c == "item"]
     if missing:
-        raise DataError(f"{where}: the raw item table has no column {missing[0]!r} for init.align_column; "
-                        f"columns are: {', '.join(items.column_names)}")
-    raw_ids = _arr(items[key_col]).cast(pa.string())
+        raise DataError(f"{where}: the raw item columns have no {missing[0]!r} for init.align_column; "
+                        f"columns are: {', '.join(n for n in names if n != 'item')}")
+    items = pq.read_table(path, columns=["item", *columns])
     keys = normalise_key([items[c] for c in columns])
-    n = dataset.n_items + 1
-    rows = lookup(_dense_raw(dataset.vocab("item"), n), raw_ids)    # item row -> raw table row
+    rows = np.full(dataset.n_items + 1, -1, dtype=np.int64)
+    rows[_arr(items["item"]).to_numpy(zero_copy_only=False).astype(np.int64)] = np.arange(items.num_rows)
     return keys.take(pa.array(rows, mask=rows < 0))
 
 

@@ -208,7 +208,8 @@ def align(cfg: FinetuneConfig, ckpt_manifest: dict[str, Any], ckpt: Path, target
             continue
         n_rows = int(t_feats[f.name]["cardinality"])
         if f.kind in ("categorical", "multi"):
-            m = A.vocab_map(target.vocab(f.name), source.vocab(f.name), n_rows, int(s_feats[f.name]["cardinality"]))
+            m = A.vocab_map(target.vocab(f.name), source.vocab(f.name), n_rows, int(s_feats[f.name]["cardinality"]),
+                            labels=True)
         else:   # text: hashed token buckets are the same ids when buckets and tokenizer match
             same = (int(s_feats[f.name]["cardinality"]) == n_rows
                     and s_feats[f.name].get("tokenizer") == t_feats[f.name].get("tokenizer"))
@@ -491,7 +492,7 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
     from unirec_dist.training.checkpointing import prepare_out_dir
     from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, read_valid
     from unirec_dist.training.tracking import check_tracking, log_final_metrics
-    from unirec_dist.training.train import _quiet, make_trainer
+    from unirec_dist.training.train import _quiet, apply_val_mask_seen, make_trainer
     from unirec_dist.utils.device import configure_cpu, resolve_device
 
     t0 = time.perf_counter()
@@ -504,6 +505,7 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
                           "write the fine-tuned run elsewhere")
     resume_from = prepare_out_dir(plan.train_cfg.trainer.out_dir, overwrite, resume)
     eff, target = plan.train_cfg, plan.target
+    apply_val_mask_seen(eff, target.manifest)
     seqs = TrainSequences.from_dir(target.root, eff.data.train_on)
     if "rating" in eff.task.active_tasks and seqs.ratings is None:
         raise ConfigError(f"task.kind: the rating task needs ratings, but {target.root}/train.parquet has none")

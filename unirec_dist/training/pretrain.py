@@ -28,36 +28,18 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from unirec_dist.config.distributed import PretrainConfig
-from unirec_dist.errors import ConfigError, UnirecError
+from unirec_dist.errors import ConfigError
+# one implementation of the address check and of the cluster start-up for every command
+from unirec_dist.utils.ray_cluster import ClusterError, check_address, init_ray, shutdown_ray
 
 log = logging.getLogger(__name__)
 
 FINAL = "final"
 
 
-class ClusterError(UnirecError):
-    """The Ray cluster cannot run the job (unreachable, too small)."""
-
-
 # -- fail-fast checks -------------------------------------------------------------------------
-def check_address(address: str, timeout_s: float = 3.0) -> None:
-    """A TCP connect to the Ray address (GCS port / client port / dashboard) within `timeout_s`."""
-    if address in ("auto", "local"):
-        return
-    url = urlparse(address if "://" in address else f"tcp://{address}")
-    host, port = url.hostname, url.port
-    if not host or not port:
-        raise ClusterError(f"--address {address!r}: expected host:port, ray://host:port or http://host:port")
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as e:
-        raise ClusterError(f"Ray address {address} does not answer ({e.strerror or e}); is the cluster up?") from None
-
-
 def check_model(cfg: PretrainConfig) -> dict[str, Any]:
     """The real model's tables (built on meta), and the sharding constraints no device can run
     (unknown table or type, data_parallel): checked against CUDA, which allows the most, so
@@ -82,8 +64,17 @@ def check_device(cfg: PretrainConfig, tables: dict[str, Any], device_type: str) 
     from unirec_dist.embeddings.sharding import validate_sharding, validate_table_optimizer
 
     validate_sharding(cfg.distributed.sharding, tables, device_type)
-    kind, _ = cfg.distributed.table_optimizer.resolve(device_type, cfg.optim.lr)
+    kind, _ = cfg.distributed.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
     validate_table_optimizer(kind, device_type)
+
+
+def resolve_paths(cfg: PretrainConfig) -> None:
+    """Make every path of the config absolute, on the driver: a Ray worker runs in another
+    folder, where a relative path the driver's checks accepted would name nothing."""
+    cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    cfg.trainer.out_dir = str(Path(cfg.trainer.out_dir).expanduser().resolve())
+    if cfg.distributed.storage_path:
+        cfg.distributed.storage_path = str(Path(cfg.distributed.storage_path).expanduser().resolve())
 
 
 JOINED_RESOURCE_WAIT_S = 600.0
@@ -189,7 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torchrec  # noqa: F401  (imported before any meta-device construction)
 
     st = setup_training(cfg, rank=rank, world_size=world, table_device="meta")
-    kind, lr = dist.table_optimizer.resolve(device_type, cfg.optim.lr)
+    kind, lr = dist.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
     sharding = ShardingOptions(
         constraints=dict(dist.sharding), table_optimizer=kind, table_lr=lr, table_eps=dist.table_optimizer.eps,
         table_weight_decay=dist.table_optimizer.weight_decay,
@@ -201,7 +192,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # "config" is the training schema (what load_retriever rebuilds the model from);
         # the distributed section sits beside it
         manifest={"kind": "pretrain", "config": {k: v for k, v in to_dict(cfg).items() if k != "distributed"},
-                  "distributed": {**to_dict(dist), "workers": world}, "dataset": st.dataset},
+                  "distributed": {**to_dict(dist), "workers": world}, "dataset": st.dataset,
+                  "table_optimizer": {"kind": kind, "lr": lr, "optim.tables": cfg.optim.tables}},
     )
     loggers = []
     if rank == 0:
@@ -343,13 +335,7 @@ def _ray_init(address: str | None, num_cpus: int | None) -> bool:
         return False
     filter_worker_logs()
     kw: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True, "configure_logging": True}
-    if address:
-        check_address(address)
-        ray.init(address=address, **kw)
-        return False
-    # "local": always a new cluster of our own, never one found running on this machine
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kw)
-    return True
+    return init_ray(address, **kw) if address else init_ray(None, num_cpus=num_cpus, **kw)
 
 
 def publish_final(checkpoint: Any, root: Path, keep_last: int) -> tuple[Path, dict[str, Any]]:
@@ -391,11 +377,18 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         dist.address = address
     if dist.address:
         check_address(dist.address)      # before any heavy import: seconds, not minutes
+    resolve_paths(cfg)
     tables = check_model(cfg)
     if dist.device != "auto":            # known before Ray starts: fail before it does
         check_device(cfg, tables, dist.device)
     out = Path(cfg.trainer.out_dir).resolve()
     storage = Path(dist.storage_path).resolve() if dist.storage_path else out / "ray"
+    try:   # a read-only or full out_dir: one line now, not a traceback from every worker later
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from unirec_dist.utils.atomic import output_error
+
+        raise output_error(out, e) from None
     # the embedded cluster gets this machine's real CPU count, so too many workers is refused
     # below instead of oversubscribing the host
     own = _ray_init(dist.address, None if dist.address else (os.cpu_count() or 1))
@@ -422,8 +415,11 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
 
         from unirec_dist.config.loader import to_dict
 
-        log.info("pretraining %s on %d %s worker(s); tables: %s", cfg.name, dist.workers, device_type,
-                 ", ".join(f"{n} {t.num_embeddings}x{t.embedding_dim}" for n, t in sorted(tables.items())))
+        kind, lr = dist.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
+        log.info("pretraining %s on %d %s worker(s); tables: %s; table optimizer: fused %s lr %g (optim.tables: %s), "
+                 "dense: %s lr %g", cfg.name, dist.workers, device_type,
+                 ", ".join(f"{n} {t.num_embeddings}x{t.embedding_dim}" for n, t in sorted(tables.items())),
+                 kind, lr, cfg.optim.tables, cfg.optim.name, cfg.optim.lr)
         trainer = TorchTrainer(
             train_loop_per_worker=train_loop_per_worker,
             train_loop_config={
@@ -463,4 +459,4 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         return final.parent / FINAL
     finally:
         if own:
-            ray.shutdown()
+            shutdown_ray()

@@ -79,6 +79,14 @@ def check_inputs(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
     return path, ds_manifest
 
 
+def apply_val_mask_seen(cfg: TrainConfig, ds_manifest: dict[str, Any]) -> None:
+    """Set trainer.val_mask_seen to its resolved value (so checkpoints record it) and say why."""
+    from unirec_dist.config.train import resolve_val_mask_seen
+
+    cfg.trainer.val_mask_seen, why = resolve_val_mask_seen(cfg.trainer, ds_manifest)
+    log.info("validation %s seen items: %s", "masks" if cfg.trainer.val_mask_seen else "does not mask", why)
+
+
 def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
                    model_device: str | None = None, table_device: str | None = None) -> TrainingSetup:
     """Build data, model, task and LightningModule. `rank/world_size` slice the training users
@@ -93,6 +101,7 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
     from unirec_dist.training.module import RecModule
 
     path, ds_manifest = check_inputs(cfg)
+    apply_val_mask_seen(cfg, ds_manifest)
     source = train_source(path, cfg.data)
     if "rating" in cfg.task.active_tasks and not source.has_ratings:
         from unirec_dist.errors import ConfigError
@@ -186,6 +195,11 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     t0 = time.perf_counter()
     _quiet()
     check_inputs(cfg)
+    if cfg.optim.tables not in ("auto", cfg.optim.name):
+        from unirec_dist.errors import ConfigError
+
+        raise ConfigError(f"optim.tables: {cfg.optim.tables!r} applies to sharded tables (unirec pretrain); unirec train "
+                          f"updates its tables with optim.name ({cfg.optim.name!r}): set optim.tables: auto")
     resume_from = prepare_out_dir(cfg.trainer.out_dir, overwrite, resume)
     device = resolve_device(cfg.trainer.device)
 
