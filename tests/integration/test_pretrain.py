@@ -37,12 +37,34 @@ RUN = ["data.batch_size=8", "distributed.sharding.t_item=row_wise", "distributed
 
 @pytest.fixture(scope="module")
 def straight_run(dataset, tmp_path_factory):
-    """The uninterrupted 2-worker run: (out_dir, exit code, stdout)."""
+    """The uninterrupted 2-worker run: (out_dir, exit code, stdout); it also logs to CSV and MLflow."""
     out = tmp_path_factory.mktemp("straight") / "run"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(args(dataset, out, *RUN))
+        rc = main(args(dataset, out, *RUN, "trainer.loggers=[csv,mlflow]"))
     return out, rc, buf.getvalue()
+
+
+def test_pretrain_logs_from_rank_zero_and_reports(straight_run, monkeypatch, capsys):
+    """trainer.loggers [csv, mlflow] with 2 workers: one MLflow run and one metrics.csv, written by
+    rank 0 under the driver's out_dir; `unirec report` draws the curves and the workers."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    out, rc, _ = straight_run
+    assert rc == 0
+    client = mlflow.MlflowClient((out / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["config/distributed/workers"] == "2"
+    assert "final/last_val/NDCG10" in run.data.metrics and "train/loss_epoch" in run.data.metrics
+    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step") and len(rows) > 1
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(out.parent / "report")]) == 0
+    page = out.parent / "report" / "index.html"
+    assert capsys.readouterr().out.strip() == f"report: {page}"
+    assert {"training.png", "workers.png"} <= {p.name for p in page.parent.iterdir()}
+    assert "target positions/s together" in page.read_text()
 
 
 def test_two_worker_pretrain_end_to_end(dataset, straight_run):

@@ -54,29 +54,3 @@ def test_unreachable_tracking_server_is_one_line_before_training(tmp_path, capsy
                                         "does not answer (Connection refused)"]
     assert not out.exists()
 
-
-@pytest.mark.slow
-def test_pretrain_logs_from_rank_zero_only(tmp_path, monkeypatch, capsys):
-    """2 Ray Train workers, trainer.loggers [csv, mlflow]: one MLflow run and one metrics.csv,
-    written by rank 0 under the driver's out_dir; `unirec report` draws its curves and workers."""
-    mlflow = pytest.importorskip("mlflow")
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    ds = prepared_dataset(tmp_path / "data", n_users=40)
-    out = tmp_path / "pre"
-    rc = main(["pretrain", "--config", DEBUG, "--no-progress", "--workers", "2", f"data.path={ds}",
-               f"trainer.out_dir={out}", "trainer.max_epochs=2", "data.batch_size=8",
-               "trainer.loggers=[csv,mlflow]"])
-    assert rc == 0
-    client = mlflow.MlflowClient((out / "mlruns").as_uri())
-    (run,) = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
-    assert run.info.status == "FINISHED"
-    assert run.data.params["config/distributed/workers"] == "2"
-    assert "final/last_val/NDCG10" in run.data.metrics and "train/loss_epoch" in run.data.metrics
-    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("epoch,step") and len(rows) > 1
-    capsys.readouterr()
-    assert main(["report", str(out)]) == 0
-    page = out / "report" / "index.html"
-    assert capsys.readouterr().out.strip() == f"report: {page}"
-    assert {"training.png", "workers.png"} <= {p.name for p in page.parent.iterdir()}
-    assert "target positions/s together" in page.read_text()
