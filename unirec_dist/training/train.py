@@ -67,9 +67,8 @@ def check_inputs(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
     """Every user-fixable problem, before any work: dataset dir/version, features, device."""
     from unirec_dist.embeddings.features import FeatureSpec
     from unirec_dist.training.data import open_prepared
-    from unirec_dist.utils.device import resolve_device
-
     from unirec_dist.training.tracking import check_tracking
+    from unirec_dist.utils.device import resolve_device
 
     path, ds_manifest = open_prepared(cfg.data.path)
     resolve_device(cfg.trainer.device)
