@@ -172,7 +172,6 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     replace the run there. Without either, an out_dir holding a run is refused (RunExistsError).
     """
     from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
-    from unirec_dist.utils.device import configure_cpu, resolve_device
 
     t0 = time.perf_counter()
     _quiet()
