@@ -104,7 +104,7 @@ def test_read_only_output_is_one_line(tmp_path, capsys, raw, dataset, checkpoint
     assert snapshot(dataset) == ds_before and snapshot(checkpoint) == ck_before
 
 
-@pytest.mark.parametrize("kind", ["prepare", "export", "evaluate", "recommend"])
+@pytest.mark.parametrize("kind", ["prepare", "export", "evaluate", "recommend", "train", "finetune"])
 def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, raw, dataset, checkpoint, kind):
     with tmpfs(tmp_path / "full", full=True) as full:
         rc, _, err = run_cli(capsys, *_writer_args(kind, full, raw, dataset, checkpoint))

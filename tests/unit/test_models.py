@@ -41,9 +41,13 @@ def make_prepared(root: Path, n_users: int = 40, n_items: int = 30, seq_len: int
         seq = [(start - 1 + k) % n_items + 1 for k in range(n)]
         r = [float(1 + (i % 5)) for i in seq]
         users.append(u)
-        trains.append(seq[:-2]); rats.append(r[:-2])
-        valid_h.append(seq[:-2]); valid_t.append([seq[-2]]); vrats.append([r[-2]])
-        test_h.append(seq[:-1]); test_t.append([seq[-1]])
+        trains.append(seq[:-2])
+        rats.append(r[:-2])
+        valid_h.append(seq[:-2])
+        valid_t.append([seq[-2]])
+        vrats.append([r[-2]])
+        test_h.append(seq[:-1])
+        test_t.append([seq[-1]])
     i32 = pa.list_(pa.int32())
     cols = {"user": pa.array(users, pa.int32()), "items": pa.array(trains, i32),
             "timestamps": pa.array([[1000 + k for k in range(len(t))] for t in trains], pa.list_(pa.int64()))}

@@ -151,7 +151,7 @@ def _null_stats(t: pa.Table) -> pa.Table:
                      "ts_max": pa.array([mm["max"].as_py()], pa.int64())})
 
 
-def _number_rows(ds, split) -> "ray.data.Dataset":
+def _number_rows(ds, split) -> "ray.data.Dataset":  # noqa: F821 (ray is imported inside)
     """`order_keys` on every block with its global row offset (blocks in source order)."""
     import ray
 

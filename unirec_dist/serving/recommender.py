@@ -271,7 +271,6 @@ class Recommender:
 
     def _sample_queries(self, n: int) -> "torch.Tensor":
         """Query vectors of up to n known users (or random history-like queries without users)."""
-        import torch
 
         rows = np.flatnonzero(self._hist_row >= 0)[:n]
         hists = [self._user_history(int(u)) for u in rows]

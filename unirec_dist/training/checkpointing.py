@@ -18,8 +18,9 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from lightning.pytorch.callbacks import Checkpoint
@@ -462,6 +463,32 @@ class RunExistsError(CheckpointError):
     def __init__(self, out: Path, found: list[str]) -> None:
         super().__init__(f"trainer.out_dir {out} already holds a run ({', '.join(found)})")
         self.out = out
+
+
+@contextmanager
+def fresh_run(out: str | os.PathLike, resume: bool) -> Iterator[None]:
+    """Around a train/finetune run: a new run that fails before it published any checkpoint leaves
+    nothing behind (its checkpoints/, logs/ and metrics.json are removed, and out_dir itself when
+    this run created it and nothing else is there). A run that published a checkpoint keeps it, to
+    be resumed. An operating-system error writing out_dir (disk full, read-only) becomes one line
+    naming it."""
+    from unirec_dist.checkpoint.dcp import checkpoint_dirs
+    from unirec_dist.errors import UnirecError
+
+    out = Path(out).absolute()
+    existed = out.exists()
+    try:
+        yield
+    except BaseException as e:
+        if not resume and not checkpoint_dirs(out / "checkpoints"):
+            for n in run_dir_state(out):
+                p = out / n
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        if isinstance(e, OSError) and (e.filename is None or str(e.filename).startswith(str(out))):
+            raise UnirecError(f"cannot write trainer.out_dir {out}: {e.strerror or e}") from None
+        raise
 
 
 def prepare_out_dir(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path | None:

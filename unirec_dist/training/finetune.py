@@ -485,15 +485,9 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
     without one of them). Resuming re-plans from `from_checkpoint`, then continues the run from
     its newest checkpoint (weights, optimizer, RNG, loop state).
     """
-    import lightning as L
-    import pyarrow.parquet as pq
-
-    from unirec_dist.training.build import build_from_config, build_task, dataset_section
-    from unirec_dist.training.checkpointing import prepare_out_dir
-    from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, read_valid
-    from unirec_dist.training.tracking import check_tracking, log_final_metrics
-    from unirec_dist.training.train import _quiet, apply_val_mask_seen, make_trainer
-    from unirec_dist.utils.device import configure_cpu, resolve_device
+    from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
+    from unirec_dist.training.tracking import check_tracking
+    from unirec_dist.training.train import _quiet
 
     t0 = time.perf_counter()
     _quiet()
@@ -504,6 +498,21 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
         raise ConfigError(f"trainer.out_dir {out_dir} holds the checkpoint to fine-tune from ({plan.ckpt}); "
                           "write the fine-tuned run elsewhere")
     resume_from = prepare_out_dir(plan.train_cfg.trainer.out_dir, overwrite, resume)
+    with fresh_run(out_dir, resume):
+        return _finetune(cfg, plan, resume_from, t0)
+
+
+def _finetune(cfg: FinetuneConfig, plan: Plan, resume_from: Path | None, t0: float) -> Path:
+    """The fine-tuning run itself (see `finetune`)."""
+    import lightning as L
+    import pyarrow.parquet as pq
+
+    from unirec_dist.training.build import build_from_config, build_task, dataset_section
+    from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, read_valid
+    from unirec_dist.training.tracking import log_final_metrics
+    from unirec_dist.training.train import apply_val_mask_seen, make_trainer
+    from unirec_dist.utils.device import configure_cpu, resolve_device
+
     eff, target = plan.train_cfg, plan.target
     apply_val_mask_seen(eff, target.manifest)
     seqs = TrainSequences.from_dir(target.root, eff.data.train_on)

@@ -188,8 +188,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
     `resume`: continue the run in trainer.out_dir from its newest checkpoint; `overwrite`:
     replace the run there. Without either, an out_dir holding a run is refused (RunExistsError).
     """
-    from unirec_dist.training.checkpointing import prepare_out_dir
-    from unirec_dist.utils.device import configure_cpu, resolve_device
+    from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
 
     t0 = time.perf_counter()
     _quiet()
@@ -200,6 +199,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Pa
         raise ConfigError(f"optim.tables: {cfg.optim.tables!r} applies to sharded tables (unirec pretrain); unirec train "
                           f"updates its tables with optim.name ({cfg.optim.name!r}): set optim.tables: auto")
     resume_from = prepare_out_dir(cfg.trainer.out_dir, overwrite, resume)
+    with fresh_run(cfg.trainer.out_dir, resume):
+        return _train(cfg, resume_from, t0)
+
+
+def _train(cfg: TrainConfig, resume_from: Path | None, t0: float) -> Path:
+    from unirec_dist.utils.device import configure_cpu, resolve_device
+
     device = resolve_device(cfg.trainer.device)
 
     import lightning as L

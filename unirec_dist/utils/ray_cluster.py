@@ -156,7 +156,6 @@ def _kill(procs: list) -> None:
 def sweep(token: str, seen: list | None = None) -> None:
     """Kill the cluster's processes (`cluster_processes`), and those of `seen` still running
     (`is_running` compares start times, so a reused pid is spared)."""
-    import psutil
 
     for _ in range(3):   # a process may start another while we kill: look again
         victims = cluster_processes(token)
