@@ -194,3 +194,38 @@ def test_serve_cli_says_it_loaded_the_prebuilt_index_and_ends_on_sigterm(bundle)
             proc.kill()
         proc.stdout.close()
         proc.stderr.close()
+
+
+# -- bundle integrity ---------------------------------------------------------------------------
+def _files_of(bundle) -> list[str]:
+    return sorted(json.loads((bundle / "manifest.json").read_text())["files"])
+
+
+def test_every_bundle_file_is_listed_with_its_digest(bundle):
+    from unirec_dist.serving import bundle as B
+
+    names = _files_of(bundle)
+    for required in (B.ITEMS, B.ITEM_VOCAB, B.USER_VOCAB, B.HISTORIES, B.CONFIG):
+        assert required in names
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_bundle_is_one_line_before_anything_loads(bundle, tmp_path, capsys, damage):
+    """A bundle file changed after export (one flipped byte loads silently as other numbers)
+    is refused by explain/serve-side loading with one line naming the file."""
+    import shutil
+
+    from tests.reliability.conftest import one_error, run_cli
+    from unirec_dist.serving import bundle as B
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(bundle, bad)
+    f = bad / B.ITEMS
+    data = bytearray(f.read_bytes())
+    if damage == "flip":
+        data[len(data) - 5] ^= 0xFF          # inside the tensor bytes, past the safetensors header
+    else:
+        data = data[: len(data) // 2]
+    f.write_bytes(bytes(data))
+    rc, _, err = run_cli(capsys, "explain", "--bundle", bad, "--user", "1", "-k", "3")
+    one_error(rc, err, B.ITEMS, "sha256")

@@ -224,6 +224,7 @@ class Recommender:
 
         path = Path(path)
         manifest = B.read_bundle_manifest(path)
+        B.verify_bundle(path, manifest)
         items = B.load_tensors(path / B.ITEMS).get("items")
         if items is None:
             raise UnirecError(f"bundle {path}: {B.ITEMS} has no 'items' tensor")
