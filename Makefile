@@ -40,6 +40,7 @@ demo: install
 	$(VENV)/bin/unirec demo --out $(RUN)
 
 test: install
+	$(VENV)/bin/ruff check unirec_dist launch tests bench
 	$(PY) -m pytest -q tests
 
 bench: install

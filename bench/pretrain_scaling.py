@@ -1,7 +1,7 @@
 """Pretraining scaling on this machine: `unirec pretrain` (Ray Train + TorchRecStrategy, the real
 path) on ML-1M with the SASRec pretraining config, 1 worker vs 2 workers, a fixed amount of work.
 
-    python bench/pretrain_scaling.py [--data /tmp/unirec_data/prepared/ml-1m] [--steps 0]
+    python bench/pretrain_scaling.py [--data data/prepared/ml-1m] [--steps 0]
         [--cores 2] [key=value ...]
 
 Per arm it prints: target positions/s (wall: all workers' positions over the timed wall time;
@@ -14,9 +14,9 @@ Default work: one epoch per arm (48 steps of 128 sequences for 1 worker, 24 step
 for 2 workers: the same sequences). The batches are length-grouped, so a few steps are a poor
 sample (short-sequence batches run many more positions/s); `--steps N` runs N steps per arm.
 
-The config's item dim 50 is overridden to 48: `unirec pretrain` refuses dims that are not a
-multiple of 4 (the FBGEMM fused kernel of sharded tables). Arms use the same `--cores` CPU threads in total: 1 worker x cores threads, 2 workers x cores/2
-threads each; data.batch_size is per worker (2 workers train 2x the sequences per step).
+The config runs as shipped (item dim 50: sharded tables are stored padded to a multiple of 4 for
+FBGEMM's fused kernel). Arms use the same `--cores` CPU threads in total: 1 worker x cores
+threads, 2 workers x cores/2 threads each; data.batch_size is per worker (2 workers train 2x the sequences per step).
 
 Overhead ratio = 2-worker throughput / (2 x 1-worker throughput): the usual scaling efficiency,
 1.0 when each added worker brings its own cores. Here the 2 workers share the same 2 cores the
@@ -41,14 +41,14 @@ sys.path.insert(0, str(ROOT))
 
 CONFIG = ROOT / "configs/pretrain/ml-1m-sasrec.yaml"
 WARMUP = 3            # steps not timed (pretrain.py TrainThroughput default)
-CANDIDATES = ("data/prepared/ml-1m", "/tmp/unirec_data/prepared/ml-1m", "/tmp/ft/ml-1m")
+CANDIDATES = ("data/prepared/ml-1m",)   # the README's location; anything else via --data
 
 
 def find_data(given: str | None) -> Path:
     from unirec_dist.errors import UnirecError
     from unirec_dist.training.data import open_prepared
 
-    for p in ([given] if given else []) + [str(ROOT / c) if not c.startswith("/") else c for c in CANDIDATES]:
+    for p in ([given] if given else []) + [str(ROOT / c) for c in CANDIDATES]:
         try:
             path, man = open_prepared(p)
         except UnirecError:
@@ -64,8 +64,7 @@ def run(data: Path, out: Path, workers: int, threads: int, steps: int, extra: li
     from unirec_dist.training.pretrain import pretrain
 
     shutil.rmtree(out, ignore_errors=True)
-    # dim 48: the config's 50 is refused by pretrain (the fused kernel needs a multiple of 4)
-    overrides = ["model.embedding.dim=48", f"data.path={data}", f"trainer.out_dir={out}", f"trainer.max_steps={steps or -1}",
+    overrides = [f"data.path={data}", f"trainer.out_dir={out}", f"trainer.max_steps={steps or -1}",
                  f"trainer.max_epochs={1 if not steps else 1000}",
                  f"trainer.threads={threads}", "distributed.checkpoint_every_n_steps=0",
                  "distributed.sharding.t_item=row_wise" if workers > 1 else "distributed.sharding.t_item=table_wise",
@@ -96,7 +95,7 @@ def main() -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--steps", type=int, default=0, help="0: one epoch per arm (the same sequences)")
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--work", default="/tmp/unirec-pretrain-scaling")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "bench" / "pretrain-scaling"))
     ap.add_argument("--json", default=None)
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
@@ -109,7 +108,7 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
     data = find_data(a.data)
-    print(f"ML-1M at {data}; config {CONFIG.relative_to(ROOT)} (dim 48); {f'{a.steps} steps' if a.steps else 'one epoch'} ({WARMUP} warm-up steps not timed) per arm; "
+    print(f"ML-1M at {data}; config {CONFIG.relative_to(ROOT)}; {f'{a.steps} steps' if a.steps else 'one epoch'} ({WARMUP} warm-up steps not timed) per arm; "
           f"{a.cores} cores in total per arm")
     res = {}
     for n in (1, 2):

@@ -5,7 +5,7 @@ training, before the final checkpoint is written), each rank's local shard rows/
 sharded module reports them, and the same figures for 1 worker (the whole table on one rank).
 
     python bench/scale_rowwise.py [--rows 20000000] [--dim 64] [--steps 20] [--workers 2,1]
-                                  [--work /tmp/unirec-scale] [--keep]
+                                  [--work runs/bench/scale-rowwise] [--keep]
 
 The dataset is a small synthetic log run through the real `prepare` (2,000 users, 300 items);
 its manifest's user vocabulary is then set to `--rows` (user ids spread over the whole range by
@@ -73,7 +73,7 @@ def run(ds: Path, out: Path, workers: int, rows: int, dim: int, steps: int) -> d
         "data.batch_size=64", "data.max_len=20", f"trainer.max_steps={steps}", "trainer.max_epochs=1000", "trainer.limit_train_batches=1.0",
         "trainer.threads=1",
         f"model.embedding.dim={dim}", "model.embedding.user_id=true", "model.embedding.item_features=[]",
-        "model.encoder.kind=mf", "distributed.sharding.t_user=row_wise",
+        "model.encoder={kind: mf}", "distributed.sharding.t_user=row_wise",
         "distributed.table_optimizer.kind=rowwise_adagrad", "distributed.checkpoint_every_n_steps=0",
     ]
     cfg = load_pretrain_config(CONFIG, overrides)
@@ -104,7 +104,7 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--workers", default="2,1", help="comma-separated worker counts, run in this order")
-    ap.add_argument("--work", default="/tmp/unirec-scale")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "bench" / "scale-rowwise"))
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()

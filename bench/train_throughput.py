@@ -47,6 +47,7 @@ def main() -> int:
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
 
+    import numpy as np
     import pyarrow.parquet as pq
     import torch
 

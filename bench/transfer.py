@@ -72,7 +72,7 @@ def pretrain(ml1m: Path, out: Path, epochs: int, max_len: int) -> Path:
         "model.embedding.item_features=['*']", "optim.lr=0.002", f"trainer.max_epochs={epochs}",
         f"trainer.val_every_n_epochs={epochs}", "trainer.early_stop_patience=null", "trainer.progress_bar=false",
         f"trainer.out_dir={out / 'pretrain'}"])
-    train(cfg)
+    train(cfg, overwrite=True)
     return ckpt
 
 
@@ -104,7 +104,7 @@ def run_arm(ckpt: Path, target: Path, out: Path, fraction: float, epochs: int, s
                                                f"trainer.max_epochs={epochs}", f"trainer.seed={seed}"])
 
     t0 = time.perf_counter()
-    result = finetune(cfg, ckpt)
+    result = finetune(cfg, ckpt, overwrite=True)
     m = json.loads((run / "metrics.json").read_text())
     masked = evaluate_checkpoint(result, "test", mask_seen=True)
     return {"arm": arm, "fraction": fraction, "seed": seed, "train_users": m["train_users"], "test": m["test"],

@@ -3,12 +3,42 @@
 Takes exactly the arguments of `unirec pretrain`, joins the cluster it runs on (the job
 supervisor's RAY_ADDRESS, else address="auto"; never a new embedded cluster) and calls the
 library. A user mistake exits 2 with one `error: ...` line in the job's logs, like the CLI.
+
+It first checks that the job's Python has the stack: a head started outside the project's
+environment would otherwise end the job in an import traceback from deep inside a worker.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+
+# what a pretraining job imports, lowest layer first
+STACK = ("numpy", "yaml", "pyarrow", "torch", "fbgemm_gpu", "torchrec", "lightning", "ray.train")
+
+
+def missing_stack() -> list[str]:
+    """The modules of STACK this Python cannot import, with the reason when it is not absence."""
+    missing = []
+    for name in STACK:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            missing.append(e.name or name)
+        except Exception as e:   # noqa: BLE001 - installed but broken (e.g. a CUDA build on CPU)
+            missing.append(f"{name} ({' '.join(str(e).split())[:120]})")
+    return list(dict.fromkeys(missing))
+
+
+def check_stack() -> str | None:
+    """One line saying what is missing and where the stack belongs, or None when all is there."""
+    missing = missing_stack()
+    if not missing:
+        return None
+    return (f"this job's Python ({sys.executable}) lacks {', '.join(missing)}: install the unirec stack "
+            f"on every node of the cluster (make install; see cluster/README.md) and start Ray from that "
+            f"environment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    problem = check_stack()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv or "--verbose" in argv
     argv = [a for a in argv if a not in ("-v", "--verbose")]

@@ -10,6 +10,7 @@ Stages (each a library call, the same ones the CLI subcommands make):
   4. evaluate both with full ranking on the test split, beside the popularity baseline
   5. write top-10 lists for every user to RUN/recs.parquet
   6. export a serving bundle to RUN/bundle (serve it with `unirec serve --bundle RUN/bundle`)
+  7. write the report of the fine-tuning run (figures, `unirec_dist.report`) to RUN/report/index.html
 The run directory is replaced as a whole at the start, so a rerun never mixes outputs.
 """
 from __future__ import annotations
@@ -91,10 +92,12 @@ def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[
     reports = {}
     for name, path in (("pretrained", pre_ckpt), ("fine-tuned", ckpt)):
         model, _ = load_retriever(path, dataset=ds.manifest)
-        reports[name] = evaluate(model, ds, split="test")
-    reports["popularity"] = evaluate(popularity(ds), ds, split="test")
+        reports[name] = evaluate(model, ds, split="test", per_user=name == "fine-tuned")
+    reports["popularity"] = evaluate(popularity(ds), ds, split="test", per_user=True)
     for name, rep in reports.items():
         print(format_table(rep, title=name))
+        # which dataset these figures are for (the report refuses an eval.json of another one)
+        rep["dataset"] = {"path": str(data_dir), "name": ds.name, "vocab_hash": ds.vocab_hash}
     (run / "eval.json").write_text(json.dumps(reports, indent=2))
     summary["metrics"] = {name: {k: rep["metrics"][k] for k in ("HR@10", "NDCG@10")} for name, rep in reports.items()}
     _done(t0, f"written: {run / 'eval.json'}")
@@ -113,6 +116,15 @@ def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[
     summary["bundle"] = str(bundle)
     _done(t0, f"bundle: {bundle}")
 
+    t0 = _stage(7, "report: figures of the fine-tuning run, its evaluation and its top-10 lists")
+    from unirec_dist.report import write_report
+
+    page = write_report(run / "finetune", out=run / "report", evals=[run / "eval.json"],
+                        recs_path=run / "recs.parquet")
+    summary["report"] = str(page)
+    _done(t0, f"report: {page}")
+
     (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"\ndone. Serve it:  unirec serve --bundle {bundle}   (then see README: curl examples)")
+    print(f"\ndone. Open the report:  {page}")
+    print(f"Serve it:  unirec serve --bundle {bundle}   (then see README: curl examples)")
     return summary

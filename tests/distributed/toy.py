@@ -168,7 +168,8 @@ def worker(rank: int, world: int, port: int, actions: list[tuple[str, Any]], out
     logging.getLogger().setLevel(logging.WARNING)
     import lightning.pytorch as pl
 
-    from unirec_dist.training.strategy import ShardingOptions, StepCheckpoint, TorchRecStrategy
+    from unirec_dist.training.checkpointing import CheckpointCallback
+    from unirec_dist.training.strategy import ShardingOptions, TorchRecStrategy
     from unirec_dist.utils.logging import quiet_noisy_loggers
 
     quiet_noisy_loggers()
@@ -181,10 +182,10 @@ def worker(rank: int, world: int, port: int, actions: list[tuple[str, Any]], out
     def trainer(max_steps: int):
         cbs = []
         if cfg.get("ckpt_dir"):
-            cbs.append(StepCheckpoint(cfg["ckpt_dir"], every_n_steps=cfg.get("every", 1), keep_last=2))
+            cbs.append(CheckpointCallback(cfg["ckpt_dir"], every_n_steps=cfg.get("every", 1), keep_last=2))
         return pl.Trainer(accelerator="cpu", devices=world, num_nodes=1,
                           strategy=TorchRecStrategy(sharding=sharding, manifest={"kind": "test"}),
-                          max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+                          max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=bool(cbs),
                           enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                           num_sanity_val_steps=0, callbacks=cbs)
 

@@ -115,7 +115,7 @@ def test_checkpoint_missing(data_dir, tmp_path, capsys):
 
 def fake_checkpoint(path: Path, vocab_hash: str, data_dir: Path | None = None) -> Path:
     path.mkdir(parents=True)
-    manifest = {"format_version": 1, "kind": "pretrain", "dataset": {"vocab_hash": vocab_hash}}
+    manifest = {"layout_version": 2, "kind": "pretrain", "dataset": {"vocab_hash": vocab_hash}}
     if data_dir is not None:
         manifest["dataset"]["path"] = str(data_dir)
     (path / "manifest.json").write_text(json.dumps(manifest))

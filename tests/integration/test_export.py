@@ -17,6 +17,7 @@ ENCODERS = {
     "hstu": {"kind": "hstu", "num_blocks": 1, "num_heads": 2, "dqk": 4, "dv": 4, "dropout": 0.1},
     "mean_pool": {"kind": "mean_pool", "hidden": [16], "dropout": 0.1},
     "mf": {"kind": "mf"},
+    "gru4rec": {"kind": "gru4rec", "hidden_size": 16, "dropout": 0.1},
 }
 
 
@@ -35,7 +36,7 @@ def make_checkpoint(dataset_dir: Path, out: Path, encoder: dict, seed: int = 0) 
     from unirec_dist.config.loader import from_dict, to_dict
     from unirec_dist.config.train import TrainConfig
     from unirec_dist.data.dataset import PreparedDataset
-    from unirec_dist.training.build import build_from_config, checkpoint_state, dataset_section
+    from unirec_dist.training.build import build_from_config, dataset_section
 
     ds = PreparedDataset.open(dataset_dir)
     cfg = from_dict(TrainConfig, {"name": f"t-{encoder['kind']}", "data": {"path": str(dataset_dir), "max_len": 8},
@@ -45,7 +46,7 @@ def make_checkpoint(dataset_dir: Path, out: Path, encoder: dict, seed: int = 0) 
     model = build_from_config(cfg, section)
     model.embedding.set_item_features(ds.table("items"))
     manifest = {"kind": "train", "config": to_dict(cfg), "dataset": section, "step": 0, "epoch": 0}
-    return save_checkpoint(out, checkpoint_state(model), manifest)
+    return save_checkpoint(out, {"model": model.state_dict()}, manifest)
 
 
 _EXPORTS: dict = {}

@@ -248,7 +248,7 @@ def test_finetune_by_title_offline_without_raw_files(world, tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(BLOCK_NETWORK)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)]),
-           "UNIREC_DATA": str(tmp_path / "empty-cache"), "XDG_CACHE_HOME": str(tmp_path / "empty-cache")}
+           "UNIREC_DATA": str(tmp_path / "unirec-data")}      # an empty MovieLens cache
     out = tmp_path / "ft"
     try:
         r = subprocess.run([sys.executable, "-m", "unirec_dist", "finetune", "--from", str(world["ckpt"]),
@@ -262,7 +262,7 @@ def test_finetune_by_title_offline_without_raw_files(world, tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     items = summary["alignment"]["items"]
     assert summary["alignment"]["mode"] == "column" and items["matched"] >= 0.9 * items["rows"], items
-    assert not (tmp_path / "empty-cache").exists()
+    assert not (tmp_path / "unirec-data").exists()
 
 
 def test_transfer_bench_names_its_target_and_refuses_low_overlap_in_one_line(world, capsys, monkeypatch):

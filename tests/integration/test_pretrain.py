@@ -1,10 +1,13 @@
 """`unirec pretrain` end to end on a local Ray cluster (2 CPU workers), fail-fast checks, and a
-worker killed mid-run (Ray restarts the group from the latest checkpoint and the run finishes)."""
+worker killed mid-run (Ray restarts the group from the latest checkpoint, continues from its step
+and data position, and ends with the same weights as the uninterrupted run)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -26,20 +29,59 @@ def args(dataset, out, *extra, workers="2", address=None):
             f"trainer.out_dir={out}", "data.batch_size=16", "trainer.max_epochs=2", *extra]
 
 
-def test_two_worker_pretrain_end_to_end(dataset, tmp_path, capsys):
-    out = tmp_path / "run"
-    rc = main(args(dataset, out, "distributed.sharding.t_item=row_wise",
-                   "distributed.checkpoint_every_n_steps=2", "distributed.keep_last=2"))
+# 60 users, 8 per rank and step, 2 ranks -> 4 steps/epoch, 2 epochs: 8 steps, checkpoints at steps
+# 3 (mid-epoch), 6 and 8
+RUN = ["data.batch_size=8", "distributed.sharding.t_item=row_wise", "distributed.checkpoint_every_n_steps=3",
+       "distributed.keep_last=2"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(dataset, tmp_path_factory):
+    """The uninterrupted 2-worker run: (out_dir, exit code, stdout); it also logs to CSV and MLflow."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(args(dataset, out, *RUN, "trainer.loggers=[csv,mlflow]"))
+    return out, rc, buf.getvalue()
+
+
+def test_pretrain_logs_from_rank_zero_and_reports(straight_run, monkeypatch, capsys):
+    """trainer.loggers [csv, mlflow] with 2 workers: one MLflow run and one metrics.csv, written by
+    rank 0 under the driver's out_dir; `unirec report` draws the curves and the workers."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    out, rc, _ = straight_run
+    assert rc == 0
+    client = mlflow.MlflowClient((out / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["config/distributed/workers"] == "2"
+    assert "final/last_val/NDCG10" in run.data.metrics and "train/loss_epoch" in run.data.metrics
+    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step") and len(rows) > 1
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(out.parent / "report")]) == 0
+    page = out.parent / "report" / "index.html"
+    assert capsys.readouterr().out.strip() == f"report: {page}"
+    assert {"training.png", "workers.png"} <= {p.name for p in page.parent.iterdir()}
+    assert "target positions/s together" in page.read_text()
+
+
+def test_two_worker_pretrain_end_to_end(dataset, straight_run):
+    out, rc, stdout = straight_run
     assert rc == 0
     final = out / "checkpoints" / "final"
-    assert f"checkpoint: {final}" in capsys.readouterr().out
+    assert f"checkpoint: {final}" in stdout
+    # the one layout: a step folder, `final` and `last` pointing at it
+    assert os.readlink(final) == os.readlink(out / "checkpoints" / "last") == "step-00000008"
     m = json.loads((final / "manifest.json").read_text())
-    assert m["world_size"] == 2 and m["kind"] == "pretrain"
+    assert m["world_size"] == 2 and m["kind"] == "pretrain" and m["layout_version"] == 2
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= set(m["files"])
     assert m["plan"]["tables"]["t_item"]["sharding_type"] == "row_wise"
     assert m["plan"]["tables"]["t_item"]["ranks"] == [0, 1]
     assert m["dataset"]["vocab_hash"] and m["distributed"]["workers"] == 2
     assert m["table_optimizer"]["kind"] == "adagrad" and m["table_optimizer"]["optim.tables"] == "auto"
-    assert m["step"] == 4      # 60 users, 16 per rank and step, 2 ranks -> 2 steps/epoch, 2 epochs
+    assert m["step"] == 8
     # every worker reported its memory and its own rows of the row-wise table (tables were built on
     # meta, so no rank ever held the whole table)
     workers = json.loads((out / "pretrain.json").read_text())["worker_stats"]
@@ -98,22 +140,39 @@ def test_more_workers_than_cpus_fails_fast(dataset, tmp_path, capsys):
     assert rc == 2 and "needs 64 CPUs" in err, err
 
 
-def test_killed_worker_resumes_from_checkpoint_and_finishes(dataset, tmp_path):
-    """A worker process dies (os._exit) after step 5; Ray restarts the group from the latest
-    reported checkpoint and the run completes all 6 steps; its final checkpoint loads."""
-    from unirec_dist.config.distributed import load_pretrain_config
-    from unirec_dist.training.build import load_retriever
-    from unirec_dist.training.pretrain import pretrain
+def test_killed_worker_resumes_from_checkpoint_and_finishes(dataset, straight_run, tmp_path, monkeypatch):
+    """Worker 1 dies (os._exit, injected through the environment) after step 4; with the default
+    distributed.max_failures Ray restarts the group, which continues from the step-3 checkpoint
+    (mid-epoch: global step and data position continue, not step 0) and ends with the weights of
+    the uninterrupted run."""
+    import torch
 
+    from unirec_dist.config.distributed import DistributedSection
+    from unirec_dist.training.build import load_retriever
+
+    assert DistributedSection().max_failures == 3
     out = tmp_path / "run"
-    cfg = load_pretrain_config(CONFIG, [f"data.path={dataset}", f"trainer.out_dir={out}", "data.batch_size=16",
-                                        "trainer.max_epochs=3", "distributed.checkpoint_every_n_steps=2",
-                                        "distributed.max_failures=1"])
-    final = pretrain(cfg, workers=2, progress=False, _test_fail_at_step=5)
-    assert (out / ".test-failed-once").exists()      # the worker really died once
-    m = json.loads((final / "manifest.json").read_text())
-    assert m["step"] == 6 and m["world_size"] == 2
-    summary = json.loads((out / "pretrain.json").read_text())
-    assert summary["steps"] == 6
-    model, _ = load_retriever(final, dataset)
-    assert model.item_embeddings().shape[0] > 1
+    trace = tmp_path / "trace.txt"
+    monkeypatch.setenv("UNIREC_FAULT", "train.step-4")
+    monkeypatch.setenv("UNIREC_FAULT_RANK", "1")
+    monkeypatch.setenv("UNIREC_FAULT_ONCE", str(tmp_path / "failed-once"))
+    monkeypatch.setenv("UNIREC_FAULT_TRACE", str(trace))
+    assert main(args(dataset, out, *RUN)) == 0
+    assert (tmp_path / "failed-once").exists()      # the worker really died once
+    # steps each worker process went through: the restarted processes begin at step 4, right after
+    # the step-3 checkpoint
+    steps: dict[tuple[str, str], list[int]] = {}
+    for line in trace.read_text().splitlines():
+        point, rank, pid = line.split()
+        if point.startswith("train.step-"):
+            steps.setdefault((rank, pid), []).append(int(point.removeprefix("train.step-")))
+    runs = sorted(steps.values(), key=lambda v: v[0])
+    assert len(runs) == 4, steps                     # 2 ranks x (first attempt, restart)
+    assert [r[0] for r in runs] == [1, 1, 4, 4] and all(r[-1] == 8 for r in runs[2:]), runs
+    m = json.loads((out / "checkpoints" / "final" / "manifest.json").read_text())
+    assert m["step"] == 8 and m["world_size"] == 2
+    resumed, _ = load_retriever(out / "checkpoints" / "final", dataset)
+    straight, _ = load_retriever(straight_run[0] / "checkpoints" / "final", dataset)
+    a, b = resumed.state_dict(), straight.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -150,7 +150,7 @@ def test_checkpoint_without_manifest(data_dir, tmp_path, capsys):
 def test_checkpoint_vocab_mismatch(data_dir, tmp_path, capsys):
     ck = tmp_path / "ck"
     ck.mkdir()
-    (ck / "manifest.json").write_text(json.dumps({"format_version": 1, "dataset": {"vocab_hash": "ab" * 32}}))
+    (ck / "manifest.json").write_text(json.dumps({"layout_version": 2, "dataset": {"vocab_hash": "ab" * 32}}))
     assert main(["recommend", "--checkpoint", str(ck), "--data", str(data_dir), "--all-users",
                  "--out", str(tmp_path / "r.parquet")]) == 2
     assert "vocab_hash" in one_error_line(capsys)

@@ -65,7 +65,7 @@ def test_health_metadata_and_schema(client):
     assert c.get("/health").json() == {"status": "ok"}
     m = c.get("/metadata").json()
     assert m["vocab_sizes"] == {"item": 401, "user": 26} and m["index"]["kind"] == "exact"
-    assert m["manifest"]["kind"] == "unirec-bundle"
+    assert m["versions"]["bundle_format"] and "manifest" not in m
     paths = c.get("/openapi.json").json()["paths"]
     assert {"/recommend", "/explain", "/health", "/metadata"} <= set(paths)
 

@@ -370,3 +370,21 @@ def test_inner_command_is_validated_before_connecting(capsys, inner, message, tm
     assert main(["submit", "--address", f"http://127.0.0.1:{_free_port()}", "--", *inner]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_job_python_without_the_stack_is_one_line(ray_head, dataset, tmp_path, capsys, monkeypatch):
+    """A cluster whose `python` lacks the stack (here: this interpreter without site-packages,
+    first on the job's PATH): the job ends with one line saying what is missing and where the
+    stack belongs, and `submit` exits 1 repeating that line on stderr."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    (bindir / "python").chmod(0o755)
+    monkeypatch.chdir(REPO)
+    rc = main(["submit", "--address", ray_head, "--env", f"PATH={bindir}:/usr/bin:/bin", "--", "pretrain",
+               "--config", CONFIG, f"data.path={dataset}", f"trainer.out_dir={tmp_path / 'run'}"])
+    cap = capsys.readouterr()
+    assert rc == 1 and cap.out.splitlines()[-1].endswith(": FAILED"), cap.out[-3000:]
+    errors = [ln for ln in cap.err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "lacks" in errors[0] and "cluster/README.md" in errors[0], cap.err[-2000:]
+    assert "Traceback" not in cap.out

@@ -47,7 +47,9 @@ def test_debug_recipe_learns_a_pattern(tmp_path, kind):
     cfg = load_config(TrainConfig, DEBUG, [
         f"data.path={ds}", f"trainer.out_dir={tmp_path / 'run'}", "trainer.max_epochs=8",
         "trainer.limit_train_batches=1.0", "data.batch_size=16", "data.max_len=12",
-        f"model.encoder.kind={kind}", "model.encoder.num_heads=2", "model.encoder.dqk=8", "model.encoder.dv=8",
+        # another encoder than the YAML's: replace the whole section (its keys are per encoder)
+        "model.encoder.num_heads=2" if kind == "sasrec" else
+        f"model.encoder={{kind: {kind}, num_blocks: 1, num_heads: 2, dqk: 8, dv: 8, dropout: 0.1}}",
         "trainer.val_every_n_epochs=8", "trainer.checkpoint_every_n_epochs=0", "optim.lr=0.01"])
     train(cfg)
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())

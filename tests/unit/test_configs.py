@@ -1,4 +1,4 @@
-"""Every YAML in configs/ loads and validates against its schema (DESIGN.md convention)."""
+"""Every YAML in configs/ loads and validates against its schema (the config dataclasses)."""
 from __future__ import annotations
 
 from pathlib import Path

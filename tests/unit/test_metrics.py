@@ -219,3 +219,19 @@ def test_evaluate_batches_and_model_mode_do_not_change_metrics():
     order = torch.sort(s, dim=1, descending=True, stable=True).indices
     hits10 = [len(set(order[u, :10].tolist()) & set(tg[u])) / len(set(tg[u])) for u in range(n_users)]
     assert a["Recall@10"] == pytest.approx(sum(hits10) / n_users)
+
+
+def test_per_user_ndcg_by_hand():
+    """evaluate(per_user=True): each query's user, full history length and NDCG@10 (the
+    popularity ranking of test_popularity_baseline_by_hand), and the aggregate is unchanged."""
+    ds = TinyDataset({"train": TRAIN, "test": TEST}, n_items=5)
+    pop = PopularityRetriever.from_train(TRAIN, 5)
+    plain = evaluate(pop, ds, split="test", ks=(1, 10))
+    report = evaluate(pop, ds, split="test", ks=(1, 10), per_user=True, batch_size=2)
+    assert "per_user" not in plain and report["metrics"] == plain["metrics"]
+    rows = report["per_user"]
+    assert sorted(zip(rows["user"], rows["history_length"])) == [(1, 3), (2, 2), (3, 3)]
+    ndcg = dict(zip(rows["user"], rows["NDCG@10"]))
+    assert ndcg == pytest.approx({1: L3, 2: L6, 3: 1 / math.log2(5)})
+    with pytest.raises(ValueError, match="K=10"):
+        evaluate(pop, ds, split="test", ks=(1, 5), per_user=True)

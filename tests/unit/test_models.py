@@ -11,8 +11,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from unirec_dist.config.train import EncoderSection, ModelSection, TaskSection, EmbeddingSection
+from unirec_dist.config.loader import from_dict
+from unirec_dist.config.train import ModelSection, TaskSection, EmbeddingSection
 from unirec_dist.data.batch import make_seq_batch
+from unirec_dist.models.encoders.registry import ENCODERS
+from unirec_dist.models.encoders.sasrec import SASRecConfig
+
+# a small section of every registered encoder, dropout off (a new encoder adds its line)
+TINY = {
+    "sasrec": {"kind": "sasrec", "num_blocks": 1, "num_heads": 2, "ffn_dim": 8, "dropout": 0.0},
+    "hstu": {"kind": "hstu", "num_blocks": 1, "num_heads": 2, "dqk": 4, "dv": 4, "dropout": 0.0},
+    "mean_pool": {"kind": "mean_pool", "dropout": 0.0},
+    "mf": {"kind": "mf"},
+    "gru4rec": {"kind": "gru4rec", "hidden_size": 12, "dropout": 0.0},
+}
+SEQUENCE_ENCODERS = sorted(k for k, e in ENCODERS.items() if e.encoder.reads_history)
 
 
 def make_prepared(root: Path, n_users: int = 40, n_items: int = 30, seq_len: int = 12, seed: int = 0,
@@ -28,9 +41,13 @@ def make_prepared(root: Path, n_users: int = 40, n_items: int = 30, seq_len: int
         seq = [(start - 1 + k) % n_items + 1 for k in range(n)]
         r = [float(1 + (i % 5)) for i in seq]
         users.append(u)
-        trains.append(seq[:-2]); rats.append(r[:-2])
-        valid_h.append(seq[:-2]); valid_t.append([seq[-2]]); vrats.append([r[-2]])
-        test_h.append(seq[:-1]); test_t.append([seq[-1]])
+        trains.append(seq[:-2])
+        rats.append(r[:-2])
+        valid_h.append(seq[:-2])
+        valid_t.append([seq[-2]])
+        vrats.append([r[-2]])
+        test_h.append(seq[:-1])
+        test_t.append([seq[-1]])
     i32 = pa.list_(pa.int32())
     cols = {"user": pa.array(users, pa.int32()), "items": pa.array(trains, i32),
             "timestamps": pa.array([[1000 + k for k in range(len(t))] for t in trains], pa.list_(pa.int64()))}
@@ -73,9 +90,8 @@ def _manifest(root: Path) -> dict:
 def _model(root: Path, kind: str = "sasrec", features=("*",), task: TaskSection | None = None, **enc):
     from unirec_dist.training.build import build_model
 
-    mcfg = ModelSection(embedding=EmbeddingSection(dim=8, item_features=list(features)),
-                        encoder=EncoderSection(kind=kind, num_blocks=1, num_heads=2, ffn_dim=8, dqk=4, dv=4,
-                                               dropout=0.0, **enc))
+    mcfg = from_dict(ModelSection, {"embedding": {"dim": 8, "item_features": list(features)},
+                                    "encoder": {**TINY[kind], **enc}}, prefix="model")
     model = build_model(mcfg, _manifest(root), task, max_len=10)
     model.embedding.set_item_features(pq.read_table(root / "items.parquet"))
     return model
@@ -137,7 +153,11 @@ def test_content_only_items_differ_without_id(ds):
     assert not torch.allclose(E[1], E[2])
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "hstu", "mean_pool", "mf"])
+def test_every_registered_encoder_is_tested():
+    assert set(TINY) == set(ENCODERS)
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODERS))
 def test_encoders_are_causal_and_retrievers(ds, kind):
     from unirec_dist.models.protocol import Retriever
 
@@ -162,22 +182,25 @@ def test_encoders_are_causal_and_retrievers(ds, kind):
     assert model.item_embeddings().shape == (31, 8)
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "hstu"])
-def test_query_is_state_after_last_item(ds, kind):
-    """query_embeddings runs the last attention block for the last position only; it must equal
-    the full causal pass's state at that position, for every length in the batch."""
+@pytest.mark.parametrize("kind,enc", [(k, {}) for k in SEQUENCE_ENCODERS] + [("sasrec", {"num_blocks": 0})])
+def test_query_is_state_after_last_item(ds, kind, enc):
+    """query_embeddings takes the encoder's last-state path (SASRec and HSTU run their last block
+    for the last position only); it must equal the full causal pass's state at that position, for
+    every length in the batch, and zeros for an empty history."""
     torch.manual_seed(0)
-    model = _model(ds, kind).eval()
+    model = _model(ds, kind, **enc).eval()
     with torch.no_grad():   # zero-initialised biases (HSTU's relative positions) would hide errors
         for p in model.encoder.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    hist = [[1, 2, 3], [4, 5], [7], [3, 9, 11, 2, 8, 6, 1]]
-    batch = make_seq_batch(pa.array([1, 2, 3, 4]), pa.array(hist), 10)
+    hist = [[1, 2, 3], [4, 5], [7], [3, 9, 11, 2, 8, 6, 1], []]
+    batch = make_seq_batch(pa.array([1, 2, 3, 4, 5]), pa.array(hist), 10)
     q = model.query_embeddings(batch)
+    assert q.shape == (5, 8)
     items, lengths = model.embed_sequences(batch.seq)
-    h = model.encode(items, lengths)
-    for b, row in enumerate(hist):
+    h = model.encode(items, lengths.clamp(min=1))
+    for b, row in enumerate(hist[:-1]):
         torch.testing.assert_close(q[b], torch.nn.functional.normalize(h[b, len(row) - 1], dim=0))
+    assert torch.all(q[-1] == 0)
 
 
 def test_builds_on_meta_device(ds):
@@ -319,7 +342,7 @@ def test_a_dim_the_fused_kernel_cannot_run_is_stored_padded(ds):
 
     torch.manual_seed(0)
     mcfg = ModelSection(embedding=EmbeddingSection(dim=10, item_features=["*"], user_id=True),
-                        encoder=EncoderSection(kind="sasrec", num_blocks=1, num_heads=2, ffn_dim=8, dropout=0.0))
+                        encoder=SASRecConfig(num_blocks=1, num_heads=2, ffn_dim=8, dropout=0.0))
     model = build_model(mcfg, _manifest(ds), max_len=10)
     model.embedding.set_item_features(pq.read_table(ds / "items.parquet"))
     emb = model.embedding

@@ -2,6 +2,7 @@
 impossible choice is one line (issue 12)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,13 @@ from unirec_dist.errors import ConfigError
 from tests.synthetic import prepared_dataset
 
 DEBUG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "debug.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handlers():
+    # the CLI binds its log handler to the stderr of the test that called it; drop stale ones
+    logging.getLogger().handlers.clear()
+    yield
 
 
 def test_optim_tables_resolves_per_device_and_refuses_adam_on_cpu():

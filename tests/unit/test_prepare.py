@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from unirec_dist.config.dataset import DatasetConfig
 from unirec_dist.config.loader import from_dict, load_config

@@ -15,6 +15,13 @@ from unirec_dist.data import prepare as P
 from unirec_dist.data.dataset import PreparedDataset
 from unirec_dist.errors import ConfigError, DataError
 
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handlers():
+    # the CLI binds its log handler to the stderr of the test that called it; drop stale ones
+    logging.getLogger().handlers.clear()
+    yield
+
 # Every user's events share one timestamp per basket; rows are in the order the user gave them,
 # item ids deliberately out of order (the largest id is never the last row).
 TIED_CSV = """user,item,ts,pos

@@ -24,7 +24,7 @@ def test_serve_config_loads(path):
     assert cfg.host == "127.0.0.1"  # loopback unless told otherwise
     opts = cfg.recommender_options()
     assert opts["index"] in ("exact", "hnsw")
-    if cfg.index == "hnsw":
+    if cfg.index == "hnsw" and cfg.hnsw is not None:
         assert opts["hnsw"]["ef_search"] >= 1
 
 

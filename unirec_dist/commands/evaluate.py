@@ -1,7 +1,7 @@
 """`unirec evaluate`: full-ranking metrics of a checkpoint (or the popularity baseline).
 
     unirec evaluate --checkpoint runs/x/ckpt [--data DIR] [--split test] [--k 10,50,200]
-                    [--mask-seen] [--out results.json] [--overwrite]
+                    [--mask-seen] [--per-user] [--out results.json] [--overwrite]
     unirec evaluate --baseline popularity --data DIR ...
 
 Every input is checked before any work starts (dataset, checkpoint manifest and vocab, K,
@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1024, help="queries per batch (default: 1024)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
+    p.add_argument("--per-user", action="store_true",
+                   help="add each query's user, history length and NDCG@10 to --out (for `unirec report`)")
     p.add_argument("--out", help="also write the report as JSON to this file")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from unirec_dist.serving.topn import check_output_file
 
     ks = parse_ks(args.k)
+    if args.per_user and 10 not in ks:
+        raise UnirecError(f"--per-user reports NDCG@10: --k must include 10, got {args.k!r}")
     if args.batch_size <= 0:
         raise UnirecError(f"--batch-size must be positive, got {args.batch_size}")
     if args.threads is not None and args.threads <= 0:
@@ -100,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
     configure_cpu(args.threads)
     scorer = load_scorer(args, dataset)
-    report = evaluate(scorer, dataset, split=args.split, ks=ks, mask_seen=args.mask_seen, batch_size=args.batch_size)
+    report = evaluate(scorer, dataset, split=args.split, ks=ks, mask_seen=args.mask_seen, batch_size=args.batch_size,
+                      per_user=args.per_user)
     report["model"] = (
         {"baseline": args.baseline}
         if args.baseline

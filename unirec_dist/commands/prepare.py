@@ -23,11 +23,9 @@ def run(args: argparse.Namespace) -> int:
     from unirec_dist.config.loader import load_config
     from unirec_dist.data.dataset import PreparedDataset
     from unirec_dist.data.prepare import prepare
-    from unirec_dist.utils.atomic import check_output_dir
 
     cfg = load_config(DatasetConfig, args.config, args.overrides)
     out = Path(args.out) if args.out else Path("data/prepared") / cfg.name
-    check_output_dir(out, args.overwrite)
     prepare(cfg, out, overwrite=args.overwrite, engine=args.engine, ray_address=args.ray_address)
     print(summary(PreparedDataset.open(out)))
     return 0

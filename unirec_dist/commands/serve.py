@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
         serve_blocking(cfg.bundle, host=cfg.host, port=cfg.port, replicas=cfg.ray.replicas,
                        address=cfg.ray.address, cpus_per_replica=cfg.ray.cpus_per_replica,
-                       threads=cfg.threads, **opts)
+                       threads=cfg.threads, max_body_bytes=cfg.max_body_bytes, **opts)
         return 0
     from unirec_dist.utils.device import configure_cpu
 
@@ -76,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
         raise UnirecError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
     rec = Recommender.from_bundle(cfg.bundle, **opts)
     if rec.index_recall is not None:
-        print(f"approximate index {rec.index.kind} {rec.index.params()}: recall@{RECALL_K} vs exact = {rec.index_recall:.4f}")
+        how = "the bundle's prebuilt index" if rec.index_source == "bundle" else "built at start-up"
+        print(f"approximate index {rec.index.kind} {rec.index.params()} ({how}): "
+              f"recall@{RECALL_K} vs exact = {rec.index_recall:.4f}")
     host, port = sock.getsockname()[:2]
     print(f"serving {cfg.bundle} on http://{host}:{port} (docs: /docs, schema: /openapi.json)", flush=True)
-    run_server(create_app(rec), sock=sock, access_log=cfg.access_log)
+    run_server(create_app(rec, max_body_bytes=cfg.max_body_bytes), sock=sock, access_log=cfg.access_log)
     return 0

@@ -2,9 +2,11 @@
 
 Submits a unirec command as a Ray job through the Jobs API (the dashboard, http://HEAD:8265),
 prints the job id, and by default follows its output until it ends: exit 0 when the job
-SUCCEEDED, 1 when it FAILED or was STOPPED. Address: --address, else RAY_API_SERVER_ADDRESS /
-RAY_ADDRESS, else http://127.0.0.1:8265. The inner command's config (with its overrides) and,
-where this machine sees it, its dataset are loaded and validated before anything is uploaded.
+SUCCEEDED, 1 when it FAILED or was STOPPED (repeating the job's last `error:` line on stderr, e.g. the
+job Python's missing stack, see launch/pretrain_job.py). Address: --address, else
+RAY_API_SERVER_ADDRESS / RAY_ADDRESS, else http://127.0.0.1:8265. The inner command's config (with
+its overrides) and, where this machine sees it, its dataset are loaded and validated before
+anything is uploaded.
 """
 from __future__ import annotations
 
@@ -58,4 +60,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nthe job keeps running; stop it with: unirec jobs stop {job_id}", file=sys.stderr)
         raise
     print(f"job {job_id}: {status}", flush=True)
-    return 0 if status == "SUCCEEDED" else 1
+    if status == "SUCCEEDED":
+        return 0
+    line = last_error_line(client, job_id)
+    if line:
+        print(line, file=sys.stderr)
+    return 1
+
+
+def last_error_line(client, job_id: str) -> str | None:
+    """The job's last `error: ...` line (a user mistake or a missing stack), if its log has one."""
+    try:
+        logs = client.get_job_logs(job_id)
+    except Exception:   # noqa: BLE001 - the job already ended; its status line has been printed
+        return None
+    lines = [ln for ln in logs.splitlines() if ln.startswith("error: ")]
+    return lines[-1] if lines else None

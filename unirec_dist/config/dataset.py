@@ -69,6 +69,17 @@ class ColumnsConfig:
     # events still tied after it keep split.tie_break's order
     tie_break: str | None = None
 
+    def validate(self) -> None:
+        # one column cannot play two roles (user=item_id would build "users" that are items)
+        seen: dict[str, str] = {}
+        for role in ("user", "item", "timestamp", "rating", "event"):
+            col = getattr(self, role)
+            if col is None:
+                continue
+            if col in seen:
+                raise ConfigError(f"{seen[col]} and {role} are both column {col!r}; each role needs its own column")
+            seen[col] = role
+
 
 @dataclass
 class FeatureConfig:
@@ -119,10 +130,15 @@ class SplitConfig:
 
     def validate(self) -> None:
         if self.order == "row" and self.tie_break == "random":
-            raise ConfigError("split.tie_break: 'random' contradicts split.order 'row' (the row order is the order)")
-        if not (0 <= self.valid_fraction < 1 and 0 < self.test_fraction < 1
-                and self.valid_fraction + self.test_fraction < 1):
-            raise ConfigError("split: valid_fraction and test_fraction must be in [0, 1) and sum below 1")
+            raise ConfigError("tie_break: 'random' contradicts order 'row' (the row order is the order)")
+        # messages without a "split:" prefix: the loader adds the section's name
+        if not 0 <= self.valid_fraction < 1:
+            raise ConfigError(f"valid_fraction: must be in [0, 1), got {self.valid_fraction}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction: must be in (0, 1), got {self.test_fraction}")
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ConfigError(f"valid_fraction + test_fraction: must be below 1, got "
+                              f"{self.valid_fraction} + {self.test_fraction}")
 
 
 @dataclass

@@ -10,7 +10,7 @@ Every key of `distributed` has a default, so any training YAML is also a pretrai
       table_optimizer: {lr: null}     # the tables' optimizer itself is optim.tables
       checkpoint_every_n_steps: 50    # 0: only at the end
       keep_last: 2
-      max_failures: 1                 # worker-group restarts from the latest checkpoint
+      max_failures: 3                 # worker-group restarts from the latest checkpoint (-1: unlimited)
       memory_gb: null                 # per device, for the planner (null: measured)
       resource_wait_s: null           # wait for the workers' CPUs/GPUs (null: 0 local, 600 joined)
 """
@@ -53,7 +53,7 @@ class DistributedSection:
     table_optimizer: TableOptimizerSection = field(default_factory=TableOptimizerSection)
     checkpoint_every_n_steps: int = 0
     keep_last: int = 2
-    max_failures: int = 0
+    max_failures: int = 3
     memory_gb: float | None = None
     cpus_per_worker: int = 1
     storage_path: str | None = None   # Ray run storage (default: <out_dir>/ray); shared on a cluster

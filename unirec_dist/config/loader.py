@@ -1,4 +1,9 @@
-"""Generic dataclass <-> dict conversion with strict checking (no eval, no import paths)."""
+"""Generic dataclass <-> dict conversion with strict checking (no eval, no import paths).
+
+A field may be typed with a base class that has a `resolve_variant(mapping) -> (dataclass,
+mapping)` classmethod (the encoder section: models/encoders/base.py): the mapping then picks the
+dataclass it is built as (by its `kind`), and that dataclass's fields are checked strictly.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +33,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or hasattr(tp, "resolve_variant"):
         return "a mapping"
     return getattr(tp, "__name__", str(tp))
 
@@ -56,9 +61,14 @@ def _convert(value: Any, tp: Any, where: str, key: str) -> Any:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             _fail(where, key, f"expected {_type_name(tp)}, got {value!r}{hint}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or hasattr(tp, "resolve_variant"):
         if not isinstance(value, dict):
             _fail(where, key, f"expected a mapping, got {value!r}")
+        if hasattr(tp, "resolve_variant"):
+            try:
+                tp, value = tp.resolve_variant(value)
+            except ConfigError as e:    # a bare "field: message" about one of the mapping's keys
+                raise ConfigError(f"{where}: {key + '.' if key else ''}{e}") from None
         return from_dict(tp, value, where=where, prefix=key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

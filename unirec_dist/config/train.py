@@ -10,6 +10,8 @@ Example::
     data: {path: data/ml-1m, max_len: 200, batch_size: 128, train_on: train}
     model:
       embedding: {dim: 50, item_features: []}
+      # kind picks a registered encoder (models/encoders/registry.py); the other keys are
+      # that encoder's own config fields (e.g. SASRecConfig in models/encoders/sasrec.py)
       encoder: {kind: sasrec, num_blocks: 2, num_heads: 1, ffn_dim: 50, dropout: 0.2}
     task:
       kind: retrieval
@@ -23,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from unirec_dist.errors import ConfigError
+from unirec_dist.models.encoders.base import EncoderConfig
+from unirec_dist.models.encoders.registry import DEFAULT_ENCODER, ENCODERS
 
-ENCODERS = ("sasrec", "hstu", "mean_pool", "mf")
 REPEAT_MASK_MAX = 0.05
 TASKS = ("retrieval", "rating", "ctr")
 
@@ -68,7 +71,7 @@ class EmbeddingSection:
     # item features from the dataset manifest added to the id embedding ("*" = all)
     item_features: list[str] = field(default_factory=lambda: ["*"])
     item_id: bool = True                        # False: content only (every item, even unseen, alike)
-    user_id: bool = False                       # a user id table (always on for encoder.kind=mf)
+    user_id: bool = False                       # a user id table (always on for encoders that read it: mf)
     init_std: float | None = 0.02               # std of the tables' uniform init (null: 1/sqrt(dim) bound)
 
     def validate(self) -> None:
@@ -78,39 +81,19 @@ class EmbeddingSection:
 
 
 @dataclass
-class EncoderSection:
-    kind: Literal["sasrec", "hstu", "mean_pool", "mf"] = "sasrec"
-    num_blocks: int = 2
-    num_heads: int = 1
-    ffn_dim: int = 50                           # sasrec feed-forward width
-    dqk: int = 25                               # hstu per-head query/key dim
-    dv: int = 25                                # hstu per-head value dim
-    dropout: float = 0.2
-    attn_dropout: float = 0.0
-    hidden: list[int] = field(default_factory=lambda: [128])   # mean_pool tower MLP widths
-
-    def validate(self) -> None:
-        _check(self.num_blocks >= 0, "model.encoder.num_blocks", f"must be >= 0, got {self.num_blocks}")
-        _check(self.num_heads >= 1, "model.encoder.num_heads", f"must be >= 1, got {self.num_heads}")
-        for k in ("ffn_dim", "dqk", "dv"):
-            v = getattr(self, k)
-            _check(v >= 1, f"model.encoder.{k}", f"must be >= 1, got {v}")
-        for k in ("dropout", "attn_dropout"):
-            v = getattr(self, k)
-            _check(0.0 <= v < 1.0, f"model.encoder.{k}", f"must be in [0, 1), got {v}")
-        _check(all(h >= 1 for h in self.hidden), "model.encoder.hidden", f"widths must be >= 1, got {self.hidden}")
-
-
-@dataclass
 class ModelSection:
     embedding: EmbeddingSection = field(default_factory=EmbeddingSection)
-    encoder: EncoderSection = field(default_factory=EncoderSection)
+    # one registered encoder's config dataclass, picked by its `kind` (models/encoders/registry.py)
+    encoder: EncoderConfig = field(default_factory=lambda: ENCODERS[DEFAULT_ENCODER].config())
     normalize: bool = True                      # L2-normalise query and item vectors
 
     def validate(self) -> None:
-        if self.encoder.kind == "sasrec":
-            _check(self.embedding.dim % self.encoder.num_heads == 0, "model.encoder.num_heads",
-                   f"must divide model.embedding.dim ({self.embedding.dim}), got {self.encoder.num_heads}")
+        self.encoder.validate_for_model(self.embedding.dim)
+
+    @property
+    def user_table(self) -> bool:
+        """Whether the model has a user id table (asked for, or read by the encoder)."""
+        return self.embedding.user_id or self.encoder.encoder_class.needs_user_vectors
 
 
 @dataclass
@@ -229,7 +212,9 @@ class TrainerSection:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = 2                     # torch CPU threads (None: torch's default)
     out_dir: str = "runs/train"                 # checkpoints/ and logs/ go here
-    loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
+    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = field(default_factory=lambda: ["csv"])
+    # mlflow's tracking server (http(s)://host:port) or store (file:PATH); null: file:<out_dir>/mlruns
+    mlflow_uri: str | None = None
     progress_bar: bool = True
     val_every_n_epochs: int = 1
     # validation ranking removes each query's history items; null: from the dataset, masked only
@@ -238,7 +223,8 @@ class TrainerSection:
     log_every_n_steps: int = 20
     limit_train_batches: int | float = 1.0
     early_stop_patience: int | None = None      # validations without NDCG@10 improvement
-    checkpoint_every_n_epochs: int = 1          # DCP "last" checkpoint cadence (0: only at the end)
+    checkpoint_every_n_epochs: int = 1          # checkpoint cadence, pointer "last" (0: only at the end)
+    keep_last: int = 2                          # step folders kept (plus the "best" pointer's target)
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
 
     def validate(self) -> None:
@@ -257,6 +243,9 @@ class TrainerSection:
                f"must be >= 1 or null, got {self.early_stop_patience}")
         _check(self.checkpoint_every_n_epochs >= 0, "trainer.checkpoint_every_n_epochs",
                f"must be >= 0, got {self.checkpoint_every_n_epochs}")
+        _check(self.keep_last >= 1, "trainer.keep_last", f"must be >= 1, got {self.keep_last}")
+        _check(self.mlflow_uri is None or self.mlflow_uri.split(":", 1)[0] in ("file", "http", "https"),
+               "trainer.mlflow_uri", f"must start with file:, http:// or https://, got {self.mlflow_uri!r}")
 
 
 @dataclass
@@ -270,13 +259,16 @@ class TrainConfig:
 
     def validate(self) -> None:
         tasks = self.task.active_tasks
-        if self.model.encoder.kind == "mf" and ("ctr" in tasks):
-            raise ConfigError("task.kind: ctr needs a sequence encoder (sasrec, hstu or mean_pool), not mf")
+        kind = self.model.encoder.kind
+        reads_history = self.model.encoder.encoder_class.reads_history
+        sequence_encoders = ", ".join(k for k, e in ENCODERS.items() if e.encoder.reads_history)
+        if "ctr" in tasks and not reads_history:
+            raise ConfigError(f"task.kind: ctr needs a sequence encoder ({sequence_encoders}), not {kind}")
         if self.task.augment.contrastive_weight > 0:
             _check(self.task.augment.active, "task.augment.contrastive_weight",
                    "needs at least one augmentation (crop, mask or reorder) > 0")
-            _check(self.model.encoder.kind != "mf", "task.augment.contrastive_weight",
-                   "needs a sequence encoder, not mf")
+            _check(reads_history, "task.augment.contrastive_weight",
+                   f"needs a sequence encoder ({sequence_encoders}), not {kind}")
 
 
 def load_train_config(path, overrides: list[str] | None = None) -> TrainConfig:

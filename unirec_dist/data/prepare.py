@@ -1036,9 +1036,32 @@ def describe_ordering(split: dict) -> str:
     return "; ".join(parts)
 
 
+def input_paths(cfg: DatasetConfig) -> dict[str, Path]:
+    """The files/folders `prepare` reads: the table source's paths, or the MovieLens cache dir."""
+    s = cfg.source
+    if s.kind != "table":
+        from unirec_dist.data.movielens import data_dir
+
+        return {"source.data_dir": data_dir(s.data_dir) / s.kind}
+    return {f"source.{role}": Path(getattr(s, role)) for role in ("interactions", "items", "users")
+            if getattr(s, role)}
+
+
+def check_out_not_input(out: Path, cfg: DatasetConfig) -> None:
+    """Refuse an output dir that is, holds, or lies inside an input: replacing it would delete the
+    input (with or without --overwrite)."""
+    o = out.expanduser().resolve()
+    for key, p in input_paths(cfg).items():
+        i = p.expanduser().resolve()
+        if o == i or o in i.parents or i in o.parents:
+            how = "is" if o == i else ("holds" if o in i.parents else "lies inside")
+            raise DataError(f"--out {out} {how} the input {key} ({p}); choose an output folder apart from the inputs")
+
+
 def prepare(cfg: DatasetConfig, out: str | os.PathLike, overwrite: bool = False, engine: str = "arrow",
             ray_address: str | None = None) -> Path:
     """Prepare the dataset described by `cfg` into directory `out` (atomically); returns `out`."""
+    check_out_not_input(Path(out), cfg)
     out = check_output_dir(out, overwrite)
     if engine not in ("arrow", "ray"):
         raise DataError(f"unknown engine {engine!r}; use 'arrow' or 'ray'")

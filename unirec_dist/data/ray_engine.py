@@ -81,17 +81,12 @@ def _unwrap(e: BaseException) -> BaseException | None:
 
 
 def _init_ray(address: str | None) -> bool:
-    import ray
+    from unirec_dist.utils.ray_cluster import init_ray
 
-    if ray.is_initialized():
-        return False
-    kw = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-              logging_level=logging.WARNING)
+    kw = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address:
-        ray.init(address=address, **kw)
-    else:
-        ray.init(address="local", num_cpus=2, **kw)  # a new cluster of our own, never one found running
-    return True
+        return init_ray(address, flag="--ray-address", **kw)
+    return init_ray(None, num_cpus=2, **kw)
 
 
 def _read(cfg: DatasetConfig):
@@ -177,7 +172,7 @@ def _block_rows(refs: list) -> list[int]:
     return ray.get([num_rows.remote(r) for r in refs])
 
 
-def _number_rows(ds, split) -> "ray.data.Dataset":
+def _number_rows(ds, split) -> "ray.data.Dataset":  # noqa: F821 (ray is imported inside)
     """`order_keys` on every block with its global row offset (blocks in source order)."""
     import ray
 
@@ -432,4 +427,6 @@ def run_ray(cfg: DatasetConfig, out: Path, ray_address: str | None = None) -> tu
         ctx.enable_progress_bars, ctx.shuffle_strategy, ctx.execution_options.preserve_order = saved
         data_log.setLevel(saved_level)
         if started:
-            ray.shutdown()
+            from unirec_dist.utils.ray_cluster import shutdown_ray
+
+            shutdown_ray()

@@ -4,7 +4,7 @@ This module and `unirec_dist.training.strategy` are the only places that import
 `torchrec.distributed`. Models stay plain single-device modules; here they are planned and wrapped
 in DistributedModelParallel (DMP).
 
-What runs where (see STACK.md):
+What runs where (measured with torch 2.13 CPU, torchrec 1.8, fbgemm-gpu-cpu 1.8):
     EmbeddingBagCollection (bag tables): table_wise, column_wise, table_column_wise,
         row_wise (the stock sharder offers row_wise only on CUDA; `CpuRowWiseEBCSharder` adds it
         on CPU, where it trains and checkpoints correctly)
@@ -332,29 +332,6 @@ def _env(pg: Any) -> Any:
     from torchrec.distributed.types import ShardingEnv
 
     return ShardingEnv.from_process_group(pg)
-
-
-def combined_optimizer(dmp: Any, dense_optimizer_factory: Any) -> Any:
-    """Fused table optimizer + dense optimizer as one KeyedOptimizer (no key collisions).
-
-    `dense_optimizer_factory(params)` builds a torch optimizer over the dense params; it is given
-    the params that the fused optimizer does not own (`in_backward_optimizer_filter`).
-    """
-    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    parts = [("fused", dmp.fused_optimizer)]
-    if dense:
-        parts.append(("dense", KeyedOptimizerWrapper(dense, dense_optimizer_factory)))
-    return CombinedOptimizer(parts)
-
-
-def dense_parameters(dmp: "nn.Module") -> list["torch.nn.Parameter"]:
-    """Params that are replicated on every rank (trained by the dense optimizer)."""
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-    return [p for _, p in in_backward_optimizer_filter(dmp.named_parameters())]
 
 
 def dry_run_plan(

@@ -1,6 +1,6 @@
 """Full-ranking evaluation of a Retriever on a prepared dataset's valid/test queries.
 
-Protocol (DESIGN.md, Evaluation protocol): every query is ranked against ALL N items of the
+Protocol (leave-one-out, full ranking; README "Evaluation protocol"): every query is ranked against ALL N items of the
 catalogue (no sampled negatives); `mask_seen` says whether the items of the query's full history
 are removed from the ranking, and it is reported with every result. Ties: lower item id first
 (`unirec_dist.metrics.topk`). Metric definitions: `unirec_dist.metrics.ranking`.
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from unirec_dist.data.batch import last_n, make_seq_batch
-from unirec_dist.metrics.ranking import RankingAccumulator
+from unirec_dist.metrics.ranking import METRICS, RankingAccumulator
 from unirec_dist.metrics.topk import topk
 
 if TYPE_CHECKING:
@@ -126,7 +126,8 @@ def evaluate_table(
     batch_size: int = 1024,
     progress: bool | None = None,
     shard: bool = True,
-) -> dict[str, float]:
+    per_user: bool = False,
+) -> dict[str, Any]:
     """Metrics of `retriever` on `queries` (user: int32, history: list<int32>, targets: list<int32>).
 
     Returns the `RankingAccumulator.compute()` dict (metric@K -> value, "queries" -> count).
@@ -134,6 +135,8 @@ def evaluate_table(
     ordering by history length; see `_shard`) and the metrics are all-reduced (collective:
     every rank must call this, and every rank runs the same number of batches).
     progress: tqdm bar; None = only on a terminal and when there are several batches.
+    per_user: also return "per_user" = {"user", "history_length" (full, untruncated), "NDCG@10"}
+    lists, one entry per counted query of this rank (needs 10 in `ks`).
     """
     import torch
 
@@ -155,6 +158,11 @@ def evaluate_table(
                 raise ValueError(f"item_embeddings() has {items.shape[0]} rows, the dataset N + 1 = {n_items + 1}")
             device = items.device
             acc = RankingAccumulator(ks, n_items, device=device)
+            if per_user:
+                if 10 not in acc.ks:
+                    raise ValueError(f"per_user needs K=10 among ks, got {list(ks)}")
+                at10 = (acc.ks.index(10), METRICS.index("NDCG"))
+                rows: dict[str, list] = {"user": [], "history_length": [], "NDCG@10": []}
             n_batches = -(-queries.num_rows // batch_size)
             bar = _progress(n_batches, progress)
             for begin in range(0, queries.num_rows, batch_size):
@@ -163,12 +171,21 @@ def evaluate_table(
                 q = retriever.query_embeddings(batch)
                 exclude = history_kjt(part["history"]).to(device) if mask_seen else None
                 _, ids = topk(q, items, acc.max_k, exclude=exclude)
-                acc.update(ids, batch.targets)
+                done = acc.update(ids, batch.targets)
+                if per_user and done is not None:
+                    values, counted = done[0][:, at10[0], at10[1]].cpu().numpy(), done[1].cpu().numpy()
+                    rows["user"] += part["user"].to_numpy(zero_copy_only=False)[counted].tolist()
+                    lengths = pc.list_value_length(part["history"]).fill_null(0).to_numpy(zero_copy_only=False)
+                    rows["history_length"] += lengths[counted].tolist()
+                    rows["NDCG@10"] += values[counted].tolist()
                 if bar is not None:
                     bar.update(1)
             if bar is not None:
                 bar.close()
-            return acc.compute()
+            out: dict[str, Any] = acc.compute()
+            if per_user:
+                out["per_user"] = rows
+            return out
     finally:
         if was_training:
             retriever.train()
@@ -191,6 +208,7 @@ def evaluate(
     mask_seen: bool = False,
     batch_size: int = 1024,
     progress: bool | None = None,
+    per_user: bool = False,
 ) -> dict[str, Any]:
     """Full-ranking evaluation on `dataset.table(split)`; a JSON-ready report:
 
@@ -200,6 +218,8 @@ def evaluate(
      "metrics": {"HR@10": ..., "Recall@10": ..., "NDCG@10": ..., "MRR@10": ...,
                  "Precision@10": ..., "Coverage@10": ..., ... for every K},
      "seconds": wall time}
+    per_user: add "per_user": {"user": [...], "history_length": [...], "NDCG@10": [...]} (one
+    entry per query, for breakdowns such as NDCG@10 by history length; needs 10 in `ks`).
     """
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
@@ -208,17 +228,22 @@ def evaluate(
     t0 = time.perf_counter()
     n_items = int(dataset.n_items)
     metrics = evaluate_table(
-        retriever, dataset.table(split), n_items, ks=ks, mask_seen=mask_seen, batch_size=batch_size, progress=progress
+        retriever, dataset.table(split), n_items, ks=ks, mask_seen=mask_seen, batch_size=batch_size, progress=progress,
+        per_user=per_user,
     )
+    rows = metrics.pop("per_user", None)
     queries = metrics.pop("queries")
     seconds = time.perf_counter() - t0
     log.info("evaluated %d %s queries over %d items in %.2f s", queries, split, n_items, seconds)
     repeat = ((getattr(dataset, "manifest", None) or {}).get("split", {}).get("repeat_rate") or {}).get(split)
-    return {
+    report = {
         "protocol": protocol(split, n_items, queries, mask_seen, ks, repeat),
         "metrics": metrics,
         "seconds": round(seconds, 4),
     }
+    if rows is not None:
+        report["per_user"] = rows
+    return report
 
 
 def protocol(split: str, n_items: int, queries: int, mask_seen: bool, ks: Sequence[int],

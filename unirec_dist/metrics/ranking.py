@@ -35,11 +35,6 @@ METRICS = ("HR", "Recall", "NDCG", "MRR", "Precision")
 _NEVER = 2**31 - 1  # best_rank of an item never listed
 
 
-def metric_names(ks: Sequence[int]) -> list[str]:
-    """Names in report order: HR@10, Recall@10, ..., Coverage@200."""
-    return [f"{m}@{k}" for k in ks for m in (*METRICS, "Coverage")]
-
-
 class RankingAccumulator:
     """Streams (top-K ids, targets) batches into per-K sums; see the module docstring.
 
@@ -75,9 +70,11 @@ class RankingAccumulator:
         self.count.zero_()
         self.best_rank.fill_(_NEVER)
 
-    def update(self, ids: "torch.Tensor", targets: "torch.Tensor") -> None:
+    def update(self, ids: "torch.Tensor", targets: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor] | None":
         """ids: (B, L) top-L item ids, best first, 0 = empty slot, L >= min(max(ks), N).
-        targets: (B, T) target item ids padded with 0 (duplicates count once)."""
+        targets: (B, T) target item ids padded with 0 (duplicates count once).
+        Returns this batch's per-query values, (B, len(ks), len(METRICS)), and the (B,) mask of
+        counted queries (None for an empty batch), for per-query breakdowns."""
         import torch
 
         if ids.dim() != 2 or targets.dim() != 2 or ids.shape[0] != targets.shape[0]:
@@ -88,7 +85,7 @@ class RankingAccumulator:
         targets = targets.to(self.device, torch.long)
         b, width = ids.shape
         if b == 0:
-            return
+            return None
 
         # distinct non-zero targets per row
         t_sorted = torch.sort(targets, dim=1).values
@@ -138,6 +135,7 @@ class RankingAccumulator:
         listed = ids[valid]
         rank = torch.arange(1, width + 1, device=self.device, dtype=torch.int32).expand_as(listed)
         self.best_rank.scatter_reduce_(0, listed.reshape(-1), rank.reshape(-1), reduce="amin")
+        return per_query, valid
 
     def _reduced(self) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
         import torch

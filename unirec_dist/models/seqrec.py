@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unirec_dist.models.embedding import UniversalEmbedding
-from unirec_dist.models.encoders.pooling import MFEncoder
+from unirec_dist.models.encoders.base import SequenceEncoder
 
 
 def pad_jagged(values: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -29,14 +29,15 @@ class SeqRecModel(nn.Module):
 
     item_embeddings() -> (n_items, D);  query_embeddings(batch) -> (B, D);
     encode(items (B, L, D), lengths (B,), users (B,)) -> (B, L, D) per-position states.
+    The encoder is any SequenceEncoder (models/encoders/base.py); what it needs (user vectors)
+    and offers (a cheaper last-state path) is read from it, never from its name.
     """
 
-    def __init__(self, embedding: UniversalEmbedding, encoder: nn.Module, encoder_kind: str, max_len: int,
+    def __init__(self, embedding: UniversalEmbedding, encoder: SequenceEncoder, max_len: int,
                  normalize: bool = True, heads: dict[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.embedding = embedding
         self.encoder = encoder
-        self.encoder_kind = encoder_kind
         self.max_len = max_len
         self.normalize = normalize
         self.heads = nn.ModuleDict(heads or {})
@@ -55,11 +56,14 @@ class SeqRecModel(nn.Module):
         mask = (torch.arange(width, device=ids.device)[None, :] < lengths[:, None]).unsqueeze(-1)
         return vecs * mask.to(vecs.dtype), lengths
 
+    def user_vectors(self, users: torch.Tensor | None) -> torch.Tensor | None:
+        """users (B,) ids -> (B, D) id vectors for an encoder that reads them, else None."""
+        return self.embedding.user_vectors(users) if self.encoder.needs_user_vectors else None
+
     def encode(self, items: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        """items (B, L, D), lengths (B,) -> (B, L, D) un-normalised states at every position."""
-        if isinstance(self.encoder, MFEncoder):
-            return self.encoder(self.embedding.user_vectors(users), lengths, items.shape[1])
-        return self.encoder(items, lengths)
+        """items (B, L, D), lengths (B,) >= 1, users (B,) ids -> (B, L, D) un-normalised states at
+        every position."""
+        return self.encoder(items, lengths, self.user_vectors(users))
 
     # -- Retriever --------------------------------------------------------------------------
     def item_embeddings(self) -> torch.Tensor:
@@ -72,14 +76,6 @@ class SeqRecModel(nn.Module):
         items, lengths = self.embed_sequences(batch.seq)
         if items.shape[1] > self.max_len:   # batch built with a longer max_len: keep the newest
             raise ValueError(f"history longer than max_len {self.max_len}; build batches with max_len")
-        if self.encoder_kind in ("sasrec", "hstu"):
-            # attention encoders run their last block for the last position only
-            q = self.encoder(items, lengths.clamp(min=1), last_only=True)
-        else:
-            states = self.encode(items, lengths.clamp(min=1), batch.users)
-            last = (lengths - 1).clamp(min=0)
-            q = states[torch.arange(states.shape[0], device=states.device), last]
-        if self.encoder_kind != "mf":
-            # an empty history has no state: fall back to zeros (scores all items alike)
-            q = q * (lengths > 0).unsqueeze(-1).to(q.dtype)
-        return self.norm(q)
+        # an empty history has no state: zeros (scores all items alike), except for encoders that
+        # do not read the history (MF: the user's vector)
+        return self.norm(self.encoder.last_states(items, lengths, self.user_vectors(batch.users)))

@@ -3,7 +3,11 @@
     POST /recommend  {"user_id": "42"} or {"history": ["1193", "661"]}, "k": 10, "exclude_seen": true
     POST /explain    the same + "top" (history items per recommended item), "method", "items"
     GET  /health     {"status": "ok"}
-    GET  /metadata   model, vocab sizes, index (kind, recall@10 when approximate), limits, manifest
+    GET  /metadata   model, dims, counts, index (kind, source, recall@10 when approximate), limits,
+                     versions: what a client needs, no paths or training config
+
+A body over `max_body_bytes` (default 1 MiB) is answered 413 before it is parsed: by its
+Content-Length, or, for a chunked body, as soon as the bytes received pass the limit.
 
 Every client mistake is a 4xx with a JSON body {"detail": "<one line>"} (and "errors" for schema
 violations): unknown user -> 404; unknown item ids, empty or over-long history, k out of range,
@@ -23,6 +27,64 @@ if TYPE_CHECKING:
     from unirec_dist.serving.recommender import Recommender
 
 MAX_ID_LEN = 256
+MAX_BODY_BYTES = 1 << 20
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `limit` bytes, before anything parses it.
+
+    Starlette has no body limit of its own; this reads only the Content-Length header and counts
+    the bytes of the body messages as the endpoint pulls them (nothing is buffered here)."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = int(limit)
+        self.detail = f"request body larger than {self.limit} bytes"
+
+    async def _refuse(self, send: Any) -> None:
+        import json
+
+        body = json.dumps({"detail": self.detail}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length" and v.strip().isdigit() and int(v) > self.limit:
+                await self._refuse(send)
+                return
+        from starlette.exceptions import HTTPException
+
+        seen = 0
+        started = False
+
+        async def counted_receive() -> Any:
+            # an HTTPException: FastAPI's body reader passes it on (it turns any other error into
+            # a 400), and the app's exception handling answers it as {"detail": ...}
+            nonlocal seen
+            msg = await receive()
+            if msg.get("type") == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, self.detail)
+            return msg
+
+        async def tracked_send(msg: Any) -> None:
+            nonlocal started
+            started = started or msg.get("type") == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except HTTPException as e:
+            if e.status_code != 413 or started:
+                raise
+            await self._refuse(send)
 
 
 def _coerce_id(v: Any) -> Any:
@@ -50,7 +112,8 @@ def _message(e: dict[str, Any]) -> str:
     return " ".join(f"{where}: {msg}".split()) if where else " ".join(msg.split())
 
 
-def create_app(rec: "Recommender", title: str = "unirec_dist recommender") -> "FastAPI":
+def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
+               max_body_bytes: int = MAX_BODY_BYTES) -> "FastAPI":
     import time
 
     from fastapi import FastAPI, Request, Response
@@ -138,10 +201,12 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender") -> "F
 
     errors = {400: {"model": ErrorResponse, "description": "unreadable body (e.g. not UTF-8)"},
               404: {"model": ErrorResponse, "description": "unknown user id"},
+              413: {"model": ErrorResponse, "description": f"body larger than {max_body_bytes} bytes"},
               422: {"model": ErrorResponse, "description": "invalid request"}}
 
     app = FastAPI(title=title, version=__version__,
                   description="Top-K recommendations and explanations from a unirec_dist bundle.")
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from unirec_dist.errors import CheckpointError
 from unirec_dist.utils.jsonfile import load_json_object
-from unirec_dist.utils.atomic import atomic_dir
+from unirec_dist.utils.atomic import MARKER, atomic_dir
 
 if TYPE_CHECKING:
     import torch
@@ -129,7 +129,8 @@ def write_bundle(
             idx.save(tmp / HNSW_FILE)
             ann = {"kind": "hnsw", "file": HNSW_FILE, **idx.params()}
         files = {
-            str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+            str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name != MARKER      # the temp dir's marker goes at publish
         }
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -166,10 +167,10 @@ def read_bundle_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def verify_bundle(path: str | os.PathLike) -> None:
-    """Check every file against the sha256 in the manifest (slow on big bundles; optional)."""
+def verify_bundle(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Check every file against the sha256 in the manifest, before anything is loaded (a file
+    damaged or swapped after export is one line, not wrong recommendations)."""
     path = Path(path)
-    manifest = read_bundle_manifest(path)
     for name, digest in manifest.get("files", {}).items():
         f = path / name
         if not f.is_file() or _sha256(f) != digest:

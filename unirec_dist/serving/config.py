@@ -5,9 +5,13 @@
     port: 8000
     index: exact                  # exact | hnsw
     ef_search: null               # hnsw search breadth (null: the bundle's, else 128)
-    hnsw: {M: 32, ef_construction: 100, ef_search: 128}   # used when the bundle has no prebuilt index
+    hnsw: null                    # null: the bundle's prebuilt index (`export --ann hnsw`), else one
+                                  # built with M 32, ef_construction 100. {M, ef_construction,
+                                  # ef_search}: the prebuilt index when its M and ef_construction
+                                  # are these, else one built with them
     max_k: 1000
     max_history: 2048
+    max_body_bytes: 1048576       # larger request bodies get 413 before they are parsed
     threads: null                 # torch intra-op threads per worker/replica
     ray: null                     # or {replicas: 2, cpus_per_replica: 1, address: null}
 
@@ -15,7 +19,7 @@ Command-line flags override the file; key=value overrides work as for every conf
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from unirec_dist.errors import ConfigError
@@ -29,7 +33,7 @@ class HNSWConfig:
 
     def validate(self) -> None:
         if self.M < 2 or self.ef_construction < 1 or self.ef_search < 1:
-            raise ConfigError("hnsw: M must be >= 2, ef_construction and ef_search >= 1")
+            raise ConfigError("M must be >= 2, ef_construction and ef_search >= 1")
 
 
 @dataclass
@@ -52,9 +56,10 @@ class ServeConfig:
     port: int = 8000
     index: Literal["exact", "hnsw"] = "exact"
     ef_search: int | None = None
-    hnsw: HNSWConfig = field(default_factory=HNSWConfig)
+    hnsw: HNSWConfig | None = None
     max_k: int = 1000
     max_history: int = 2048
+    max_body_bytes: int = 1 << 20
     threads: int | None = None
     access_log: bool = False
     ray: RayServeConfig | None = None
@@ -66,6 +71,8 @@ class ServeConfig:
             raise ConfigError("max_k/max_history: must be >= 1")
         if self.ef_search is not None and self.ef_search < 1:
             raise ConfigError(f"ef_search: must be >= 1, got {self.ef_search}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"max_body_bytes: must be >= 1024, got {self.max_body_bytes}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads: must be >= 1, got {self.threads}")
 
@@ -73,7 +80,7 @@ class ServeConfig:
         """Keyword arguments for `Recommender.from_bundle`."""
         opts = {"index": self.index, "max_k": self.max_k, "max_history": self.max_history,
                 "ef_search": self.ef_search}
-        if self.index == "hnsw":
+        if self.index == "hnsw" and self.hnsw is not None:
             opts["hnsw"] = {"M": self.hnsw.M, "ef_construction": self.hnsw.ef_construction,
                             "ef_search": self.ef_search or self.hnsw.ef_search}
         return opts

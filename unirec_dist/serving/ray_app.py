@@ -35,10 +35,11 @@ _PKG_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding un
 
 
 def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: float = 1.0,
-              threads: int | None = None, name: str = "UnirecRecommender", **options: Any):
+              threads: int | None = None, name: str = "UnirecRecommender", max_body_bytes: int = 1 << 20,
+              **options: Any):
     """A bound Ray Serve application: `replicas` copies of the HTTP app over `bundle`.
 
-    options go to `Recommender.from_bundle` (index, ef_search, max_k, max_history).
+    options go to `Recommender.from_bundle` (index, ef_search, max_k, max_history, hnsw).
     """
     from ray import serve
 
@@ -46,7 +47,7 @@ def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: fl
 
     @serve.ingress()
     class RecommenderDeployment:
-        def __init__(self, bundle: str, threads: int | None, options: dict[str, Any]) -> None:
+        def __init__(self, bundle: str, threads: int | None, options: dict[str, Any], max_body_bytes: int) -> None:
             from unirec_dist.serving.recommender import Recommender
             from unirec_dist.utils.logging import quiet_noisy_loggers
 
@@ -55,11 +56,12 @@ def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: fl
 
             configure_cpu(int(threads) if threads else None)
             self.rec = Recommender.from_bundle(bundle, **options)
+            self.max_body_bytes = max_body_bytes
 
         def __serve_build_asgi_app__(self):
             from unirec_dist.serving.app import create_app
 
-            return create_app(self.rec)
+            return create_app(self.rec, max_body_bytes=self.max_body_bytes)
 
     deployment = serve.deployment(
         RecommenderDeployment,
@@ -71,7 +73,7 @@ def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: fl
             "runtime_env": {"env_vars": {"PYTHONPATH": _pythonpath()}},
         },
     )
-    return deployment.bind(bundle, threads, dict(options))
+    return deployment.bind(bundle, threads, dict(options), int(max_body_bytes))
 
 
 def _pythonpath() -> str:
@@ -88,7 +90,7 @@ def app_builder(args: dict[str, Any]):
     if "bundle" not in args:
         raise UnirecError("app_builder needs bundle=<path to a bundle directory>")
     conv = {"replicas": int, "cpus_per_replica": float, "threads": int, "ef_search": int, "max_k": int,
-            "max_history": int, "index": str}
+            "max_history": int, "index": str, "max_body_bytes": int}
     unknown = set(args) - set(conv) - {"bundle"}
     if unknown:
         raise UnirecError(f"app_builder: unknown argument(s) {sorted(unknown)}; known: bundle, {', '.join(sorted(conv))}")
@@ -99,13 +101,14 @@ def app_builder(args: dict[str, Any]):
 def start(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
           address: str | None = None, num_cpus: int | None = None, **kw: Any) -> str:
     """Start (or attach to) Ray, start Serve's HTTP proxy on host:port and deploy; returns the URL."""
-    import ray
     from ray import serve
 
-    if not ray.is_initialized():
-        init = ({"address": address} if address
-                else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False})
-        ray.init(log_to_driver=False, logging_level=logging.WARNING, **init)
+    from unirec_dist.utils.ray_cluster import init_ray
+
+    if address:
+        init_ray(address, flag="--ray-address", log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        init_ray(None, num_cpus=num_cpus, log_to_driver=False, logging_level=logging.WARNING)
     serve.start(http_options={"host": host, "port": int(port)})
     serve.run(build_app(bundle, replicas=replicas, **kw), name="unirec", route_prefix="/")
     return f"http://{host}:{port}"
@@ -115,11 +118,13 @@ def stop() -> None:
     import ray
     from ray import serve
 
+    from unirec_dist.utils.ray_cluster import shutdown_ray
+
     try:
         serve.shutdown()
     finally:
         if ray.is_initialized():
-            ray.shutdown()
+            shutdown_ray()
 
 
 def serve_blocking(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,

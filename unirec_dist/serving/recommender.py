@@ -36,6 +36,38 @@ DEFAULT_MAX_HISTORY = 2048
 RECALL_K = 10
 
 
+# the bundle manifest's model entries a client may see (no paths, no training config)
+METADATA_MODEL_KEYS = ("builder", "dim", "class", "encoder", "max_len", "name")
+
+
+def _bundle_index(path: Path, manifest: dict[str, Any], n_items: int, hnsw: dict[str, Any] | None,
+                  ef_search: int | None) -> tuple[Any, dict[str, Any] | None]:
+    """(the bundle's prebuilt HNSW index or None, the parameters to build one with otherwise).
+
+    The prebuilt index is used when there is one and `hnsw` is None (no parameters asked for) or
+    asks for the graph it was built with (M, ef_construction); ef_search is a search-time setting
+    and applies to either."""
+    from unirec_dist.serving.index import HNSWIndex
+
+    stored = manifest.get("ann") or {}
+    have = stored.get("kind") == "hnsw" and (path / str(stored.get("file"))).is_file()
+    graph = ("M", "ef_construction")
+    if have and (hnsw is None or all(int(hnsw[k]) == int(stored.get(k, -1)) for k in graph)):
+        breadth = ef_search or (hnsw or {}).get("ef_search")
+        ann = HNSWIndex.load(path / stored["file"], n_items, stored, breadth)
+        log.info("hnsw: using the bundle's prebuilt index (M=%s, ef_construction=%s)", stored.get("M"),
+                 stored.get("ef_construction"))
+        return ann, None
+    if have:
+        log.info("hnsw: the bundle's index has M=%s, ef_construction=%s but M=%s, ef_construction=%s was "
+                 "asked for: building a new one", stored.get("M"), stored.get("ef_construction"),
+                 hnsw["M"], hnsw["ef_construction"])
+    params = dict(hnsw or {})
+    if ef_search is not None:
+        params["ef_search"] = ef_search
+    return None, params
+
+
 class RequestError(UnirecError):
     """A query the Recommender cannot answer as asked (maps to HTTP 422)."""
 
@@ -167,11 +199,13 @@ class Recommender:
         elif index == "hnsw":
             t0 = time.perf_counter()
             self.index = ann if ann is not None else HNSWIndex.build(self.items, **(hnsw or {}))
+            self._index_source = "bundle" if ann is not None else "built"
             build_s = time.perf_counter() - t0
             q = self._sample_queries(recall_queries)
             self.index_recall = recall_at_k(self.index, self.exact, q, RECALL_K)
-            log.info("hnsw index ready in %.1fs (%s); recall@%d vs exact = %.4f over %d queries",
-                     build_s, self.index.params(), RECALL_K, self.index_recall, q.shape[0])
+            log.info("hnsw index (%s) ready in %.1fs (%s); recall@%d vs exact = %.4f over %d queries",
+                     "the bundle's prebuilt" if ann is not None else "built at start-up", build_s,
+                     self.index.params(), RECALL_K, self.index_recall, q.shape[0])
         else:
             raise UnirecError(f"index must be 'exact' or 'hnsw', got {index!r}")
         self.index.search(self._warm_query, min(10, self.max_k))
@@ -187,10 +221,10 @@ class Recommender:
         import pyarrow.parquet as pq
 
         from unirec_dist.serving import bundle as B
-        from unirec_dist.serving.index import HNSWIndex
 
         path = Path(path)
         manifest = B.read_bundle_manifest(path)
+        B.verify_bundle(path, manifest)
         items = B.load_tensors(path / B.ITEMS).get("items")
         if items is None:
             raise UnirecError(f"bundle {path}: {B.ITEMS} has no 'items' tensor")
@@ -201,14 +235,7 @@ class Recommender:
         model = B.MODEL_BUILDERS[builder](config, manifest, path, items)
         ann = None
         if index == "hnsw":
-            stored = manifest.get("ann") or {}
-            if stored.get("kind") == "hnsw" and (path / stored["file"]).is_file() and not hnsw:
-                ann = HNSWIndex.load(path / stored["file"], int(items.shape[0]) - 1, stored, ef_search)
-                log.info("loaded prebuilt HNSW index %s", stored)
-            else:
-                hnsw = dict(hnsw or {})
-                if ef_search is not None:
-                    hnsw["ef_search"] = ef_search
+            ann, hnsw = _bundle_index(path, manifest, int(items.shape[0]) - 1, hnsw, ef_search)
         return cls(
             model,
             pq.read_table(path / B.ITEM_VOCAB),
@@ -221,6 +248,11 @@ class Recommender:
             ann=ann,
             **kwargs,
         )
+
+    @property
+    def index_source(self) -> str | None:
+        """hnsw: "bundle" (the bundle's prebuilt index) or "built" (at start-up); exact: None."""
+        return None if self.index is self.exact else self._index_source
 
     def _load_histories(self, histories: pa.Table | None) -> None:
         n_users = self.users_vocab.size
@@ -240,7 +272,6 @@ class Recommender:
 
     def _sample_queries(self, n: int) -> "torch.Tensor":
         """Query vectors of up to n known users (or random history-like queries without users)."""
-        import torch
 
         rows = np.flatnonzero(self._hist_row >= 0)[:n]
         hists = [self._user_history(int(u)) for u in rows]
@@ -372,16 +403,22 @@ class Recommender:
         return [self.items_vocab.raw(int(i)) for i in hist]
 
     def metadata(self) -> dict[str, Any]:
+        """What a client needs (model, dims, counts, index, limits, versions); no file system
+        paths and no training config (the bundle's manifest holds those for operators)."""
+        from unirec_dist import __version__
         from unirec_dist.serving.explain import has_attention
 
         m = self.manifest
+        model = {k: v for k, v in (m.get("model") or {}).items() if k in METADATA_MODEL_KEYS}
         return {
-            "model": {**(m.get("model") or {}), "class": type(self.model).__name__, "max_len": self.max_len,
+            "model": {**model, "class": type(self.model).__name__, "max_len": self.max_len,
                       "dim": int(self.items.shape[1])},
             "vocab_sizes": {"item": self.items_vocab.size, "user": self.users_vocab.size},
+            "counts": {"items": len(self.items_vocab), "users": len(self.users_vocab)},
             "index": {"kind": self.index.kind, **self.index.params(),
-                      f"recall_at_{RECALL_K}": self.index_recall},
+                      f"recall_at_{RECALL_K}": self.index_recall, "source": self.index_source},
             "limits": {"max_k": self.max_k, "max_history": self.max_history},
             "explain_methods": ["occlusion", "similarity"] + (["attention"] if has_attention(self.model) else []),
-            "manifest": {k: v for k, v in m.items() if k != "files"},
+            "versions": {"unirec_dist": __version__, "bundle_format": m.get("format_version"),
+                         "bundle_created_at": m.get("created_at")},
         }

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from unirec_dist.serving.recommender import Recommender
+    pass
 
 log = logging.getLogger(__name__)
 

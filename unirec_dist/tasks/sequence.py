@@ -164,9 +164,9 @@ class SequenceTask:
         for name, w in self.weights.items():
             if w == 0:
                 continue
-            l = self.objectives[name](model, f)
-            parts[name] = l.detach()
-            total = w * l if total is None else total + w * l
+            part = self.objectives[name](model, f)
+            parts[name] = part.detach()
+            total = w * part if total is None else total + w * part
         if aug.contrastive_weight > 0 and model.training:
             views = []
             for _ in range(2):

@@ -2,59 +2,29 @@
 
     build_model(model_cfg, dataset_manifest, task_cfg=None, device=None) -> SeqRecModel
     build_task(task_cfg, dataset_manifest, item_counts=None) -> SequenceTask
-    load_retriever(checkpoint_dir, dataset=None) -> (model (eval, CPU), manifest)
-    checkpoint_state(model, optimizer=None, loop=None) -> the dict every writer saves with DCP
+    load_retriever(checkpoint, dataset=None) -> (model (eval, CPU), manifest)
 
-Components are picked by name from small explicit maps (ENCODERS, HEADS); no import paths in
-YAML. `device="meta"` builds without allocating (for DMP to materialise and shard).
+Components are picked by name from small explicit maps (the encoder registry in
+models/encoders/registry.py, HEADS); no import paths in YAML. `device="meta"` builds without
+allocating (for DMP to materialise and shard).
 """
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from unirec_dist.config.train import EncoderSection, ModelSection, TaskSection, TrainConfig
+from unirec_dist.config.train import ModelSection, TaskSection, TrainConfig
 from unirec_dist.embeddings.features import FeatureSpec
 from unirec_dist.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-# The state layout inside a DCP checkpoint: {"model": model.state_dict(), "optim": ..., "loop": ...}
+# The model's entry in every checkpoint (see unirec_dist.checkpoint.dcp for the whole layout)
 MODEL_KEY = "model"
-OPTIM_KEY = "optim"
-LOOP_KEY = "loop"
-
-
-def _sasrec(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
-    from unirec_dist.models.encoders.sasrec import SASRecEncoder
-
-    return SASRecEncoder(dim, max_len, enc.num_blocks, enc.num_heads, enc.ffn_dim, enc.dropout, enc.attn_dropout)
-
-
-def _hstu(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
-    from unirec_dist.models.encoders.hstu import HSTUEncoder
-
-    return HSTUEncoder(dim, max_len, enc.num_blocks, enc.num_heads, enc.dqk, enc.dv, enc.dropout, enc.attn_dropout)
-
-
-def _mean_pool(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
-    from unirec_dist.models.encoders.pooling import MeanPoolEncoder
-
-    return MeanPoolEncoder(dim, enc.hidden, enc.dropout)
-
-
-def _mf(enc: EncoderSection, dim: int, max_len: int) -> nn.Module:
-    from unirec_dist.models.encoders.pooling import MFEncoder
-
-    return MFEncoder()
-
-
-ENCODERS = {"sasrec": _sasrec, "hstu": _hstu, "mean_pool": _mean_pool, "mf": _mf}
 
 
 def _rating_head(task: TaskSection, dim: int) -> nn.Module:
@@ -86,24 +56,24 @@ def build_model(model_cfg: ModelSection, dataset_manifest: dict[str, Any], task_
     their constructors give them, which a full meta build would lose.
     """
     from unirec_dist.models.embedding import UniversalEmbedding
+    from unirec_dist.models.encoders.registry import build_encoder
     from unirec_dist.models.seqrec import SeqRecModel
 
     spec = FeatureSpec.from_manifest(dataset_manifest)
     dev = torch.device(device) if device is not None else None
     emb_cfg, enc_cfg = model_cfg.embedding, model_cfg.encoder
     feats = spec.item_features(emb_cfg.item_features)
-    user_id = emb_cfg.user_id or enc_cfg.kind == "mf"
     with torch.device(dev) if dev is not None else _nullctx():
-        embedding = UniversalEmbedding(spec, emb_cfg.dim, feats, item_id=emb_cfg.item_id, user_id=user_id, device=dev,
-                                       init_std=emb_cfg.init_std,
+        embedding = UniversalEmbedding(spec, emb_cfg.dim, feats, item_id=emb_cfg.item_id, user_id=model_cfg.user_table,
+                                       device=dev, init_std=emb_cfg.init_std,
                                        table_device=torch.device(table_device) if table_device is not None else None)
-        encoder = ENCODERS[enc_cfg.kind](enc_cfg, emb_cfg.dim, max_len)
+        encoder = build_encoder(enc_cfg, emb_cfg.dim, max_len)
         heads = {}
         if task_cfg is not None:
             for name in task_cfg.active_tasks:
                 if name in HEADS:
                     heads[name] = HEADS[name](task_cfg, emb_cfg.dim)
-        model = SeqRecModel(embedding, encoder, enc_cfg.kind, max_len, model_cfg.normalize, heads)
+        model = SeqRecModel(embedding, encoder, max_len, model_cfg.normalize, heads)
     return model
 
 
@@ -127,19 +97,6 @@ def build_from_config(cfg: TrainConfig, dataset_manifest: dict[str, Any], device
     return build_model(cfg.model, dataset_manifest, cfg.task, cfg.data.max_len, device=device, table_device=table_device)
 
 
-def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                     loop: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The dict saved with DCP by every writer (single process or N workers)."""
-    state: dict[str, Any] = {MODEL_KEY: model.state_dict()}
-    if optimizer is not None:
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        state[OPTIM_KEY] = get_optimizer_state_dict(model, optimizer)
-    if loop is not None:
-        state[LOOP_KEY] = loop
-    return state
-
-
 def dataset_section(path: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint manifest's "dataset" entry; carries the feature spec so the model can be
     rebuilt without the dataset."""
@@ -155,13 +112,15 @@ def dataset_section(path: str | os.PathLike, manifest: dict[str, Any]) -> dict[s
 def load_retriever(checkpoint_dir: str | os.PathLike, dataset: str | os.PathLike | dict | None = None):
     """Rebuild the model a checkpoint was trained with and load its weights (CPU, eval mode).
 
-    dataset: a prepared dataset dir or its manifest dict; when given, a checkpoint trained on a
-    different vocabulary is refused (CheckpointError). Returns (model, checkpoint manifest).
+    checkpoint_dir: anything `checkpoint.dcp.resolve_checkpoint` accepts (a step folder, a
+    pointer such as runs/x/checkpoints/best, a run's checkpoints folder). dataset: a prepared
+    dataset dir or its manifest dict; when given, a checkpoint trained on a different vocabulary
+    is refused (CheckpointError). Returns (model, checkpoint manifest with "path": the step folder).
     """
-    from unirec_dist.checkpoint.dcp import check_vocab, load_checkpoint, read_manifest
+    from unirec_dist.checkpoint.dcp import check_vocab, load_checkpoint, read_manifest, resolve_checkpoint
     from unirec_dist.config.loader import from_dict
 
-    path = Path(checkpoint_dir)
+    path = resolve_checkpoint(checkpoint_dir)
     manifest = read_manifest(path)
     if dataset is not None:
         if isinstance(dataset, dict):
@@ -177,12 +136,7 @@ def load_retriever(checkpoint_dir: str | os.PathLike, dataset: str | os.PathLike
     cfg = from_dict(TrainConfig, manifest["config"], where=f"{path}/manifest.json config")
     model = build_from_config(cfg, manifest["dataset"])
     state = {MODEL_KEY: model.state_dict()}
-    try:
-        load_checkpoint(path, state)
-    except CheckpointError:
-        raise
-    except Exception as e:  # DCP raises plain exceptions for missing keys / shape mismatches
-        raise CheckpointError(f"{path}: cannot load model weights: {str(e).splitlines()[0][:200]}") from None
+    manifest = load_checkpoint(path, state)
     model.load_state_dict(state[MODEL_KEY])
     model.eval()
     return model, manifest

@@ -28,7 +28,8 @@ Steps (every user-fixable problem is found before any training):
    items masked only with trainer.val_mask_seen), rating RMSE/MAE, CTR AUC/log-loss; the best
    checkpoint is kept by the first of NDCG@10 (max), RMSE (min), AUC (max) that the task has.
 
-Output under trainer.out_dir: checkpoints/{best,last}/ (DCP + manifest kind "finetune", whose
+Output under trainer.out_dir: checkpoints/step-<N>/ with the pointers best and last (the layout of
+`unirec_dist.checkpoint.dcp`, written by `training.train.make_trainer`'s callback; manifest kind "finetune", whose
 "config" is the effective TrainConfig, so `unirec evaluate/export` read it like any training
 checkpoint, and whose "finetune" section names the source checkpoint and the alignment stats),
 logs/, metrics.json (best/last validation and test metrics of the returned checkpoint).
@@ -36,7 +37,6 @@ logs/, metrics.json (best/last validation and test metrics of the returned check
 from __future__ import annotations
 
 import copy
-import datetime
 import json
 import logging
 import time
@@ -117,7 +117,7 @@ def _effective_config(cfg: FinetuneConfig, pcfg: TrainConfig, feature_names: lis
     model.embedding.item_features = list(feature_names)
     max_len = pcfg.data.max_len
     if cfg.data.max_len is not None and cfg.data.max_len != max_len:
-        if model.encoder.kind in ("sasrec", "hstu"):
+        if model.encoder.encoder_class.fixed_max_len:
             raise ConfigError(f"data.max_len: the pretrained {model.encoder.kind} encoder reads {max_len} items "
                               f"(its position table); leave data.max_len unset or set it to {max_len}")
         max_len = cfg.data.max_len
@@ -230,7 +230,9 @@ def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
     from unirec_dist.training.data import open_prepared
     from unirec_dist.utils.device import resolve_device
 
-    ckpt = Path(from_checkpoint)
+    from unirec_dist.checkpoint.dcp import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(from_checkpoint)
     ckpt_manifest, pcfg = _pretrained_config(ckpt)
     path, t_manifest = open_prepared(cfg.data.path)
     resolve_device(cfg.trainer.device)
@@ -241,8 +243,7 @@ def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
     if cfg.init.scratch:
         plan.stats = {"scratch": True}
         return plan
-    user_table = pcfg.model.embedding.user_id or pcfg.model.encoder.kind == "mf"
-    plan.maps, plan.stats = align(cfg, ckpt_manifest, ckpt, target, feats, user_table)
+    plan.maps, plan.stats = align(cfg, ckpt_manifest, ckpt, target, feats, pcfg.model.user_table)
     plan.stats["scratch"] = False
     return plan
 
@@ -467,49 +468,6 @@ def _make_module_class():
     return FinetuneModule
 
 
-def _make_checkpoint_callback(root: Path, base_manifest: dict[str, Any], monitor: str, mode: str, every: int):
-    from lightning.pytorch.callbacks import Checkpoint
-
-    class FinetuneCheckpoint(Checkpoint):
-        """best (by the monitored validation metric) and last DCP checkpoints; a Checkpoint
-        subclass so it runs after the module's epoch-end validation."""
-
-        def __init__(self) -> None:
-            self.best = None
-            self.best_metrics: dict[str, float] = {}
-            self.best_path: Path | None = None
-            self.last_path: Path | None = None
-            self._saved_epoch = -1
-
-        def _save(self, trainer, module, name: str) -> Path:
-            from unirec_dist.checkpoint.dcp import save_checkpoint
-            from unirec_dist.training.build import checkpoint_state
-
-            opt = trainer.optimizers[0] if trainer.optimizers else None
-            state = checkpoint_state(module.model, opt, {"epoch": trainer.current_epoch, "step": trainer.global_step})
-            manifest = {**base_manifest, "step": trainer.global_step, "epoch": trainer.current_epoch,
-                        "metrics": dict(module.last_metrics), "plan": None}
-            return save_checkpoint(root / name, state, manifest)
-
-        def on_train_epoch_end(self, trainer, module) -> None:
-            ep = trainer.current_epoch
-            m = module.last_metrics
-            if m and module._validated_epoch == ep and monitor in m:
-                v = m[monitor]
-                if self.best is None or (v > self.best if mode == "max" else v < self.best):
-                    self.best, self.best_metrics = v, dict(m)
-                    self.best_path = self._save(trainer, module, "best")
-            if every and (ep + 1) % every == 0:
-                self.last_path = self._save(trainer, module, "last")
-                self._saved_epoch = ep
-
-        def on_train_end(self, trainer, module) -> None:
-            if self._saved_epoch != trainer.current_epoch - 1 or self.last_path is None:
-                self.last_path = self._save(trainer, module, "last")
-
-    return FinetuneCheckpoint()
-
-
 def subsample(seqs, fraction: float, seed: int):
     """A fixed random share of the training users (whole histories), same for every arm with one seed."""
     if fraction >= 1.0:
@@ -519,22 +477,42 @@ def subsample(seqs, fraction: float, seed: int):
     return seqs.take(np.sort(np.random.default_rng([seed, 7]).choice(U, k, replace=False)))
 
 
-def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
+def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resume: bool = False) -> Path:
     """Fine-tune the checkpoint at `from_checkpoint` on cfg.data.path; returns the checkpoint dir
-    to use downstream (best by the monitored validation metric, else last)."""
-    import lightning as L
-    import pyarrow.parquet as pq
-    from lightning.pytorch.callbacks import EarlyStopping
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    to use downstream (best by the monitored validation metric, else last).
 
-    from unirec_dist.training.build import build_from_config, build_task, dataset_section
-    from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, read_valid
-    from unirec_dist.training.train import _quiet, apply_val_mask_seen
-    from unirec_dist.utils.device import configure_cpu, resolve_device
+    `resume`/`overwrite`: as for `training.train.train` (an out_dir holding a run is refused
+    without one of them). Resuming re-plans from `from_checkpoint`, then continues the run from
+    its newest checkpoint (weights, optimizer, RNG, loop state).
+    """
+    from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
+    from unirec_dist.training.tracking import check_tracking
+    from unirec_dist.training.train import _quiet
 
     t0 = time.perf_counter()
     _quiet()
     plan = plan_finetune(cfg, from_checkpoint)
+    check_tracking(plan.train_cfg)
+    out_dir = Path(plan.train_cfg.trainer.out_dir).resolve()
+    if plan.ckpt.resolve().is_relative_to(out_dir):
+        raise ConfigError(f"trainer.out_dir {out_dir} holds the checkpoint to fine-tune from ({plan.ckpt}); "
+                          "write the fine-tuned run elsewhere")
+    resume_from = prepare_out_dir(plan.train_cfg.trainer.out_dir, overwrite, resume)
+    with fresh_run(out_dir, resume):
+        return _finetune(cfg, plan, resume_from, t0)
+
+
+def _finetune(cfg: FinetuneConfig, plan: Plan, resume_from: Path | None, t0: float) -> Path:
+    """The fine-tuning run itself (see `finetune`)."""
+    import lightning as L
+    import pyarrow.parquet as pq
+
+    from unirec_dist.training.build import build_from_config, build_task, dataset_section
+    from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, read_valid
+    from unirec_dist.training.tracking import log_final_metrics
+    from unirec_dist.training.train import apply_val_mask_seen, make_trainer
+    from unirec_dist.utils.device import configure_cpu, resolve_device
+
     eff, target = plan.train_cfg, plan.target
     apply_val_mask_seen(eff, target.manifest)
     seqs = TrainSequences.from_dir(target.root, eff.data.train_on)
@@ -577,29 +555,8 @@ def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
             "train_users": len(seqs),
         },
     }
-    out = Path(eff.trainer.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    loggers = []
-    if "csv" in eff.trainer.loggers:
-        loggers.append(CSVLogger(save_dir=str(out), name="logs", version=""))
-    if "tensorboard" in eff.trainer.loggers:
-        loggers.append(TensorBoardLogger(save_dir=str(out), name="logs", version="tb"))
-    ckpt = _make_checkpoint_callback(out / "checkpoints", base_manifest, module.monitor, module.mode,
-                                     eff.trainer.checkpoint_every_n_epochs)
-    callbacks = [ckpt]
-    if eff.trainer.early_stop_patience is not None:
-        callbacks.append(EarlyStopping(monitor=f"val/{module.monitor}", mode=module.mode, strict=False,
-                                       patience=eff.trainer.early_stop_patience, check_on_train_epoch_end=True))
-    trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-        max_epochs=eff.trainer.max_epochs, max_steps=eff.trainer.max_steps,
-        max_time=None if eff.trainer.max_minutes is None else datetime.timedelta(minutes=eff.trainer.max_minutes),
-        logger=loggers or False, callbacks=callbacks, enable_checkpointing=True,
-        enable_progress_bar=eff.trainer.progress_bar, enable_model_summary=False,
-        log_every_n_steps=eff.trainer.log_every_n_steps, limit_train_batches=eff.trainer.limit_train_batches,
-        limit_val_batches=0, num_sanity_val_steps=0, precision=eff.trainer.precision, default_root_dir=str(out),
-    )
-    trainer.fit(module, train_dataloaders=batches)
+    trainer, ckpt = make_trainer(eff, device, base_manifest, module.monitor, module.mode)
+    trainer.fit(module, train_dataloaders=batches, ckpt_path=str(resume_from) if resume_from else None)
     result = ckpt.best_path or ckpt.last_path
     test = evaluate_checkpoint(result, "test") if target.has_table("test") else None
     summary = {
@@ -608,9 +565,11 @@ def finetune(cfg: FinetuneConfig, from_checkpoint) -> Path:
         "monitor": module.monitor, "best_val": ckpt.best_metrics or None, "last_val": module.last_metrics,
         "test": test, "alignment": plan.stats, "train_users": len(seqs),
         "epochs": trainer.current_epoch, "steps": trainer.global_step,
+        "resumed_from": str(resume_from) if resume_from else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    (Path(eff.trainer.out_dir) / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    log_final_metrics(trainer.loggers, summary)
     log.info("done in %.1f s; checkpoint %s", summary["seconds"], result)
     return Path(result)
 

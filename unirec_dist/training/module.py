@@ -104,5 +104,9 @@ class RecModule(L.LightningModule):
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
         return cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # pragma: no cover - DCP is used instead
+    # the strategy stores Lightning's checkpoint dict (minus weights) as the checkpoint's JSON loop state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["unirec_best_ndcg"] = self.best_ndcg
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_ndcg = float(checkpoint.get("unirec_best_ndcg", self.best_ndcg))

@@ -7,7 +7,10 @@ every Ray Train worker, with TorchRecStrategy sharding the tables (CPU/gloo or G
 worker trains on its own disjoint slice of the prepared dataset (`rank`/`world_size` slicing in
 training/data.py). Checkpoints are DCP directories reported to Ray (every rank reports its
 shards, Ray merges them, keeps the newest `keep_last`); after a worker failure Ray restarts the
-group (`max_failures`) and every worker resumes from the latest reported checkpoint.
+group (`distributed.max_failures`, default 3) and every worker resumes from the latest reported
+checkpoint: model, optimizers, RNG, global step and data position (`training/checkpointing.py`).
+At the end the final checkpoint is copied to `<out_dir>/checkpoints/step-<N>` with the pointers
+`final` and `last` (the layout every writer uses, `unirec_dist.checkpoint.dcp`).
 
 Everything a user can get wrong is checked in the driver before any worker starts: the dataset,
 the sharding constraints (against the real model's tables, built on the meta device), the table
@@ -25,36 +28,18 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from unirec_dist.config.distributed import PretrainConfig
-from unirec_dist.errors import ConfigError, UnirecError
+from unirec_dist.errors import ConfigError
+# one implementation of the address check and of the cluster start-up for every command
+from unirec_dist.utils.ray_cluster import ClusterError, check_address, init_ray, shutdown_ray
 
 log = logging.getLogger(__name__)
 
 FINAL = "final"
 
 
-class ClusterError(UnirecError):
-    """The Ray cluster cannot run the job (unreachable, too small)."""
-
-
 # -- fail-fast checks -------------------------------------------------------------------------
-def check_address(address: str, timeout_s: float = 3.0) -> None:
-    """A TCP connect to the Ray address (GCS port / client port / dashboard) within `timeout_s`."""
-    if address in ("auto", "local"):
-        return
-    url = urlparse(address if "://" in address else f"tcp://{address}")
-    host, port = url.hostname, url.port
-    if not host or not port:
-        raise ClusterError(f"--address {address!r}: expected host:port, ray://host:port or http://host:port")
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as e:
-        raise ClusterError(f"Ray address {address} does not answer ({e.strerror or e}); is the cluster up?") from None
-
-
 def check_model(cfg: PretrainConfig) -> dict[str, Any]:
     """The real model's tables (built on meta), and the sharding constraints no device can run
     (unknown table or type, data_parallel): checked against CUDA, which allows the most, so
@@ -81,6 +66,15 @@ def check_device(cfg: PretrainConfig, tables: dict[str, Any], device_type: str) 
     validate_sharding(cfg.distributed.sharding, tables, device_type)
     kind, _ = cfg.distributed.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
     validate_table_optimizer(kind, device_type)
+
+
+def resolve_paths(cfg: PretrainConfig) -> None:
+    """Make every path of the config absolute, on the driver: a Ray worker runs in another
+    folder, where a relative path the driver's checks accepted would name nothing."""
+    cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    cfg.trainer.out_dir = str(Path(cfg.trainer.out_dir).expanduser().resolve())
+    if cfg.distributed.storage_path:
+        cfg.distributed.storage_path = str(Path(cfg.distributed.storage_path).expanduser().resolve())
 
 
 JOINED_RESOURCE_WAIT_S = 600.0
@@ -160,8 +154,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ray.train.lightning import RayLightningEnvironment
 
     from unirec_dist.config.loader import from_dict, to_dict
-    from unirec_dist.training.strategy import ShardingOptions, StepCheckpoint, ray_torchrec_strategy
-    from unirec_dist.training.train import setup_training
+    from unirec_dist.training.checkpointing import CheckpointCallback
+    from unirec_dist.training.strategy import ShardingOptions, ray_torchrec_strategy
+    from unirec_dist.training.train import make_loggers, setup_training
 
     logging.getLogger("unirec_dist").setLevel(logging.INFO if config.get("verbose") else logging.WARNING)
     ctx = ray.train.get_context()
@@ -200,6 +195,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   "distributed": {**to_dict(dist), "workers": world}, "dataset": st.dataset,
                   "table_optimizer": {"kind": kind, "lr": lr, "optim.tables": cfg.optim.tables}},
     )
+    loggers = []
+    if rank == 0:
+        cfg.trainer.out_dir = config.get("work_dir") or cfg.trainer.out_dir
+        loggers = make_loggers(cfg, st.dataset)
     trainer = L.Trainer(
         accelerator="gpu" if device_type == "cuda" else "cpu",
         devices="auto",
@@ -210,16 +209,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         limit_train_batches=cfg.trainer.limit_train_batches,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
+        # rank 0 alone writes trainer.loggers (logs/metrics.csv, MLflow) under the driver's out_dir
+        logger=loggers or False,
+        enable_checkpointing=True,   # CheckpointCallback (a Checkpoint) is the only checkpoint callback
         enable_model_summary=False,
         enable_progress_bar=bool(config.get("progress", True)) and rank == 0,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         use_distributed_sampler=False,   # the loader slices by rank itself
         # throughput first: the final checkpoint's report (on_train_end) carries its figures
         callbacks=[TrainThroughput(warmup=int(config.get("throughput_warmup", 3))),
-                   StepCheckpoint(None, every_n_steps=dist.checkpoint_every_n_steps, ray_report=True,
-                                  report_workers=True)],
+                   CheckpointCallback(None, every_n_steps=dist.checkpoint_every_n_steps, ray_report=True,
+                                      report_workers=True)],
         precision=cfg.trainer.precision,
         default_root_dir=config.get("work_dir"),
     )
@@ -233,11 +233,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         local = Path(tempfile.mkdtemp(prefix="unirec-resume-"))
         ckpt.to_directory(str(local))
         ckpt_path = str(local)
-    fail_at = config.get("_test_fail_at_step")   # tests: kill one worker once, mid-run
-    if fail_at is not None and rank == world - 1:
-        trainer.callbacks.append(_FailOnce(int(fail_at), Path(config["work_dir"]) / ".test-failed-once"))
     try:
         trainer.fit(st.module, train_dataloaders=st.batches, ckpt_path=ckpt_path)
+        from unirec_dist.training.tracking import log_final_metrics
+
+        log_final_metrics(loggers, {"last_val": st.module.last_metrics, "steps": trainer.global_step,
+                                    "epochs": trainer.current_epoch})
     finally:
         if local is not None:
             shutil.rmtree(local, ignore_errors=True)
@@ -274,20 +275,6 @@ class TrainThroughput(_lightning_callback_base()):
                          train_s=time.perf_counter() - self._t0, train_cpu_s=time.process_time() - self._c0)
 
 
-
-
-class _FailOnce(_lightning_callback_base()):
-    """Test hook: hard-kill this worker process after `step` (no cleanup, like a crash)."""
-
-    def __init__(self, step: int, marker: Path) -> None:
-        self.step = step
-        self.marker = marker
-
-    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
-        if trainer.global_step >= self.step and not self.marker.exists():
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
-            self.marker.touch()
-            os._exit(1)
 
 
 def worker_stats_from_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -348,18 +335,38 @@ def _ray_init(address: str | None, num_cpus: int | None) -> bool:
         return False
     filter_worker_logs()
     kw: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True, "configure_logging": True}
-    if address:
-        check_address(address)
-        ray.init(address=address, **kw)
-        return False
-    # "local": always a new cluster of our own, never one found running on this machine
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kw)
-    return True
+    return init_ray(address, **kw) if address else init_ray(None, num_cpus=num_cpus, **kw)
+
+
+def publish_final(checkpoint: Any, root: Path, keep_last: int) -> tuple[Path, dict[str, Any]]:
+    """Copy Ray's final (merged) checkpoint into `root/step-<N>`, check it against its own
+    manifest, and point `final` and `last` at it (the layout of `unirec_dist.checkpoint.dcp`)."""
+    from unirec_dist.checkpoint.dcp import TMP_MARKER, publish_step, remove_stale_temps, step_dir_name, verify_checkpoint
+    from unirec_dist.errors import CheckpointError
+    from unirec_dist.utils.jsonfile import load_json_object
+
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root)
+    tmp = root / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    checkpoint.to_directory(str(tmp))
+    (tmp / TMP_MARKER).touch()
+    manifest = load_json_object(tmp / "manifest.json", CheckpointError)
+    verify_checkpoint(tmp, manifest)
+    final = root / step_dir_name(int(manifest.get("step", 0)))
+    if final.exists():
+        shutil.rmtree(tmp)
+    else:
+        (tmp / TMP_MARKER).unlink()
+        os.replace(tmp, final)
+    publish_step(root, final, (FINAL, "last"), keep_last)
+    return final, manifest
 
 
 def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | None = None,
-             progress: bool = True, verbose: bool = False, _test_fail_at_step: int | None = None) -> Path:
-    """Run the distributed pretraining job; returns `<out_dir>/checkpoints/final`."""
+             progress: bool = True, verbose: bool = False) -> Path:
+    """Run the distributed pretraining job; returns `<out_dir>/checkpoints/final`, the pointer to
+    the final checkpoint's step folder (`<out_dir>/checkpoints/step-<N>`)."""
     t0 = time.perf_counter()
     dist = cfg.distributed
     if workers is not None:
@@ -370,11 +377,18 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         dist.address = address
     if dist.address:
         check_address(dist.address)      # before any heavy import: seconds, not minutes
+    resolve_paths(cfg)
     tables = check_model(cfg)
     if dist.device != "auto":            # known before Ray starts: fail before it does
         check_device(cfg, tables, dist.device)
     out = Path(cfg.trainer.out_dir).resolve()
     storage = Path(dist.storage_path).resolve() if dist.storage_path else out / "ray"
+    try:   # a read-only or full out_dir: one line now, not a traceback from every worker later
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from unirec_dist.utils.atomic import output_error
+
+        raise output_error(out, e) from None
     # the embedded cluster gets this machine's real CPU count, so too many workers is refused
     # below instead of oversubscribing the host
     own = _ray_init(dist.address, None if dist.address else (os.cpu_count() or 1))
@@ -382,7 +396,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
 
     try:
         # the workers' device comes from the cluster's resources, not this driver's hardware
-        from unirec_dist.utils.device import worker_device
+        from unirec_dist.utils.device import dist_backend, worker_device
 
         resources = ray.cluster_resources()
         if own:   # the embedded cluster is this machine with this torch build (a CPU build sees no GPU)
@@ -410,11 +424,11 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
             train_loop_per_worker=train_loop_per_worker,
             train_loop_config={
                 "cfg": to_dict(cfg), "device_type": device_type, "progress": progress, "verbose": verbose,
-                "work_dir": str(out), "_test_fail_at_step": _test_fail_at_step,
+                "work_dir": str(out),
             },
             scaling_config=ScalingConfig(num_workers=dist.workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": dist.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            torch_config=TorchConfig(backend=dist_backend("cuda" if use_gpu else "cpu")),
             run_config=RunConfig(
                 name=cfg.name,
                 storage_path=str(storage),
@@ -427,17 +441,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
             raise result.error
         if result.checkpoint is None:
             raise RuntimeError("the run finished without a checkpoint")
-        final = out / "checkpoints" / FINAL
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{FINAL}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        result.checkpoint.to_directory(str(tmp))
-        from unirec_dist.utils.atomic import publish_dir
-
-        publish_dir(tmp, final)
-        from unirec_dist.checkpoint.dcp import read_manifest
-
-        manifest = read_manifest(final)
+        final, manifest = publish_final(result.checkpoint, out / "checkpoints", dist.keep_last)
         summary = {
             "checkpoint": str(final),
             "workers": dist.workers,
@@ -452,7 +456,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         }
         (out / "pretrain.json").write_text(json.dumps(summary, indent=2, default=str))
         log.info("done in %.1f s; checkpoint %s", summary["seconds"], final)
-        return final
+        return final.parent / FINAL
     finally:
         if own:
-            ray.shutdown()
+            shutdown_ray()

@@ -1,6 +1,7 @@
 """A Lightning strategy for TorchRec: DMP-sharded tables, no outer DDP, DCP checkpoints.
 
-Lightning has no TorchRec strategy and `strategy="ddp"` around a DMP model fails (see STACK.md).
+Lightning has no TorchRec strategy and `strategy="ddp"` around a DMP model fails (gloo collective
+mismatch: DDP and DMP both communicate).
 `TorchRecStrategy` is a DDPStrategy (so process-group setup, barriers, reduce and the cluster
 environments all work) that instead:
 
@@ -20,8 +21,9 @@ environments all work) that instead:
 - keeps the LightningModule's own optimizer (and LR schedulers) for dense parameters, minus the
   table weights, which the fused optimizer updates inside backward;
 - saves and loads checkpoints with torch.distributed.checkpoint on every rank (model, fused
-  table state, dense optimizer state, Lightning loop state) in the one unirec checkpoint format
-  (`unirec_dist.checkpoint.dcp`), with the sharding plan in the manifest. Loading reshards.
+  table state, dense optimizer state, RNG, Lightning loop state as JSON) in the one unirec
+  checkpoint layout (`training.checkpointing.DCPCheckpointing`, `unirec_dist.checkpoint.dcp`),
+  with the sharding plan in the manifest. Loading reshards.
 
 The LightningModule contract: the model to shard is the attribute named `module_attr`
 (default "model"); everything else (task, metrics) is plain.
@@ -31,8 +33,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pickle
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -42,13 +42,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from unirec_dist.embeddings import sharding as S
 from unirec_dist.errors import ConfigError
+from unirec_dist.training.checkpointing import DCPCheckpointing
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 log = logging.getLogger(__name__)
-
-TRAINER_STATE_KEY = "trainer_state"
 
 
 @dataclasses.dataclass
@@ -91,7 +90,7 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-class TorchRecStrategy(DDPStrategy):
+class TorchRecStrategy(DCPCheckpointing, DDPStrategy):
     strategy_name = "torchrec"
 
     def __init__(self, sharding: ShardingOptions | None = None, manifest: dict[str, Any] | None = None,
@@ -114,12 +113,14 @@ class TorchRecStrategy(DDPStrategy):
             self._launcher = _NoWeightsHandBackLauncher(self, start_method=self._start_method)
 
     @property
-    def restore_checkpoint_after_setup(self) -> bool:
-        return True      # load into the sharded model and the real optimizers
+    def module_attr(self) -> str:  # type: ignore[override]
+        return self.sharding.module_attr
 
-    @property
-    def lightning_restore_optimizer(self) -> bool:
-        return False     # done in load_checkpoint
+    def fused_optimizer(self) -> Any:
+        return self.dmp.fused_optimizer if self.dmp is not None and self.optimizers else None
+
+    def plan_manifest(self) -> dict[str, Any] | None:
+        return self.plan_summary
 
     # -- setup --------------------------------------------------------------------------------
     def setup(self, trainer: "pl.Trainer") -> None:
@@ -219,113 +220,6 @@ class TorchRecStrategy(DDPStrategy):
     def post_backward(self, closure_loss: torch.Tensor) -> None:
         allreduce_dense_grads(self._dense)
 
-    # -- checkpoints --------------------------------------------------------------------------
-    def lightning_module_state_dict(self) -> dict[str, Any]:
-        return {}  # the real state is written by save_checkpoint with DCP
-
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        return {}
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """The DCP state of this rank: model (sharded), fused table state, dense optimizers."""
-        lm = self.lightning_module
-        # "model" holds the model's own state dict (not the LightningModule's): the layout every
-        # writer uses (training/build.py checkpoint_state), so load_retriever reads it
-        state: dict[str, Any] = {"model": getattr(lm, self.sharding.module_attr).state_dict()}
-        if self.dmp is not None and self.optimizers:
-            state["fused_optim"] = self.dmp.fused_optimizer.state_dict()
-            for i, opt in enumerate(self.optimizers):
-                # tensors only: DCP's load traversal treats param_groups (a list of flat dicts) as one
-                # leaf while its save traversal flattens it, so param_groups go with the loop state
-                state[f"dense_optim_{i}"] = {str(k): v for k, v in opt.state_dict()["state"].items()}
-        return state
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-        """Every rank writes its shards (collective); rank 0 writes the manifest and publishes."""
-        from unirec_dist.checkpoint.dcp import save_checkpoint
-
-        state = self.checkpoint_state()
-        rest = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
-        rest["dense_param_groups"] = [opt.state_dict()["param_groups"] for opt in self.optimizers]
-        state[TRAINER_STATE_KEY] = pickle.dumps(rest)
-        manifest = {
-            "kind": self.manifest_extra.get("kind", "pretrain"),
-            "step": int(checkpoint.get("global_step", 0)),
-            "epoch": int(checkpoint.get("epoch", 0)),
-            "plan": self.plan_summary,
-            **{k: v for k, v in self.manifest_extra.items() if k != "kind"},
-        }
-        save_checkpoint(Path(filepath), state, manifest, per_rank_dirs=self.per_rank_dirs)
-
-    #: under Ray Train each rank writes its own local dir and Ray merges them (no shared FS needed)
-    per_rank_dirs: bool = False
-
-    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        """Load model, table and optimizer state in place (resharding as needed); return loop state."""
-        from torch.distributed.checkpoint.state_dict import _init_optim_state
-
-        from unirec_dist.checkpoint.dcp import load_checkpoint
-
-        for opt in self.optimizers:
-            _init_optim_state(opt)      # lazily created state (Adam) must exist to be loaded into
-        state = self.checkpoint_state()
-        state[TRAINER_STATE_KEY] = b""
-        manifest = load_checkpoint(Path(checkpoint_path), state)
-        getattr(self.lightning_module, self.sharding.module_attr).load_state_dict(state["model"])
-        rest = pickle.loads(state[TRAINER_STATE_KEY]) if state[TRAINER_STATE_KEY] else {}
-        if self.dmp is not None and self.optimizers:
-            self.dmp.fused_optimizer.load_state_dict(state["fused_optim"])
-            groups = rest.get("dense_param_groups") or []
-            for i, opt in enumerate(self.optimizers):
-                sd = opt.state_dict()
-                loaded = {int(k): v for k, v in state[f"dense_optim_{i}"].items()}
-                opt.load_state_dict({"state": loaded, "param_groups": groups[i] if i < len(groups) else sd["param_groups"]})
-        rest.setdefault("state_dict", {})
-        rest.setdefault("optimizer_states", [])
-        rest.setdefault("lr_schedulers", [])
-        rest["unirec_manifest"] = manifest
-        self._position_loader(rest)
-        log.info("resumed from %s (step %s)", checkpoint_path, manifest.get("step"))
-        return rest
-
-    def _position_loader(self, rest: dict[str, Any]) -> None:
-        """Put the train loader where the checkpoint stopped (a plain iterable would restart its epoch).
-
-        Uses the loader's `set_epoch(epoch)` and `skip(n)` when it has them; `skip` must apply to
-        the next iteration that actually yields (Lightning calls iter() more than once up front).
-        """
-        try:
-            done = int(rest["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"])
-        except (KeyError, TypeError):
-            done = 0
-        trainer = getattr(self.lightning_module, "_trainer", None)
-        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-        loader = getattr(source, "instance", None) if source is not None else None
-        if loader is None:
-            return
-        epoch = int(rest.get("epoch", 0))
-        per_epoch = _batches_per_epoch(loader, trainer.limit_train_batches)
-        if per_epoch is not None and done >= per_epoch:
-            # saved on the epoch's last batch: Lightning goes on with the next epoch
-            epoch, done = epoch + 1, 0
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        if done and hasattr(loader, "skip"):
-            loader.skip(done)
-
-    def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:
-        pass  # loaded in load_checkpoint
-
-    def load_optimizer_state_dict(self, checkpoint: Any) -> None:
-        pass
-
-    def remove_checkpoint(self, filepath: Any) -> None:
-        import shutil
-
-        if self.is_global_zero:
-            shutil.rmtree(filepath, ignore_errors=True)
-
-
 def common_pad_width(batch: Any) -> None:
     """Pad every rank's training id grid to the same width (`batch.extra["pad_width"]`).
 
@@ -342,18 +236,6 @@ def common_pad_width(batch: Any) -> None:
     width = torch.tensor([int(jt.lengths().max()) if jt.lengths().numel() else 0], dtype=torch.int64)
     dist.all_reduce(width, op=dist.ReduceOp.MAX)
     batch.extra["pad_width"] = int(width.item())
-
-
-def _batches_per_epoch(loader: Any, limit: int | float | None) -> int | None:
-    try:
-        n = len(loader)
-    except TypeError:
-        return None
-    if isinstance(limit, int):
-        return min(n, limit)
-    if isinstance(limit, float) and limit < 1.0:
-        return int(n * limit)
-    return n
 
 
 def _tables_on_meta(model: torch.nn.Module) -> bool:
@@ -394,7 +276,6 @@ def allreduce_dense_grads(params: list[torch.nn.Parameter]) -> None:
     dist = _dist()
     if dist is None or dist.get_world_size() == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
     # a param without a grad on this rank (unused branch) contributes zeros, so every rank sends
     # the same layout
     flat_parts = [
@@ -414,7 +295,6 @@ def allreduce_dense_grads(params: list[torch.nn.Parameter]) -> None:
         else:
             p.grad.copy_(g)
         off += n
-    del grads
 
 
 def ray_torchrec_strategy(**kwargs: Any) -> TorchRecStrategy:
@@ -440,70 +320,3 @@ def flatten_worker_stats(stats: list[dict[str, Any]]) -> dict[str, float]:
             for k, v in t.items():
                 out[f"worker/{r}/table/{name}/{k}"] = v
     return out
-
-
-def _lightning_callback_base():
-    from lightning.pytorch.callbacks import Callback
-
-    return Callback
-
-
-class StepCheckpoint(_lightning_callback_base()):
-    """DCP checkpoints every `every_n_steps` optimizer steps and at the end of fitting.
-
-    Local mode: `dirpath/step-<N>` on a filesystem all ranks share, atomically published, the
-    newest `keep_last` kept. Ray mode (`ray_report=True`): every rank writes its shards into a
-    local temp dir and calls `ray.train.report(metrics, checkpoint=...)`; Ray merges the ranks'
-    dirs into one checkpoint in the run's storage and keeps the newest `keep_last` itself.
-    """
-
-    def __init__(self, dirpath: str | Path | None, every_n_steps: int = 0, keep_last: int = 2,
-                 ray_report: bool = False, report_workers: bool = False) -> None:
-        super().__init__()
-        self.dirpath = Path(dirpath) if dirpath else None
-        self.every = every_n_steps
-        self.keep_last = keep_last
-        self.ray_report = ray_report
-        #: with ray_report: add every worker's memory and local shards to the metrics
-        #: (`worker/<rank>/rss_mib`, `.../hwm_mib`, `worker/<rank>/table/<name>/rows|bytes`)
-        self.report_workers = report_workers
-        self._last_saved = -1
-
-    def _save(self, trainer: "pl.Trainer") -> None:
-        step = trainer.global_step
-        if step == self._last_saved:
-            return
-        self._last_saved = step
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-        metrics.update(step=step, epoch=trainer.current_epoch)
-        if self.ray_report and self.report_workers and hasattr(trainer.strategy, "worker_stats"):
-            metrics.update(flatten_worker_stats(trainer.strategy.worker_stats()))
-        name = f"step-{step:08d}"
-        if self.ray_report:
-            import tempfile
-
-            import ray.train
-
-            tmp = Path(tempfile.mkdtemp(prefix="unirec-ckpt-"))
-            try:
-                trainer.save_checkpoint(tmp / name)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp / name)))
-            finally:
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
-            return
-        assert self.dirpath is not None
-        trainer.save_checkpoint(self.dirpath / name)
-        if trainer.is_global_zero:
-            from unirec_dist.checkpoint.dcp import prune_checkpoints
-
-            prune_checkpoints(self.dirpath, self.keep_last)
-        trainer.strategy.barrier("unirec-prune")
-
-    def on_train_batch_end(self, trainer: "pl.Trainer", *args: Any, **kwargs: Any) -> None:
-        if self.every and trainer.global_step % self.every == 0 and trainer.global_step > 0:
-            self._save(trainer)
-
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: Any) -> None:
-        self._save(trainer)

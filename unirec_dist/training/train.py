@@ -1,16 +1,21 @@
-"""Single-process training: `train(cfg) -> checkpoint dir`.
+"""Single-process training: `train(cfg, overwrite=False, resume=False) -> checkpoint dir`.
 
 Output layout under trainer.out_dir::
 
-    checkpoints/last/   DCP checkpoint + manifest.json (kind "train"), every
-                        trainer.checkpoint_every_n_epochs epochs and at the end
-    checkpoints/best/   the checkpoint with the best validation NDCG@10 so far
-    logs/               Lightning CSV (metrics.csv) and TensorBoard logs
-    metrics.json        final/best validation metrics and wall time
+    checkpoints/step-<N>/   checkpoints in the one layout of `unirec_dist.checkpoint.dcp`
+                            (kind "train"), every trainer.checkpoint_every_n_epochs epochs and at
+                            the end; the newest trainer.keep_last are kept, plus the pointers' targets
+    checkpoints/last        pointer to the newest one
+    checkpoints/best        pointer to the best by validation NDCG@10 so far
+    logs/                   Lightning CSV (metrics.csv) and TensorBoard logs
+    mlruns/                 MLflow's local store (trainer.loggers: [mlflow], training/tracking.py)
+    metrics.json            final/best validation metrics and wall time
 
-Checkpoints use `unirec_dist.checkpoint.dcp.save_checkpoint` with the state layout of
-`training.build.checkpoint_state`, the same as the distributed writers, so every reader
-(`load_retriever`, evaluation, export, finetune) sees one format.
+An out_dir that already holds a run is refused unless `overwrite` (its checkpoints, logs and
+metrics are removed first) or `resume` (training continues from the newest checkpoint: model,
+optimizer, RNG and loop state, so 2 + 2 epochs equal 4 straight epochs).
+
+`make_trainer` and `training.checkpointing.CheckpointCallback` are shared with fine-tuning.
 """
 from __future__ import annotations
 
@@ -28,64 +33,6 @@ from unirec_dist.config.loader import to_dict
 from unirec_dist.config.train import TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-def _make_callbacks():
-    from lightning.pytorch.callbacks import Checkpoint
-
-    class DCPCheckpoint(Checkpoint):
-        """Saves DCP checkpoints (last + best by val NDCG@10) after the module's epoch-end
-        validation (a Checkpoint subclass runs after LightningModule.on_train_epoch_end).
-
-        A distributed strategy may provide `unirec_checkpoint_state(module) -> state` and
-        `unirec_plan` attributes; the single-process default is `checkpoint_state(model, opt)`.
-        """
-
-        def __init__(self, root: Path, cfg: TrainConfig, dataset: dict[str, Any], every: int) -> None:
-            self.root, self.cfg, self.dataset, self.every = root, cfg, dataset, every
-            self.best = float("-inf")
-            self.best_path: Path | None = None
-            self.last_path: Path | None = None
-            self._saved_epoch = -1
-
-        def _save(self, trainer, module, name: str) -> Path:
-            from unirec_dist.checkpoint.dcp import save_checkpoint
-            from unirec_dist.training.build import checkpoint_state
-
-            loop = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-            custom = getattr(trainer.strategy, "unirec_checkpoint_state", None)
-            if callable(custom):
-                state = custom(module)
-            else:
-                opt = trainer.optimizers[0] if trainer.optimizers else None
-                state = checkpoint_state(module.model, opt, loop)
-            manifest = {
-                "kind": "train",
-                "config": to_dict(self.cfg),
-                "dataset": self.dataset,
-                "plan": getattr(trainer.strategy, "unirec_plan", None),
-                "step": trainer.global_step,
-                "epoch": trainer.current_epoch,
-                "metrics": dict(module.last_metrics),
-            }
-            return save_checkpoint(self.root / name, state, manifest)
-
-        def on_train_epoch_end(self, trainer, module) -> None:
-            ep = trainer.current_epoch
-            m = module.last_metrics
-            validated_now = m and getattr(module, "_validated_epoch", None) == ep
-            if validated_now and m.get("NDCG@10", float("-inf")) > self.best:
-                self.best = m["NDCG@10"]
-                self.best_path = self._save(trainer, module, "best")
-            if self.every and (ep + 1) % self.every == 0:
-                self.last_path = self._save(trainer, module, "last")
-                self._saved_epoch = ep
-
-        def on_train_end(self, trainer, module) -> None:
-            if self._saved_epoch != trainer.current_epoch - 1 or self.last_path is None:
-                self.last_path = self._save(trainer, module, "last")
-
-    return DCPCheckpoint
 
 
 def _quiet() -> None:
@@ -120,10 +67,12 @@ def check_inputs(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
     """Every user-fixable problem, before any work: dataset dir/version, features, device."""
     from unirec_dist.embeddings.features import FeatureSpec
     from unirec_dist.training.data import open_prepared
+    from unirec_dist.training.tracking import check_tracking
     from unirec_dist.utils.device import resolve_device
 
     path, ds_manifest = open_prepared(cfg.data.path)
     resolve_device(cfg.trainer.device)
+    check_tracking(cfg)
     FeatureSpec.from_manifest(ds_manifest, where=str(path / "manifest.json")).item_features(
         cfg.model.embedding.item_features)
     return path, ds_manifest
@@ -172,17 +121,74 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
     return TrainingSetup(cfg, path, ds_manifest, module, batches, dataset_section(path, ds_manifest))
 
 
-def dcp_checkpoint_callback(cfg: TrainConfig, dataset: dict[str, Any]):
-    """The Lightning callback that writes DCP checkpoints (last + best) under out_dir/checkpoints."""
-    DCPCheckpoint = _make_callbacks()
-    return DCPCheckpoint(Path(cfg.trainer.out_dir) / "checkpoints", cfg, dataset,
-                         cfg.trainer.checkpoint_every_n_epochs)
+def make_loggers(cfg: TrainConfig, dataset: dict[str, Any]) -> list[Any]:
+    """The Lightning loggers trainer.loggers names, writing under trainer.out_dir (logs/metrics.csv,
+    logs/tb/, and MLflow: `training.tracking`); `dataset` is the checkpoint manifest's section."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    t = cfg.trainer
+    out = str(Path(t.out_dir))
+    loggers: list[Any] = []
+    if "csv" in t.loggers:
+        loggers.append(CSVLogger(save_dir=out, name="logs", version=""))
+    if "tensorboard" in t.loggers:
+        loggers.append(TensorBoardLogger(save_dir=out, name="logs", version="tb"))
+    if "mlflow" in t.loggers:
+        from unirec_dist.training.tracking import mlflow_logger
+
+        loggers.append(mlflow_logger(cfg, dataset))
+    return loggers
 
 
-def train(cfg: TrainConfig) -> Path:
+def make_trainer(cfg: TrainConfig, device: torch.device, manifest: dict[str, Any], monitor: str,
+                 mode: str):
+    """The Lightning Trainer of single-process train and finetune, and its checkpoint callback:
+    step folders under out_dir/checkpoints, `best` by validation `monitor` (`mode` max/min),
+    early stopping on it when configured. Returns (trainer, callback)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from unirec_dist.training.checkpointing import CheckpointCallback, SingleDeviceDCPStrategy
+
+    t = cfg.trainer
+    out = Path(t.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loggers = make_loggers(cfg, manifest.get("dataset") or {})
+    ckpt = CheckpointCallback(out / "checkpoints", monitor=monitor, mode=mode,
+                              every_n_epochs=t.checkpoint_every_n_epochs, keep_last=t.keep_last)
+    callbacks: list[Any] = [ckpt]
+    if t.early_stop_patience is not None:
+        callbacks.append(EarlyStopping(monitor=f"val/{monitor}", mode=mode, strict=False,
+                                       patience=t.early_stop_patience, check_on_train_epoch_end=True))
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        strategy=SingleDeviceDCPStrategy(device=device, manifest=manifest),
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        max_time=None if t.max_minutes is None else datetime.timedelta(minutes=t.max_minutes),
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_checkpointing=True,   # our CheckpointCallback is the only Checkpoint callback
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        precision=t.precision,
+        default_root_dir=str(out),
+    )
+    return trainer, ckpt
+
+
+def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False) -> Path:
     """Train on one process (CPU, or one GPU when trainer.device allows) and return the
-    checkpoint directory to use downstream (best by validation NDCG@10, else last)."""
-    from unirec_dist.utils.device import configure_cpu, resolve_device
+    checkpoint directory to use downstream (best by validation NDCG@10, else last).
+
+    `resume`: continue the run in trainer.out_dir from its newest checkpoint; `overwrite`:
+    replace the run there. Without either, an out_dir holding a run is refused (RunExistsError).
+    """
+    from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
 
     t0 = time.perf_counter()
     _quiet()
@@ -192,59 +198,41 @@ def train(cfg: TrainConfig) -> Path:
 
         raise ConfigError(f"optim.tables: {cfg.optim.tables!r} applies to sharded tables (unirec pretrain); unirec train "
                           f"updates its tables with optim.name ({cfg.optim.name!r}): set optim.tables: auto")
+    resume_from = prepare_out_dir(cfg.trainer.out_dir, overwrite, resume)
+    with fresh_run(cfg.trainer.out_dir, resume):
+        return _train(cfg, resume_from, t0)
+
+
+def _train(cfg: TrainConfig, resume_from: Path | None, t0: float) -> Path:
+    from unirec_dist.utils.device import configure_cpu, resolve_device
+
     device = resolve_device(cfg.trainer.device)
 
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     configure_cpu(cfg.trainer.threads if device.type == "cpu" else None)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     st = setup_training(cfg)
     module, batches = st.module, st.batches
-
-    out = Path(cfg.trainer.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    loggers = []
-    if "csv" in cfg.trainer.loggers:
-        loggers.append(CSVLogger(save_dir=str(out), name="logs", version=""))
-    if "tensorboard" in cfg.trainer.loggers:
-        loggers.append(TensorBoardLogger(save_dir=str(out), name="logs", version="tb"))
-    ckpt = dcp_checkpoint_callback(cfg, st.dataset)
-    callbacks = [ckpt]
-    if cfg.trainer.early_stop_patience is not None:
-        callbacks.append(EarlyStopping(monitor="val/NDCG@10", mode="max", strict=False,
-                                       patience=cfg.trainer.early_stop_patience, check_on_train_epoch_end=True))
-    trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        max_epochs=cfg.trainer.max_epochs,
-        max_steps=cfg.trainer.max_steps,
-        max_time=None if cfg.trainer.max_minutes is None else datetime.timedelta(minutes=cfg.trainer.max_minutes),
-        logger=loggers or False,
-        callbacks=callbacks,
-        enable_checkpointing=True,   # our DCPCheckpoint is the only Checkpoint callback
-        enable_progress_bar=cfg.trainer.progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        limit_train_batches=cfg.trainer.limit_train_batches,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        precision=cfg.trainer.precision,
-        default_root_dir=str(out),
-    )
-    trainer.fit(module, train_dataloaders=batches)
+    manifest = {"kind": "train", "config": to_dict(cfg), "dataset": st.dataset}
+    trainer, ckpt = make_trainer(cfg, device, manifest, "NDCG@10", "max")
+    trainer.fit(module, train_dataloaders=batches, ckpt_path=str(resume_from) if resume_from else None)
     result = ckpt.best_path or ckpt.last_path
     summary = {
         "checkpoint": str(result),
         "last": str(ckpt.last_path),
         "best": str(ckpt.best_path) if ckpt.best_path else None,
-        "best_val_NDCG@10": ckpt.best if ckpt.best_path else None,
+        "best_val_NDCG@10": ckpt.best,
         "last_val": module.last_metrics,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
+        "resumed_from": str(resume_from) if resume_from else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    out = Path(cfg.trainer.out_dir)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    from unirec_dist.training.tracking import log_final_metrics
+
+    log_final_metrics(trainer.loggers, summary)
     log.info("done in %.1f s; checkpoint %s", summary["seconds"], result)
     return Path(result)

@@ -47,8 +47,9 @@ def worker_device(requested: str, workers: int, cluster: dict[str, float], can_g
     return "cuda", None
 
 
-def dist_backend(device: "torch.device") -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
+def dist_backend(device_type: str) -> str:
+    """The process-group backend for workers on `device_type` ("cuda" or "cpu")."""
+    return "nccl" if device_type == "cuda" else "gloo"
 
 
 _MALLOC_TUNED = False

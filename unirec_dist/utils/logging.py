@@ -19,12 +19,9 @@ class RankZeroFilter(logging.Filter):
         return int(os.environ.get("RANK", "0")) == 0
 
 
-def get_logger(name: str) -> logging.Logger:
-    return logging.getLogger(name)
-
-
 def quiet_noisy_loggers() -> None:
-    """Silence fbgemm/torchrec/fx chatter (see STACK.md 'Noise worth silencing')."""
+    """Silence fbgemm/torchrec/fx chatter (fbgemm's 'Successfully loaded' INFO lines in every
+    process, torch.fx tracing notes)."""
     for name, level in _NOISY.items():
         logging.getLogger(name).setLevel(level)
 

@@ -4,16 +4,41 @@
 Block:  u, v, q, k = split(SiLU(W1 LN(x)));  A = SiLU(q k^T + rab) / max_len  (causal)
         x <- x + W2 dropout(LN(A v) * u)
 The attention scale divides by the fixed max_len (not the batch's padded length) so that
-length-grouped batches and evaluation see the same normalisation. `last_only=True` runs the last
+length-grouped batches and evaluation see the same normalisation. `last_states` runs the last
 block for each row's last position only (queries for evaluation and serving).
+
+YAML: `model.encoder: {kind: hstu, num_blocks: 2, num_heads: 1, dqk: 50, dv: 50, dropout: 0.2}`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from unirec_dist.models.encoders.base import EncoderConfig, SequenceEncoder, check, check_dropout
+
+
+@dataclass
+class HSTUConfig(EncoderConfig):
+    kind: Literal["hstu"] = "hstu"
+    num_blocks: int = 2
+    num_heads: int = 1
+    dqk: int = 25                               # per-head query/key dim
+    dv: int = 25                                # per-head value dim
+    dropout: float = 0.2
+    attn_dropout: float = 0.0
+
+    def validate(self) -> None:
+        check(self.num_blocks >= 0, "model.encoder.num_blocks", f"must be >= 0, got {self.num_blocks}")
+        check(self.num_heads >= 1, "model.encoder.num_heads", f"must be >= 1, got {self.num_heads}")
+        for k in ("dqk", "dv"):
+            v = getattr(self, k)
+            check(v >= 1, f"model.encoder.{k}", f"must be >= 1, got {v}")
+        check_dropout(self, "dropout", "attn_dropout")
 
 
 class HSTUBlock(nn.Module):
@@ -56,8 +81,10 @@ class HSTUBlock(nn.Module):
         return x + self.out(self.drop(self.norm_attn(av) * u))
 
 
-class HSTUEncoder(nn.Module):
+class HSTUEncoder(SequenceEncoder):
     """(B, L, D) item embeddings + lengths (B,) -> (B, L, D) causal states (padding rows = 0)."""
+
+    fixed_max_len = True    # learned positions, relative bias and attention scale sized by max_len
 
     def __init__(self, dim: int, max_len: int, num_blocks: int = 8, num_heads: int = 2,
                  dqk: int = 25, dv: int = 25, dropout: float = 0.2, attn_dropout: float = 0.0) -> None:
@@ -71,7 +98,19 @@ class HSTUEncoder(nn.Module):
         ])
         self.final_norm = nn.LayerNorm(dim, eps=1e-6)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, cfg: HSTUConfig, dim: int, max_len: int) -> HSTUEncoder:
+        return cls(dim, max_len, cfg.num_blocks, cfg.num_heads, cfg.dqk, cfg.dv, cfg.dropout, cfg.attn_dropout)
+
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        return self._run(items, lengths, last_only=False)
+
+    def last_states(self, items: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.blocks:     # no block to shorten
+            return super().last_states(items, lengths, users)
+        return self._run(items, lengths.clamp(min=1), last_only=True) * (lengths > 0).unsqueeze(-1).to(items.dtype)
+
+    def _run(self, x: torch.Tensor, lengths: torch.Tensor, last_only: bool) -> torch.Tensor:
         """-> (B, L, D) states, or with last_only the (B, D) states at position lengths - 1."""
         B, L, D = x.shape
         if L > self.max_len:

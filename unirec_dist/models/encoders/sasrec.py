@@ -3,17 +3,43 @@
 Input item embeddings are scaled by sqrt(D), learned absolute positions (0 = oldest kept item)
 are added, then `num_blocks` pre-LN blocks of causal multi-head attention and a point-wise FFN.
 Every position is encoded in one causal pass, so a sequence of length n trains n targets.
-`last_only=True` (queries for evaluation and serving) runs the last block for the last position
+`last_states` (queries for evaluation and serving) runs the last block for the last position
 of each row only: the earlier blocks still need every position (they are the keys and values),
 the last block's attention and FFN do not.
+
+YAML: `model.encoder: {kind: sasrec, num_blocks: 2, num_heads: 1, ffn_dim: 50, dropout: 0.2}`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from unirec_dist.models.encoders.base import EncoderConfig, SequenceEncoder, check, check_dropout
+
+
+@dataclass
+class SASRecConfig(EncoderConfig):
+    kind: Literal["sasrec"] = "sasrec"
+    num_blocks: int = 2
+    num_heads: int = 1
+    ffn_dim: int = 50                           # feed-forward width
+    dropout: float = 0.2
+    attn_dropout: float = 0.0
+
+    def validate(self) -> None:
+        check(self.num_blocks >= 0, "model.encoder.num_blocks", f"must be >= 0, got {self.num_blocks}")
+        check(self.num_heads >= 1, "model.encoder.num_heads", f"must be >= 1, got {self.num_heads}")
+        check(self.ffn_dim >= 1, "model.encoder.ffn_dim", f"must be >= 1, got {self.ffn_dim}")
+        check_dropout(self, "dropout", "attn_dropout")
+
+    def validate_for_model(self, dim: int) -> None:
+        check(dim % self.num_heads == 0, "model.encoder.num_heads",
+              f"must divide model.embedding.dim ({dim}), got {self.num_heads}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -51,8 +77,10 @@ class PointWiseFFN(nn.Module):
         return x + self.drop(self.fc2(self.drop(F.relu(self.fc1(x)))))
 
 
-class SASRecEncoder(nn.Module):
+class SASRecEncoder(SequenceEncoder):
     """(B, L, D) item embeddings + lengths (B,) -> (B, L, D) causal states (padding rows = 0)."""
+
+    fixed_max_len = True    # learned absolute positions
 
     def __init__(self, dim: int, max_len: int, num_blocks: int = 2, num_heads: int = 1,
                  ffn_dim: int = 50, dropout: float = 0.2, attn_dropout: float = 0.0) -> None:
@@ -68,7 +96,19 @@ class SASRecEncoder(nn.Module):
         self.ffns = nn.ModuleList([PointWiseFFN(dim, ffn_dim, dropout) for _ in range(num_blocks)])
         self.final_norm = nn.LayerNorm(dim, eps=1e-8)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, cfg: SASRecConfig, dim: int, max_len: int) -> SASRecEncoder:
+        return cls(dim, max_len, cfg.num_blocks, cfg.num_heads, cfg.ffn_dim, cfg.dropout, cfg.attn_dropout)
+
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        return self._run(items, lengths, last_only=False)
+
+    def last_states(self, items: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.attns:     # no block to shorten
+            return super().last_states(items, lengths, users)
+        return self._run(items, lengths.clamp(min=1), last_only=True) * (lengths > 0).unsqueeze(-1).to(items.dtype)
+
+    def _run(self, x: torch.Tensor, lengths: torch.Tensor, last_only: bool) -> torch.Tensor:
         """-> (B, L, D) states, or with last_only the (B, D) states at position lengths - 1."""
         B, L, D = x.shape
         if L > self.max_len:
