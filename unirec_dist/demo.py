@@ -11,7 +11,8 @@ Stages (each a library call, the same ones the CLI subcommands make):
   5. write top-10 lists for every user to RUN/recs.parquet
   6. export a serving bundle to RUN/bundle (serve it with `unirec serve --bundle RUN/bundle`)
   7. write the report of the fine-tuning run (figures, `unirec_dist.report`) to RUN/report/index.html
-The run directory is replaced as a whole at the start, so a rerun never mixes outputs.
+The run directory is replaced as a whole at the start, so a rerun never mixes outputs; only a
+folder an earlier demo made (marker file `.unirec-demo`) or an empty one is ever replaced.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ DATASET_CONFIG = REPO / "configs" / "datasets" / "ml-100k.yaml"
 TRAIN_CONFIG = REPO / "configs" / "pretrain" / "ml-100k-sasrec.yaml"
 FINETUNE_CONFIG = REPO / "configs" / "finetune" / "ml-100k-demo.yaml"
 WORKERS = 2
+DEMO_MARKER = ".unirec-demo"
 
 
 def _stage(n: int, title: str) -> float:
@@ -55,8 +57,15 @@ def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[
     fcfg = load_finetune_config(FINETUNE_CONFIG, [f"data.path={run / 'data'}", f"trainer.out_dir={run / 'finetune'}",
                                                   *(finetune_overrides or [])])
     if run.exists():
+        # only a folder an earlier demo made (its marker file) is replaced; anything else is the
+        # user's and is never deleted
+        if not (run / DEMO_MARKER).is_file() and (not run.is_dir() or any(run.iterdir())):
+            from unirec_dist.errors import UnirecError
+
+            raise UnirecError(f"--out {run} exists and was not made by `unirec demo`; choose another folder")
         shutil.rmtree(run)
     run.mkdir(parents=True)
+    (run / DEMO_MARKER).write_text("made by `unirec demo`; the next demo run into this folder replaces it\n")
     summary: dict = {"run": str(run)}
 
     t0 = _stage(1, f"fetch + prepare {dcfg.name}")
