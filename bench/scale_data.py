@@ -34,8 +34,10 @@ PART_ROWS = 1_000_000
 
 
 def default_dir() -> Path:
-    base = os.environ.get("UNIREC_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "unirec")
-    return Path(base) / "bench" / "scale_data"
+    """Under the data cache the fetchers use ($UNIREC_DATA, else $XDG_CACHE_HOME or ~/.cache, /unirec)."""
+    from unirec_dist.data.movielens import data_dir
+
+    return data_dir() / "bench" / "scale_data"
 
 
 def generate(out: Path, interactions: int, seed: int = 0) -> Path:

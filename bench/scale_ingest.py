@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -32,8 +31,10 @@ ROW_GROUP = 8192
 
 
 def default_dir() -> Path:
-    base = os.environ.get("UNIREC_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "unirec")
-    return Path(base) / "bench" / "scale_ingest"
+    """Under the data cache the fetchers use ($UNIREC_DATA, else $XDG_CACHE_HOME or ~/.cache, /unirec)."""
+    from unirec_dist.data.movielens import data_dir
+
+    return data_dir() / "bench" / "scale_ingest"
 
 
 def generate(out: Path, interactions: int, seed: int = 0) -> Path:
