@@ -220,6 +220,14 @@ def worker(rank: int, world: int, port: int, actions: list[tuple[str, Any]], out
             results[arg[0]] = eval_loss(lm, arg[1], rank, world)
     if rank == 0:
         torch.save(results, out)
+    # Leave together: a rank that exits while another is still inside a gloo collective (or with
+    # the process group torn down by interpreter exit) can abort ("terminate called without an
+    # active exception", SIGABRT), which made the 1 -> 2 reshard test flaky in CI.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _setup_only(tr, lm) -> None:
