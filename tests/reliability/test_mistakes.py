@@ -76,3 +76,16 @@ def test_job_entry_point_without_the_stack_is_one_line():
     for what in ("lacks", "torch", "torchrec", "lightning", "cluster/README.md"):
         assert what in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_evaluate_on_a_dataset_without_the_split_is_one_line(dataset, tmp_path, capsys):
+    """Either layout may hold a split (test.parquet or test/ parts); neither is one line naming both."""
+    import shutil
+
+    from tests.reliability.conftest import one_error, run_cli
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    (ds / "test.parquet").unlink()
+    rc, _, err = run_cli(capsys, "evaluate", "--baseline", "popularity", "--data", ds, "--split", "test")
+    one_error(rc, err, "has no test split", "test.parquet", "test/ folder of parts")

@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.out, args.overwrite)
     dataset, manifest = open_inputs(args)
     if not dataset.has_table(args.split):
-        raise UnirecError(f"prepared dataset {dataset.root} has no {args.split} split ({args.split}.parquet)")
+        raise UnirecError(f"prepared dataset {dataset.root} has no {args.split} split "
+                          f"(neither {args.split}.parquet nor a {args.split}/ folder of parts)")
 
     from unirec_dist.metrics.evaluate import evaluate, format_table
 
