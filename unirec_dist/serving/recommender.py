@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,22 @@ class Recommendation:
     item: str
     score: float
     rank: int
+
+
+@dataclass
+class Query:
+    """One /recommend question: a known `user_id` or a live `history` (raw ids, oldest first)."""
+    user_id: Any = None
+    history: list[Any] | None = None
+    k: int = 10
+    exclude_seen: bool = True
+
+
+@dataclass
+class Ranked:
+    """The answer to one Query: its items, best first, and the length of the history used."""
+    items: list[Recommendation]
+    history_length: int
 
 
 @dataclass
@@ -344,11 +361,41 @@ class Recommender:
                   exclude_seen: bool = True) -> list[Recommendation]:
         """Top-k items (raw ids, best first) for a known `user_id` or a live `history` of raw item
         ids (oldest first). Fewer than k come back only if the catalogue runs out."""
-        k = self._check_k(k)
-        user, hist = self.resolve(user_id, history)
-        scores, ids = self._top(user, hist, k, exclude_seen)
-        return [Recommendation(self.items_vocab.raw(int(i)), float(s), r + 1)
-                for r, (s, i) in enumerate(zip(scores, ids))]
+        answer = self.recommend_many([Query(user_id, history, k, exclude_seen)])[0]
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer.items
+
+    def recommend_many(self, queries: Sequence[Query]) -> list[Ranked | RequestError]:
+        """Answer several queries with ONE encoder pass and one top-K pass per distinct k (the
+        micro-batching path of the HTTP app). Each entry is the query's `Ranked` answer or the
+        RequestError it alone raised: a bad query never fails the others. An answer does not
+        depend on the batch it came in (the top-K's tie rule is deterministic, and an HNSW
+        search sees the same k and efSearch as alone); the encoder's padded batch can move a
+        score in its last float bits, never the order of distinct scores."""
+        out: list[Ranked | RequestError | None] = [None] * len(queries)
+        rows: list[tuple[int, int, int, np.ndarray, bool]] = []
+        for i, q in enumerate(queries):
+            try:
+                k = self._check_k(q.k)
+                user, hist = self.resolve(q.user_id, q.history)
+            except RequestError as e:
+                out[i] = e
+                continue
+            rows.append((i, k, user, hist, bool(q.exclude_seen)))
+        if rows:
+            vectors = self._encode([r[2] for r in rows], [r[3] for r in rows])
+            for k in sorted({r[1] for r in rows}):
+                group = [j for j, r in enumerate(rows) if r[1] == k]
+                exclude = [rows[j][3] if rows[j][4] else rows[j][3][:0] for j in group]
+                scores, ids = self.index.search(vectors[group], k, exclude if any(len(e) for e in exclude) else None)
+                for n, j in enumerate(group):
+                    keep = ids[n] > 0
+                    out[rows[j][0]] = Ranked(
+                        [Recommendation(self.items_vocab.raw(int(i)), float(s), r + 1)
+                         for r, (s, i) in enumerate(zip(scores[n][keep], ids[n][keep]))],
+                        int(len(rows[j][3])))
+        return out  # type: ignore[return-value]
 
     def explain(self, user_id: Any = None, history: list[Any] | None = None, k: int = 10,
                 exclude_seen: bool = True, items: list[Any] | None = None, top: int = 5,
