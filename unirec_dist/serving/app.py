@@ -169,6 +169,8 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
         item: str
         score: float
         rank: int
+        display: dict[str, str] | None = Field(
+            None, description="the item's display fields (title, genres, ...) when the bundle has them")
 
     class RecommendResponse(BaseModel):
         items: list[ItemScore]
@@ -182,12 +184,16 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
         item: str
         position: int = Field(description="0-based position in the history, oldest first")
         weight: float
+        display: dict[str, str] | None = Field(
+            None, description="the item's display fields (title, genres, ...) when the bundle has them")
 
     class ItemExplanationOut(BaseModel):
         item: str
         score: float
         rank: int
         contributions: list[ContributionOut]
+        display: dict[str, str] | None = Field(
+            None, description="the item's display fields (title, genres, ...) when the bundle has them")
 
     class ExplainResponse(BaseModel):
         method: str = Field(description="occlusion, similarity or attention (see unirec_dist.serving.explain)")

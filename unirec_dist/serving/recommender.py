@@ -86,6 +86,7 @@ class Recommendation:
     item: str
     score: float
     rank: int
+    display: dict[str, str] | None = None   # title, genres, ... when the bundle has them
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Contribution:
     item: str
     position: int   # 0-based position in the full history, oldest first
     weight: float
+    display: dict[str, str] | None = None
 
 
 @dataclass
@@ -117,6 +119,7 @@ class ItemExplanation:
     score: float
     rank: int
     contributions: list[Contribution] = field(default_factory=list)
+    display: dict[str, str] | None = None
 
 
 @dataclass
@@ -166,7 +169,8 @@ class Recommender:
 
     model: a Retriever (eval mode); item_matrix: (N + 1, D), default `model.item_embeddings()`;
     item_vocab/user_vocab: (raw, index) tables; histories: (user int32, items list<int32>) with
-    each known user's full sequence; index: "exact" or "hnsw".
+    each known user's full sequence; index: "exact" or "hnsw"; display: item + display field
+    columns (serving/display.py) shown beside raw ids, or None.
     """
 
     def __init__(
@@ -184,9 +188,11 @@ class Recommender:
         hnsw: dict[str, Any] | None = None,
         ann: Any = None,
         recall_queries: int = 256,
+        display: pa.Table | None = None,
     ) -> None:
         import torch
 
+        from unirec_dist.serving.display import ItemDisplay
         from unirec_dist.serving.index import ExactIndex, HNSWIndex, recall_at_k
 
         self.model = model.eval() if hasattr(model, "eval") else model
@@ -199,6 +205,7 @@ class Recommender:
             raise UnirecError(
                 f"item matrix has {self.items.shape[0] - 1} items but the item vocab has {len(self.items_vocab)}"
             )
+        self.display = ItemDisplay(display, len(self.items_vocab))
         self.users_vocab = Vocab(user_vocab if user_vocab is not None else
                                  pa.table({"raw": pa.array([], pa.string()), "index": pa.array([], pa.int32())}), "user")
         self.max_len = int(getattr(model, "max_len", 0) or max_history)
@@ -253,6 +260,8 @@ class Recommender:
         ann = None
         if index == "hnsw":
             ann, hnsw = _bundle_index(path, manifest, int(items.shape[0]) - 1, hnsw, ef_search)
+        shown = manifest.get("display") or {}
+        display = pq.read_table(path / shown["file"]) if shown.get("file") else None
         return cls(
             model,
             pq.read_table(path / B.ITEM_VOCAB),
@@ -263,6 +272,7 @@ class Recommender:
             manifest=manifest,
             hnsw=hnsw,
             ann=ann,
+            display=display,
             **kwargs,
         )
 
@@ -392,7 +402,7 @@ class Recommender:
                 for n, j in enumerate(group):
                     keep = ids[n] > 0
                     out[rows[j][0]] = Ranked(
-                        [Recommendation(self.items_vocab.raw(int(i)), float(s), r + 1)
+                        [Recommendation(self.items_vocab.raw(int(i)), float(s), r + 1, self.display(int(i)))
                          for r, (s, i) in enumerate(zip(scores[n][keep], ids[n][keep]))],
                         int(len(rows[j][3])))
         return out  # type: ignore[return-value]
@@ -429,8 +439,8 @@ class Recommender:
             w = att.weights[r]
             order = np.argsort(-w, kind="stable")[:top]
             contrib = [Contribution(self.items_vocab.raw(int(hist[att.positions[j]])), int(att.positions[j]),
-                                    float(w[j])) for j in order]
-            out.append(ItemExplanation(self.items_vocab.raw(int(i)), float(s), r + 1, contrib))
+                                    float(w[j]), self.display(int(hist[att.positions[j]]))) for j in order]
+            out.append(ItemExplanation(self.items_vocab.raw(int(i)), float(s), r + 1, contrib, self.display(int(i))))
         return Explanation(method=method, per_item=att.per_item, history_length=int(len(hist)), items=out)
 
     def examples(self) -> list[dict[str, Any]]:
@@ -465,6 +475,7 @@ class Recommender:
             "index": {"kind": self.index.kind, **self.index.params(),
                       f"recall_at_{RECALL_K}": self.index_recall, "source": self.index_source},
             "limits": {"max_k": self.max_k, "max_history": self.max_history},
+            "display_fields": self.display.fields,
             "explain_methods": ["occlusion", "similarity"] + (["attention"] if has_attention(self.model) else []),
             "versions": {"unirec_dist": __version__, "bundle_format": m.get("format_version"),
                          "bundle_created_at": m.get("created_at")},
