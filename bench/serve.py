@@ -48,15 +48,18 @@ TARGETS = {("exact", 100_000): ("p99_ms", 10.0), ("hnsw", 1_000_000): ("p99_ms",
 RECALL_TARGET = 0.95
 
 
-def ensure_bundle(cache: Path, n_items: int, dim: int) -> Path:
+def ensure_bundle(cache: Path, n_items: int, dim: int, ann: bool = True) -> Path:
+    """The cached synthetic bundle; `ann`: with a prebuilt HNSW index (not needed for exact only)."""
     from unirec_dist.serving.synthetic import make_synthetic_bundle
 
-    path = cache / f"synthetic-{n_items}-d{dim}-M{HNSW['M']}-efc{HNSW['ef_construction']}"
-    if (path / "manifest.json").is_file() and (path / "ann" / "hnsw.faiss").is_file():
+    path = cache / (f"synthetic-{n_items}-d{dim}-M{HNSW['M']}-efc{HNSW['ef_construction']}" if ann
+                    else f"synthetic-{n_items}-d{dim}")
+    if (path / "manifest.json").is_file() and (not ann or (path / "ann" / "hnsw.faiss").is_file()):
         return path
     t0 = time.perf_counter()
-    print(f"writing bundle {path} (with an HNSW index {HNSW}) ...", flush=True)
-    make_synthetic_bundle(path, n_items, dim, n_users=500, history_len=20, max_len=50, hnsw=HNSW, overwrite=True)
+    print(f"writing bundle {path}" + (f" (with an HNSW index {HNSW})" if ann else "") + " ...", flush=True)
+    make_synthetic_bundle(path, n_items, dim, n_users=500, history_len=20, max_len=50, hnsw=HNSW if ann else None,
+                          overwrite=True)
     print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     return path
 
@@ -192,7 +195,7 @@ def concurrency_table(args) -> list[dict]:
     print(f"concurrent clients, history -> top-10, {args.concurrent_requests} requests per N, torch threads "
           f"{args.threads}; {load_average()} at start", flush=True)
     for n in args.sizes:
-        bundle = ensure_bundle(Path(args.cache), n, args.dim)
+        bundle = ensure_bundle(Path(args.cache), n, args.dim, ann="hnsw" in args.indexes)
         bodies = sessions(bundle, args.concurrent_requests)
         for kind in args.indexes:
             base: dict[int, dict] = {}
