@@ -164,3 +164,9 @@ class DatasetConfig:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError(f"features: duplicate feature name(s) {sorted(dup)}")
+
+
+def load_dataset_config(path, overrides: list[str] | None = None) -> DatasetConfig:
+    from unirec_dist.config.loader import load_config
+
+    return load_config(DatasetConfig, path, overrides)
