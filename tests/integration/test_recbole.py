@@ -197,3 +197,13 @@ def test_source_path_goes_with_kind_recbole(source, words):
 
     with pytest.raises(ConfigError, match=words):
         from_dict(DatasetConfig, {"name": "x", "source": source})
+
+
+def test_cli_fetches_the_atomic_files(capsys):
+    from unirec_dist.data.movielens import fetch_recbole_ml100k
+
+    d = _fetched(fetch_recbole_ml100k)
+    assert main(["data", "fetch", "recbole-ml-100k"]) == 0
+    out = capsys.readouterr().out
+    assert str(d) in out and f"source.path={d}" in out
+    assert sorted(p.name for p in d.iterdir()) == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
