@@ -121,7 +121,7 @@ def _yaml(tmp_path: Path, d: Path, features: list[dict] | None = None) -> Path:
 
 
 def test_types_map_to_feature_kinds(tmp_path):
-    d = _folder(tmp_path)
+    d = _folder(tmp_path, "\ufeff" + INTER)   # a byte-order mark (editors on Windows) is not part of a name
     assert main(["prepare", "--config", str(_yaml(tmp_path, d)), "--out", str(tmp_path / "out")]) == 0
     ds = PreparedDataset.open(tmp_path / "out")
     # tokens are strings: "007" and "7" are two users (an integer reading would merge them)

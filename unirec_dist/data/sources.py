@@ -196,7 +196,7 @@ def read_atomic(path: Path, role: str) -> tuple[pa.Table, dict[str, str]]:
     import pyarrow.csv as pacsv
 
     p = check_file(path, role)
-    with open(p, encoding="utf-8", errors="replace", newline="") as f:
+    with open(p, encoding="utf-8-sig", errors="replace", newline="") as f:   # -sig: a BOM is not a name
         header = f.readline().rstrip("\r\n")
     types: dict[str, str] = {}
     for cell in header.split("\t"):
