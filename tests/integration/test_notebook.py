@@ -1,5 +1,6 @@
-"""examples/*.ipynb: committed without outputs, and the quickstart runs top to bottom (nbclient,
-a real kernel) from fetch to a served recommendation and the report's figures."""
+"""The Python API (`unirec_dist.api`) and examples/*.ipynb: notebooks are committed without
+outputs, and the quickstart runs top to bottom (nbclient, a real kernel) from fetch to a served
+recommendation and the report's figures."""
 from __future__ import annotations
 
 import json
@@ -37,6 +38,15 @@ def test_api_names_the_notebook_and_readme_use_exist():
     assert used and used <= set(api.__all__), used - set(api.__all__)
     for name in api.__all__:
         assert getattr(api, name) is not None
+
+
+def test_api_import_is_cheap():
+    import subprocess
+    import sys
+
+    code = "import sys, unirec_dist.api; print(sorted(m for m in ('torch', 'ray', 'lightning') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.slow
