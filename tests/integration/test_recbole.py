@@ -207,3 +207,11 @@ def test_cli_fetches_the_atomic_files(capsys):
     out = capsys.readouterr().out
     assert str(d) in out and f"source.path={d}" in out
     assert sorted(p.name for p in d.iterdir()) == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
+
+
+def test_out_inside_the_folder_is_refused(tmp_path, capsys):
+    d = _folder(tmp_path)
+    rc = main(["prepare", "--config", str(_yaml(tmp_path, d)), "--out", str(d / "prepared")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "source.path" in err[0] and "lies inside" in err[0], err
+    assert sorted(p.name for p in d.iterdir()) == ["toy.inter", "toy.item"]
