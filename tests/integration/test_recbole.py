@@ -74,15 +74,23 @@ def test_ml100k_atomic_files_prepare_like_our_loader(prepared_pair):
     assert titled["rb"] >= titled["ml"] - 1 and titled["rb"] > 1600
 
 
-def test_ray_engine_reads_recbole_too(prepared_pair, tmp_path):
+def test_ray_engine_reads_recbole_too(prepared_pair, tmp_path, capsys):
     pytest.importorskip("ray.data")
     import ray
 
+    from unirec_dist.data.ray_engine import _init_ray
+
     rb_dir, rb, _ = prepared_pair
-    started = not ray.is_initialized()
+    bad = _folder(tmp_path, INTER.replace("rating:float", "rating:int"))
+    started = _init_ray(None)   # one local Ray for both runs
     try:
         assert main(["prepare", "--config", str(ROOT / "configs/datasets/ml-100k-recbole.yaml"), "--out",
                      str(tmp_path / "ray"), "--engine", "ray", f"source.path={rb_dir}"]) == 0
+        capsys.readouterr()
+        assert main(["prepare", "--config", str(_yaml(tmp_path, bad)), "--out", str(tmp_path / "bad"),
+                     "--engine", "ray"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "toy.inter" in err[0] and "'int'" in err[0] and not (tmp_path / "bad").exists()
     finally:
         if started:
             ray.shutdown()
