@@ -6,10 +6,12 @@ app and the Ray Serve deployment.
     rec.recommend(user_id="42", k=10)                      # a known user: their full history
     rec.recommend(history=["1193", "661", "914"], k=10)    # a live session, raw item ids
     rec.explain(user_id="42", k=5)                         # + which history items mattered
+    rec.recommend_many([Query(user_id="42"), Query(history=["1193"], k=5)])   # one batch
 
 Queries are encoded by the model (`Retriever.query_embeddings`); candidates are scored against
 the precomputed (N + 1, D) item matrix, exactly (`metrics.topk`) or with an HNSW index.
-Items already in the history are excluded unless `exclude_seen=False`.
+Items already in the history are excluded unless `exclude_seen=False`. Answers carry each item's
+display fields (`display`: title, genres, ...) when the bundle has them.
 """
 from __future__ import annotations
 
