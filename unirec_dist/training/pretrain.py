@@ -428,7 +428,13 @@ def workers_failed(error: Exception, dist: Any, run_dir: Path, root: Path) -> Wo
         # the cause rather than its echo: a dead worker (a lost node, a killed process) before
         # the errors it caused on the others (a collective's "connection reset"), else rank order
         failures = sorted(error.worker_failures.items(), key=lambda kv: (not _worker_death(kv[1]), kv[0]))
-        last = _first_line(failures[0][1]) if failures else _first_line(error)
+        if not failures:
+            last = _first_line(error)
+        elif _worker_death(failures[0][1]):
+            rank, e = failures[0]
+            last = f"worker {rank} was lost with its process or node ({type(getattr(e, 'health_check_failure', e)).__name__})"
+        else:
+            last = _first_line(failures[0][1])
         n = dist.max_failures + 1
         what = f"the training workers failed {n} time{'s' if n > 1 else ''} (distributed.max_failures: {dist.max_failures})"
     else:   # the controller's own failure (e.g. the workers never started)
