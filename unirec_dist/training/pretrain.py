@@ -397,14 +397,11 @@ def _worker_death(error: BaseException) -> bool:
     return isinstance(getattr(error, "health_check_failure", error), RayActorError)
 
 
-def _first_line(error: BaseException, limit: int = 200) -> str:
-    """The line of an error worth one line: a UnirecError's message, else the last line of Ray's
-    text (a worker's traceback ends with `Type: message`)."""
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, UnirecError):
-        error = cause
+def _last_line(error: BaseException, limit: int = 200) -> str:
+    """The line of a worker's error worth one line: Ray Train hands back a worker's exception as its
+    traceback text, whose last line is `Type: message`."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    text = (lines[0] if isinstance(error, UnirecError) else lines[-1]) if lines else type(error).__name__
+    text = lines[-1] if lines else type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -429,16 +426,16 @@ def workers_failed(error: Exception, dist: Any, run_dir: Path, root: Path) -> Wo
         # the errors it caused on the others (a collective's "connection reset"), else rank order
         failures = sorted(error.worker_failures.items(), key=lambda kv: (not _worker_death(kv[1]), kv[0]))
         if not failures:
-            last = _first_line(error)
+            last = _last_line(error)
         elif _worker_death(failures[0][1]):
             rank, e = failures[0]
             last = f"worker {rank} was lost with its process or node ({type(getattr(e, 'health_check_failure', e)).__name__})"
         else:
-            last = _first_line(failures[0][1])
+            last = _last_line(failures[0][1])
         n = dist.max_failures + 1
         what = f"the training workers failed {n} time{'s' if n > 1 else ''} (distributed.max_failures: {dist.max_failures})"
     else:   # the controller's own failure (e.g. the workers never started)
-        last = _first_line(getattr(error, "controller_failure", error))
+        last = _last_line(getattr(error, "controller_failure", error))
         what = "the Ray Train controller failed"
     return WorkersFailedError(f"{what}; last error: {last}; {where}")
 
