@@ -8,7 +8,11 @@ worker trains on its own disjoint slice of the prepared dataset (`rank`/`world_s
 training/data.py). Checkpoints are DCP directories reported to Ray (every rank reports its
 shards, Ray merges them, keeps the newest `keep_last`); after a worker failure Ray restarts the
 group (`distributed.max_failures`, default 3) and every worker resumes from the latest reported
-checkpoint: model, optimizers, RNG, global step and data position (`training/checkpointing.py`).
+checkpoint: model, optimizers, RNG, global step and data position (`training/checkpointing.py`);
+a lost node's workers are placed again once the cluster has room (Ray Train waits for it). One
+failure more ends the run with one line (`WorkersFailedError`) naming the last good checkpoint,
+published like a final one but with the pointer `last` only. `distributed.placement_strategy`
+spreads or packs the workers over the nodes.
 At the end the final checkpoint is copied to `<out_dir>/checkpoints/step-<N>` with the pointers
 `final` and `last` (the layout every writer uses, `unirec_dist.checkpoint.dcp`).
 
@@ -29,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unirec_dist.config.distributed import PretrainConfig
+from unirec_dist.config.distributed import DistributedSection, PretrainConfig
 from unirec_dist.errors import ConfigError, UnirecError
 # one implementation of the address check and of the cluster start-up for every command
 from unirec_dist.utils.ray_cluster import ClusterError, check_address, init_ray, shutdown_ray
@@ -405,7 +409,7 @@ def _last_line(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def workers_failed(error: Exception, dist: Any, run_dir: Path, root: Path) -> WorkersFailedError:
+def workers_failed(error: Exception, dist: DistributedSection, run_dir: Path, root: Path) -> WorkersFailedError:
     """The one line that ends a failed run: how often the workers failed, the last error, and the
     last good checkpoint, published as `root/step-<N>` with the pointer `last` so that evaluate,
     finetune and export read it. Ray keeps its own copy in `run_dir`, from which the same command
