@@ -16,7 +16,7 @@ from the step-3 checkpoint and finishes. Checked: exit 0, the restarted workers 
 (the global step continues), the final checkpoint is step 8 and `unirec evaluate` reads it.
 
 Arm "exhausted" (distributed.max_failures=0): the same kill ends the run with one `error:` line
-naming the last good checkpoint (exit 2); a node joins again and the same command, run again,
+naming the last good checkpoint (exit 2); a node joins again and the same command with --resume
 continues from that checkpoint (its workers begin at step 4) and finishes.
 
 Prints the phases' seconds (stall, kill to group torn down, node back to first resumed step, to
@@ -116,7 +116,7 @@ def arm_exhausted(nodes, node, dataset, work, faults) -> dict:
     lines = (work / "exhausted.err").read_text().strip().splitlines()
     node = nodes.add_node(num_cpus=1, name="node-rerun")
     t1 = time.monotonic()
-    rerun = subprocess.run(cmd, cwd=ROOT, env=ray_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    rerun = subprocess.run([*cmd[:4], "--resume", *cmd[4:]], cwd=ROOT, env=ray_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True)
     runs = trace_runs(faults / "trace.txt")
     manifest = json.loads((out / "checkpoints" / "final" / "manifest.json").read_text()) if rerun.returncode == 0 else {}
     return {"node": node, "rc": rc, "error_line": lines[-1] if lines else "", "seconds": t,

@@ -89,7 +89,7 @@ def test_lost_node_with_max_failures_exhausted_ends_with_one_line(cluster, datas
     assert stderr.strip().splitlines()[-1].startswith(
         "error: the training workers failed 1 time (distributed.max_failures: 0); last error: worker ")
     assert " was lost with its process or node (" in stderr
-    assert stderr.strip().endswith(f"; last good checkpoint: {ckpt} (step 3); the same command continues from it")
+    assert stderr.strip().endswith(f"; last good checkpoint: {ckpt} (step 3); the same command with --resume continues from it")
     assert [ln for ln in stderr.splitlines() if ln.startswith("error:")] == stderr.strip().splitlines()[-1:]
     assert "Traceback" not in stderr + log.read_text()
     assert (out / "checkpoints" / "last").resolve() == ckpt and not (out / "checkpoints" / "final").exists()
