@@ -21,7 +21,9 @@ The driver holds only what is O(vocabulary), where encoding needs it:
     bytes + 4 bytes of offset), put once in the object store for the encoding tasks;
   - each k-core round's per-user and per-item counts (8 bytes per entry, plus 16 bytes per
     entry while the aggregate is read) and the compaction maps old -> new id (4 bytes per entry);
-  - the item/user feature tables (data/prepare.py `entity_table`, one row per item/user).
+  - the item/user feature tables (data/prepare.py `entity_table`, one row per item/user);
+  - the items' training counts (ITEM_COUNTS: 2 x 8 bytes per item), summed from the
+    partitions' files one file at a time.
   plus O(blocks + partitions) statistics. MovieLens sources are the exception: their files are
   parsed on the driver (they are small) and handed to Ray as Arrow blocks.
 The part files are written by Ray tasks into the output's temp directory, so on a multi-node
@@ -228,9 +230,12 @@ def _write(t: pa.Table, path: Path, row_group: int | None) -> None:
     pq.write_table(t, path, use_dictionary=False, row_group_size=row_group)
 
 
-def _finish_group(t: pa.Table, umap, imap, sp, cuts: tuple[int, int] | None, out: str) -> pa.Table:
-    """One user partition: compact ids, sort, split, write its part files; returns its row counts
-    and `order_counts` (one row)."""
+COUNTS_DIR = "_item_counts"   # per-partition item counts, summed into ITEM_COUNTS, then removed
+
+
+def _finish_group(t: pa.Table, umap, imap, sp, cuts: tuple[int, int] | None, out: str, n_items: int) -> pa.Table:
+    """One user partition: compact ids, sort, split, write its part files and its items' training
+    counts (COUNTS_DIR, the items it has only); returns its row counts and `order_counts` (one row)."""
     umap, imap = _get(umap), _get(imap)
     part = int(t["part"][0].as_py())
     u = umap[F.as_array(t["user"]).to_numpy(zero_copy_only=False)]
@@ -245,6 +250,10 @@ def _finish_group(t: pa.Table, umap, imap, sp, cuts: tuple[int, int] | None, out
     train, valid, test, cut, oc = P.split_user_tables(local, len(ids), sp, cuts)
     row = {"part": [part], "order_counts": [json.dumps(oc)]}
     name = f"part-{part:05d}.parquet"
+    ct, cv = P.train_item_counts(train, valid, n_items)
+    nz = np.flatnonzero(ct | cv)
+    _write(pa.table({"item": pa.array(nz, pa.int32()), "train": ct[nz], "train_valid": cv[nz]}),
+           Path(out) / COUNTS_DIR / name, None)
     for split, tbl, rg in (("interactions", t, None), ("train", train, P.SPLIT_ROW_GROUP),
                            ("valid", valid, P.SPLIT_ROW_GROUP), ("test", test, P.SPLIT_ROW_GROUP)):
         if split != "interactions":
@@ -356,9 +365,10 @@ def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict):
 
 
 def _write_parts(ds, uv: pa.Array, iv: pa.Array, uc: np.ndarray, ic: np.ndarray, cfg: DatasetConfig,
-                 out: Path) -> tuple[pa.Array, pa.Array, dict, dict, dict, dict | None]:
+                 out: Path) -> tuple[pa.Array, pa.Array, dict, dict, dict, dict | None, pa.Table]:
     """Steps 7-8 on Ray: compact ids, split and write every partition's part files into `out`.
-    Returns (user values, item values, parts, part schemas, order counts, temporal cuts or None)."""
+    Returns (user values, item values, parts, part schemas, order counts, temporal cuts or None,
+    the ITEM_COUNTS table)."""
     import pyarrow.parquet as pq
     import ray
 
@@ -366,11 +376,12 @@ def _write_parts(ds, uv: pa.Array, iv: pa.Array, uc: np.ndarray, ic: np.ndarray,
     umap, imap = P.compact_mapping(upresent, len(uv)), P.compact_mapping(ipresent, len(iv))
     sp = cfg.split
     cuts = _temporal_cuts(ds, sp) if sp.protocol == "temporal" else None
-    for name in P.SPLIT_TABLES:
+    for name in (*P.SPLIT_TABLES, COUNTS_DIR):
         (out / name).mkdir()
     st = _collect(ds.groupby("part").map_groups(
         _finish_group, batch_format="pyarrow",
-        fn_kwargs={"umap": ray.put(umap), "imap": ray.put(imap), "sp": sp, "cuts": cuts, "out": str(out)}))
+        fn_kwargs={"umap": ray.put(umap), "imap": ray.put(imap), "sp": sp, "cuts": cuts, "out": str(out),
+                   "n_items": len(ipresent)}))
     st = st.sort_by("part")
     parts = {name: [{"file": f"{name}/part-{p:05d}.parquet", "rows": r}
                     for p, r in zip(st["part"].to_pylist(), st[name].to_pylist())] for name in P.SPLIT_TABLES}
@@ -378,11 +389,29 @@ def _write_parts(ds, uv: pa.Array, iv: pa.Array, uc: np.ndarray, ic: np.ndarray,
     oc: dict[str, int] = {}
     for s in st["order_counts"].to_pylist():
         oc = P.add_order_counts(oc, json.loads(s))
+    item_counts = _sum_item_counts(out / COUNTS_DIR, len(ipresent))
     cut = None
     if cuts is not None:
         c1, c2 = cuts
         cut = {"cut_valid": c2 if sp.valid_fraction == 0 else c1, "cut_test": c2}
-    return uv.take(pa.array(upresent - 1)), iv.take(pa.array(ipresent - 1)), parts, schemas, oc, cut
+    return uv.take(pa.array(upresent - 1)), iv.take(pa.array(ipresent - 1)), parts, schemas, oc, cut, item_counts
+
+
+def _sum_item_counts(folder: Path, n_items: int) -> pa.Table:
+    """The partitions' item counts summed into one ITEM_COUNTS table (O(items) on the driver: two
+    int64 arrays plus one partition's file at a time), then their folder removed."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    tot = np.zeros((2, n_items + 1), np.int64)
+    for f in sorted(folder.iterdir()):
+        t = pq.read_table(f)
+        i = t["item"].to_numpy()
+        tot[0, i] += t["train"].to_numpy()     # item ids are unique within one partition's file
+        tot[1, i] += t["train_valid"].to_numpy()
+    shutil.rmtree(folder)
+    return P.item_counts_table(tot[0], tot[1])
 
 
 def run_ray(cfg: DatasetConfig, out: Path, ray_address: str | None = None) -> tuple[P.PreparedTables, SourceTables]:
@@ -410,13 +439,13 @@ def run_ray(cfg: DatasetConfig, out: Path, ray_address: str | None = None) -> tu
         counts: dict = {}
         where = src.where.get("interactions", "interactions")
         ds, uv, iv, uc, ic = _clean_encode(ds, cfg, where, counts)
-        uv, iv, parts, schemas, oc, cuts = _write_parts(ds, uv, iv, uc, ic, cfg, Path(out))
+        uv, iv, parts, schemas, oc, cuts, item_counts = _write_parts(ds, uv, iv, uc, ic, cfg, Path(out))
         counts["final"] = sum(p["rows"] for p in parts["interactions"])
         counts["users"], counts["items"] = len(uv), len(iv)
         split = P.split_manifest(cfg, cuts, {k: sum(p["rows"] for p in parts[k]) for k in ("train", "valid", "test")},
                                  oc)
         p = P.side_tables(uv, iv, src, cfg, counts, split)
-        p.parts, p.part_schemas = parts, schemas
+        p.parts, p.part_schemas, p.item_counts = parts, schemas, item_counts
         return p, src
     except Exception as e:
         inner = _unwrap(e)
