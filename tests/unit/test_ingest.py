@@ -202,3 +202,31 @@ def test_dataset_without_item_counts_still_trains_and_altered_counts_are_refused
     pq.write_table(t.set_column(1, "train", pa.array(np.ones(t.num_rows, np.int64))), bad / "item_counts.parquet")
     with pytest.raises(DataError, match=r"item_counts.parquet: sha256 differs .*re-run prepare"):
         open_prepared(bad)
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_pretrain_with_a_broken_part_file_is_one_error_line_before_workers_start(parts, tmp_path, capsys, split):
+    """The CLI names the file in one `error:` line and exits 2 before Ray starts (no output)."""
+    import shutil
+
+    from pathlib import Path
+
+    from unirec_dist.cli import main
+
+    bad = tmp_path / "bad"
+    shutil.copytree(parts, bad)
+    if split == "valid":      # the valid split as part files too, one of them cut short
+        t = pq.read_table(bad / "valid.parquet")
+        (bad / "valid.parquet").unlink()
+        (bad / "valid").mkdir()
+        pq.write_table(t.slice(0, 50), bad / "valid" / "part-00000.parquet")
+        pq.write_table(t.slice(50), bad / "valid" / "part-00001.parquet")
+    victim = bad / split / "part-00001.parquet"
+    victim.write_bytes(victim.read_bytes()[:100])
+    out = tmp_path / "out"
+    rc = main(["pretrain", "--config", str(Path(__file__).resolve().parents[2] / "configs/pretrain/debug.yaml"), "--workers", "2",
+               f"data.path={bad}", f"trainer.out_dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [ln for ln in err if ln.startswith("error: ")]
+    assert rc == 2 and len(errors) == 1 and "part-00001.parquet: not a readable Parquet file" in errors[0], err
+    assert not out.exists()

@@ -89,6 +89,8 @@ def open_prepared(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         split_files(ds.root, name)
     for f in train_files(ds.root):
         open_parquet(f, ("user", "items"))
+    for f in split_files(ds.root, "valid"):
+        open_parquet(f, ("user", "history", "targets"))
     stored_item_counts(ds.root, ds.manifest, "train", int(ds.manifest["vocab_sizes"]["item"]))
     return ds.root, ds.manifest
 
