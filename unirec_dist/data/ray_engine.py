@@ -1,26 +1,34 @@
-"""`prepare --engine ray`: the Arrow engine's steps on Ray Data, with no per-interaction data on
-the driver.
+"""`prepare --engine ray`: the Arrow engine's steps on Ray, with no per-interaction data on the
+driver.
 
 What runs where:
-  on Ray workers, per block: reading the files (ray.data.read_csv/read_parquet/read_json),
+  Ray Data, per block: reading the files (ray.data.read_csv/read_parquet/read_json),
     `select_columns` (typing and validation), the null counts and `drop_missing`, `order_keys`
     (each row's position in the source, a `row` column: blocks are read in order,
     `preserve_order`, and numbered from their row counts; it orders timestamp ties as the Arrow
-    engine's stable sort does), `encode_ids`, the rating filter and each k-core round's filter.
-  on Ray, aggregations: the distinct user/item values and, every k-core round, the rows per
-    user and per item (block counts summed by `groupby("key").sum()`, users and items in one); the temporal protocol's cut points (a
-    distributed sort of the timestamps; a task reads the quantile rows out of their blocks).
-  on Ray, per user partition: rows are range-partitioned by encoded user id into
-    ceil(rows / ROWS_PER_PARTITION) partitions (`groupby("part").map_groups`); each partition
-    runs the Arrow engine's `sort_rows` + `drop_duplicates`, and at the end `sort_rows`, the
-    splits (`split_user_tables`, on partition-local user ids) and the ordering counts, and writes
-    its own part files interactions/, train/, valid/, test/ `part-NNNNN.parquet` (NNNNN = the
-    partition: user ranges ascend with it, so the parts in name order are sorted by user).
+    engine's stable sort does).
+  Ray tasks on those blocks (no Ray Data shuffle: each of its aggregations or groupbys is a
+    whole shuffle with per-operator scheduling, which made this engine 50-80x slower than the
+    Arrow one; bench/results/scale_data.md):
+    - the sorted distinct user/item values: per block, then merged in a tree of tasks;
+    - one hash partition: each block encodes its ids (`encode_ids`) and cuts itself into
+      ceil(rows / ROWS_PER_PARTITION) user-id ranges; each partition is one task that runs the
+      Arrow engine's `sort_rows` + `drop_duplicates` and the rating filter;
+    - the iterated k-core on compact arrays: every round, tasks count the rows per user and per
+      item id alive under the last round's masks (bool per id) and a tree of tasks sums them;
+      the rows themselves are not rewritten until the end;
+    - per partition, at the end: the k-core masks applied, ids compacted, `sort_rows`, the splits
+      (`split_user_tables`, on partition-local user ids), the ordering counts and the items'
+      training counts, and its own part files interactions/, train/, valid/, test/
+      `part-NNNNN.parquet` (NNNNN = the partition: user ranges ascend with it, so the parts in
+      name order are sorted by user).
+  Ray Data, temporal protocol only: the cut points (a distributed sort of the timestamps; a task
+    reads the quantile rows out of their blocks).
 The driver holds only what is O(vocabulary), where encoding needs it:
   - the sorted user and item vocabularies (the raw values: 8 bytes per integer id, or the string
     bytes + 4 bytes of offset), put once in the object store for the encoding tasks;
-  - each k-core round's per-user and per-item counts (8 bytes per entry, plus 16 bytes per
-    entry while the aggregate is read) and the compaction maps old -> new id (4 bytes per entry);
+  - each k-core round's per-user and per-item counts (8 bytes per entry) and masks (1 byte per
+    entry), and the compaction maps old -> new id (4 bytes per entry);
   - the item/user feature tables (data/prepare.py `entity_table`, one row per item/user);
   - the items' training counts (ITEM_COUNTS: 2 x 8 bytes per item), summed from the
     partitions' files one file at a time.
