@@ -213,6 +213,7 @@ def main() -> int:
     ap.add_argument("--dir", default=None)
     ap.add_argument("--memory-all", action="store_true", help="run the in-memory path at every size")
     ap.add_argument("--ray-data", action="store_true", help="Ray Data streaming split vs direct reads, in Ray Train")
+    ap.add_argument("--rounds", type=int, default=2, help="--ray-data: alternating rounds of the two arms")
     ap.add_argument("--measure", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.measure:
@@ -226,7 +227,7 @@ def main() -> int:
 
         for size in sizes:
             d = generate(out, size)
-            for arm in ("direct", "ray_data", "direct", "ray_data"):    # alternating: load drifts
+            for arm in ("direct", "ray_data") * a.rounds:    # alternating: load drifts
                 cmd = [sys.executable, __file__, "--measure", str(d), arm, "--workers", str(a.workers),
                        "--max-batches", str(a.max_batches)]
                 load = os.getloadavg()[0]
