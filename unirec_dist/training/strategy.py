@@ -247,7 +247,9 @@ def _tables_on_meta(model: torch.nn.Module) -> bool:
 
 
 def process_memory() -> dict[str, float]:
-    """This process's resident memory now and at its peak, MiB (Linux /proc; {} elsewhere)."""
+    """This process's resident memory now and at its peak, MiB (Linux /proc; {} elsewhere), and,
+    once it has used CUDA, its GPU memory peak (`gpu_peak_mib`: torch's allocator high-water mark
+    on the current device, tables' shards and fused optimizer state included)."""
     out: dict[str, float] = {}
     try:
         with open("/proc/self/status") as f:
@@ -257,6 +259,8 @@ def process_memory() -> dict[str, float]:
                     out["rss_mib" if key == "VmRSS:" else "hwm_mib"] = int(kib) / 1024
     except OSError:
         pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
