@@ -9,12 +9,15 @@ training/data.py). Checkpoints are DCP directories reported to Ray (every rank r
 shards, Ray merges them, keeps the newest `keep_last`); after a worker failure Ray restarts the
 group (`distributed.max_failures`, default 3) and every worker resumes from the latest reported
 checkpoint: model, optimizers, RNG, global step and data position (`training/checkpointing.py`).
+`distributed.resume_from` (CLI `--resume-from`) starts a run from another run's checkpoint the
+same way, under this run's worker count and sharding plan (DCP reshards on load).
 At the end the final checkpoint is copied to `<out_dir>/checkpoints/step-<N>` with the pointers
 `final` and `last` (the layout every writer uses, `unirec_dist.checkpoint.dcp`).
 
 Everything a user can get wrong is checked in the driver before any worker starts: the dataset,
 the sharding constraints (against the real model's tables, built on the meta device), the table
-optimizer for the device, a Ray address that does not answer (within seconds), and more workers
+optimizer for the device, tables that cannot fit on the workers even sharded (`check_fit`, the
+planner's estimate), a Ray address that does not answer (within seconds), and more workers
 than the cluster's CPUs/GPUs (after `distributed.resource_wait_s`, while the autoscaler is asked
 for them). The workers' device is decided from the cluster's resources, not the driver's.
 """
