@@ -165,8 +165,16 @@ def run(ds: Path, out: Path, workers: int, dim: int, steps: int, plan: str, resu
     extra = [f"distributed.memory_gb={memory_gb}"] if memory_gb else []
     cfg = load_pretrain_config(CONFIG, overrides(ds, out, dim, steps, plan) + extra)
     cfg.distributed.resume_from = str(resume) if resume else None
-    t0 = time.perf_counter()
-    final = pretrain(cfg, workers=workers, progress=False)
+    for attempt in range(4):
+        t0 = time.perf_counter()
+        try:
+            final = pretrain(cfg, workers=workers, progress=False)
+            break
+        except Exception as e:   # Ray waits 30 s (fixed) for its raylet; a loaded machine can need more
+            if "timed out during startup" not in str(e) or attempt == 3:
+                raise
+            print(f"  (Ray did not start within its 30 s on a machine at load {os.getloadavg()[0]:.0f}: retrying)")
+            time.sleep(10)
     secs = time.perf_counter() - t0
     summary = json.loads((out / "pretrain.json").read_text())
     return {"workers": workers, "seconds": secs, "steps": summary["steps"], "stats": summary["worker_stats"],

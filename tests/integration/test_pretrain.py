@@ -204,7 +204,7 @@ def test_resume_under_another_plan_continues_then_finetunes_in_one_process(datas
     from unirec_dist.training.build import load_retriever
 
     ray_ckpts = {json.loads((p / "manifest.json").read_text())["step"]: p
-                 for p in (straight_run[0] / "ray" / "debug").glob("checkpoint_*")}
+                 for p in (straight_run[0] / "ray" / "debug").glob("checkpoint_*") if p.is_dir()}
     assert 6 in ray_ckpts, sorted(ray_ckpts)
     out = tmp_path / "run"
     cli = args(dataset, out, *RUN, "distributed.sharding.t_item=table_wise")
