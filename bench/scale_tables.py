@@ -174,6 +174,9 @@ def run(ds: Path, out: Path, workers: int, dim: int, steps: int, plan: str, resu
             if "timed out during startup" not in str(e) or attempt == 3:
                 raise
             print(f"  (Ray did not start within its 30 s on a machine at load {os.getloadavg()[0]:.0f}: retrying)")
+            import ray
+
+            ray.shutdown()          # whatever of the half-started local cluster is left
             time.sleep(10)
     secs = time.perf_counter() - t0
     summary = json.loads((out / "pretrain.json").read_text())
