@@ -34,7 +34,7 @@ row-wise shard sees lookups; sampled-softmax negatives are drawn over all items.
 
 Safety: before each run the expected peak of all workers ((tables + state) / workers + the
 largest shard, which DCP copies while saving, + the constant) must fit in MemAvailable minus
-`--floor-gb`, else the stage is skipped with the figures; while a run goes, a watchdog kills this
+`--floor-gb` (waiting a few minutes for other jobs), else the stage is skipped with the figures; while a run goes, a watchdog kills this
 bench's own process tree if MemAvailable falls under the floor.
 """
 from __future__ import annotations
@@ -202,6 +202,16 @@ def placed(plan: dict) -> str:
     return ", ".join(f"{n} on rank {t['ranks']}" for n, t in plan["tables"].items())
 
 
+def wait_for_memory(need: int, floor: int, timeout_s: float = 300.0) -> bool:
+    """Whether `need` bytes fit in MemAvailable - floor, waiting up to `timeout_s` for other jobs."""
+    deadline = time.monotonic() + timeout_s
+    while need > mem_available() - floor:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(10)
+    return True
+
+
 def expected_peak(table_bytes: int, state_bytes: int, largest_shard: int, workers: int, const: int) -> int:
     return (table_bytes + state_bytes) // workers + largest_shard + const
 
@@ -252,7 +262,7 @@ def main() -> int:
     # 2. 2 workers, row-wise
     ds = make_dataset(work, users, items)
     need2 = 2 * expected_peak(table, state, shard, 2, const)
-    if need2 > mem_available() - floor:
+    if not wait_for_memory(need2, floor):
         print(f"\n2. skipped: 2 workers would need about {need2 / GIB:.1f} GiB ((tables + state) / 2 + the largest "
               f"shard DCP copies while saving + {const / GIB:.1f} GiB, per worker) but MemAvailable is "
               f"{mem_available() / GIB:.1f} GiB with a {a.floor_gb:g} GiB floor; rerun when the machine is free "
@@ -295,7 +305,7 @@ def main() -> int:
           f"with workers of {mem_gb} GiB (distributed.memory_gb, the 2-worker peak + 0.5): "
           + (f"refused before workers start: {refusal}" if refusal else "NOT refused (unexpected)"))
     need1 = expected_peak(table, state, 2 * shard, 1, const)
-    if need1 <= mem_available() - floor:
+    if wait_for_memory(need1, floor, 120):
         r1 = run(ds, work / "run-1w", 1, a.dim, a.steps, "row_wise")
         one = r1["stats"][0]["hwm_mib"] / 1024
         res["one_worker"]["measured"] = r1
@@ -327,7 +337,7 @@ def main() -> int:
     # 5. fine-tune in 1 process
     if a.finetune:
         need = 2 * (table + state) + const
-        if need > mem_available() - floor:
+        if not wait_for_memory(need, floor, 120):
             print(f"\n5. skipped: 1-process fine-tuning holds the whole model and its aligned copy, about "
                   f"{need / GIB:.1f} GiB; MemAvailable {mem_available() / GIB:.1f} GiB")
         else:
