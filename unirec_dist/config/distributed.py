@@ -14,6 +14,8 @@ Every key of `distributed` has a default, so any training YAML is also a pretrai
       placement_strategy: PACK        # PACK | SPREAD | STRICT_SPREAD | STRICT_PACK (workers over nodes)
       memory_gb: null                 # per device, for the planner (null: measured)
       resource_wait_s: null           # wait for the workers' CPUs/GPUs (null: 0 local, 600 joined)
+      resume_from: null               # continue a pretraining checkpoint (model, optimizers, step,
+                                      # data position) under this run's workers and plan (CLI --resume-from)
 """
 from __future__ import annotations
 
@@ -66,6 +68,9 @@ class DistributedSection:
     # nodes, pods start late) before refusing; null: 0 on the embedded local cluster (it cannot
     # grow), 600 on a cluster joined with an address
     resource_wait_s: float | None = None
+    # a pretraining checkpoint to continue (weights, optimizer state, global step, data position),
+    # written by any number of workers under any plan: DCP reshards it onto this run's plan
+    resume_from: str | None = None
 
     def validate(self) -> None:
         if self.workers < 1:

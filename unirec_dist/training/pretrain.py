@@ -13,12 +13,15 @@ a lost node's workers are placed again once the cluster has room (Ray Train wait
 failure more ends the run with one line (`WorkersFailedError`) naming the last good checkpoint,
 published like a final one but with the pointer `last` only. `distributed.placement_strategy`
 spreads or packs the workers over the nodes.
+`distributed.resume_from` (CLI `--resume-from`) starts a run from another run's checkpoint the
+same way, under this run's worker count and sharding plan (DCP reshards on load).
 At the end the final checkpoint is copied to `<out_dir>/checkpoints/step-<N>` with the pointers
 `final` and `last` (the layout every writer uses, `unirec_dist.checkpoint.dcp`).
 
 Everything a user can get wrong is checked in the driver before any worker starts: the dataset,
 the sharding constraints (against the real model's tables, built on the meta device), the table
-optimizer for the device, a Ray address that does not answer (within seconds), and more workers
+optimizer for the device, tables that cannot fit on the workers even sharded (`check_fit`, the
+planner's estimate), a Ray address that does not answer (within seconds), and more workers
 than the cluster's CPUs/GPUs (after `distributed.resource_wait_s`, while the autoscaler is asked
 for them). The workers' device is decided from the cluster's resources, not the driver's.
 """
@@ -70,6 +73,63 @@ def check_device(cfg: PretrainConfig, tables: dict[str, Any], device_type: str) 
     validate_sharding(cfg.distributed.sharding, tables, device_type)
     kind, _ = cfg.distributed.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
     validate_table_optimizer(kind, device_type)
+
+
+def check_fit(cfg: PretrainConfig, device_type: str, own_cluster: bool) -> None:
+    """The sharding planner's feasibility check, in the driver on the meta-built model: tables
+    that cannot fit on the workers even sharded (weights + fused optimizer state) are refused in
+    one line with the planner's bytes needed and available, before any worker starts (each worker
+    would otherwise allocate, plan the same and fail). Memory per worker: distributed.memory_gb,
+    else on the embedded cluster this host's RAM (or GPU memory) shared by the workers, as the
+    workers' own planner sees it; a joined cluster's nodes are not known here, so without
+    memory_gb the workers' planner alone decides there."""
+    from unirec_dist.embeddings import sharding as S
+    from unirec_dist.training.build import build_from_config
+    from unirec_dist.training.train import check_inputs
+
+    dist = cfg.distributed
+    if not own_cluster and not dist.memory_gb:
+        return
+    _, ds_manifest = check_inputs(cfg)
+    import torchrec  # noqa: F401  (before the meta-device context, see check_model)
+
+    model = build_from_config(cfg, ds_manifest, device="meta")
+    tables = S.find_tables(model)
+    kind, lr = dist.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
+    S.apply_table_optimizer(model, kind, lr, device_type=device_type)
+    memory = int(dist.memory_gb * 2**30) if dist.memory_gb else None
+    planner_log = logging.getLogger("torchrec.distributed.planner")
+    level = planner_log.level
+    planner_log.setLevel(logging.ERROR)     # its advice on building a Topology, as in the workers
+    try:
+        topo = S.make_topology(dist.workers, device_type, memory, local_world_size=dist.workers)
+        S.plan_sharding(model, topo, S.make_constraints(tables, dist.sharding, device_type),
+                        S.make_sharders(device_type), batch_size=cfg.data.batch_size)
+    finally:
+        planner_log.setLevel(level)
+
+
+def check_resume_from(cfg: PretrainConfig) -> None:
+    """distributed.resume_from: a pretraining checkpoint of this dataset's vocabulary (any worker
+    count and sharding plan: DCP reshards it on load), made absolute for the workers."""
+    from unirec_dist.checkpoint.dcp import check_vocab, read_manifest, resolve_checkpoint
+    from unirec_dist.errors import CheckpointError
+    from unirec_dist.training.train import check_inputs
+
+    dist = cfg.distributed
+    if not dist.resume_from:
+        return
+    src = Path(dist.resume_from).expanduser()
+    if not src.exists():
+        raise ConfigError(f"distributed.resume_from: {src} does not exist")
+    path = resolve_checkpoint(src)
+    manifest = read_manifest(path)
+    if manifest.get("kind") != "pretrain":
+        raise CheckpointError(f"distributed.resume_from: {path} is a {manifest.get('kind')!r} checkpoint, "
+                              "not a pretraining one (fine-tune it with `unirec finetune`)")
+    _, ds_manifest = check_inputs(cfg)
+    check_vocab(manifest, str(ds_manifest.get("vocab_hash")), f"distributed.resume_from {path}")
+    dist.resume_from = str(path.resolve())
 
 
 def resolve_paths(cfg: PretrainConfig) -> None:
@@ -212,7 +272,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         constraints=dict(dist.sharding), table_optimizer=kind, table_lr=lr, table_eps=dist.table_optimizer.eps,
         table_weight_decay=dist.table_optimizer.weight_decay,
         memory_bytes=int(dist.memory_gb * 2**30) if dist.memory_gb else None, batch_size=cfg.data.batch_size,
-        init_seed=cfg.trainer.seed,
+        # the workers on one node share its memory (the planner's default per worker)
+        local_world_size=ctx.get_local_world_size(), init_seed=cfg.trainer.seed,
     )
     strategy = ray_torchrec_strategy(
         sharding=sharding,
@@ -250,7 +311,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         precision=cfg.trainer.precision,
         default_root_dir=config.get("work_dir"),
     )
-    ckpt_path = None
+    # a run continued from another run's checkpoint (distributed.resume_from, any worker count or
+    # plan: DCP reshards on load); Ray's own checkpoint of this run, after a restart, comes first
+    ckpt_path = dist.resume_from
     ckpt = ray.train.get_checkpoint()
     local = None
     if ckpt is not None:
@@ -490,6 +553,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         check_address(dist.address)      # before any heavy import: seconds, not minutes
     resolve_paths(cfg)
     tables = check_model(cfg)
+    check_resume_from(cfg)
     if dist.device != "auto":            # known before Ray starts: fail before it does
         check_device(cfg, tables, dist.device)
     out = Path(cfg.trainer.out_dir).resolve()
@@ -520,6 +584,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
             log.warning("%s", note)
         use_gpu = device_type == "cuda"
         check_device(cfg, tables, device_type)
+        check_fit(cfg, device_type, own)
         wait = dist.resource_wait_s if dist.resource_wait_s is not None else (0.0 if own else JOINED_RESOURCE_WAIT_S)
         wait_for_resources(dist.workers, dist.cpus_per_worker, use_gpu, wait,
                            placement_strategy=dist.placement_strategy)
