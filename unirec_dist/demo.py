@@ -96,7 +96,7 @@ def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[
 
     t0 = _stage(4, "evaluate on the test split (full ranking) beside the popularity baseline")
     from unirec_dist.metrics.evaluate import evaluate, format_table, popularity
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     reports = {}
     for name, path in (("pretrained", pre_ckpt), ("fine-tuned", ckpt)):
@@ -119,7 +119,7 @@ def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[
     _done(t0, f"{recs.num_rows:,} rows (user, rank, item, score) -> {run / 'recs.parquet'}")
 
     t0 = _stage(6, "export a serving bundle")
-    from unirec_dist.checkpoint.export import export_bundle
+    from unirec_dist.serving.export import export_bundle
 
     bundle = export_bundle(ckpt, run / "bundle", dataset=data_dir)
     summary["bundle"] = str(bundle)

@@ -86,7 +86,7 @@ def test_known_rows_keep_pretrained_vectors(world):
     import pyarrow.parquet as pq
 
     from unirec_dist.config.finetune import load_finetune_config
-    from unirec_dist.training.build import build_from_config, load_retriever
+    from unirec_dist.models.factory import build_from_config, load_retriever
     from unirec_dist.training.finetune import init_from_pretrained, plan_finetune
 
     cfg = load_finetune_config(FINETUNE, [f"data.path={world['b']}"])
@@ -144,7 +144,7 @@ def test_cli_finetune_then_evaluate(world, capsys):
 
 def test_freeze_keeps_pretrained_rows_and_trains_new_ones(world):
     from unirec_dist.config.finetune import load_finetune_config
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
     from unirec_dist.training.finetune import finetune
 
     cfg = load_finetune_config(FINETUNE, [

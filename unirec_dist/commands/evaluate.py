@@ -73,7 +73,7 @@ def load_scorer(args: argparse.Namespace, dataset):
         from unirec_dist.metrics.evaluate import popularity
 
         return popularity(dataset)
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     model, _ = load_retriever(args.checkpoint, dataset=dataset.manifest)
     return model

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from unirec_dist.checkpoint.export import export_bundle
+    from unirec_dist.serving.export import export_bundle
 
     hnsw = None
     if args.ann == "hnsw":

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from unirec_dist.embeddings.features import FeatureSpec
 from unirec_dist.models.seqrec import SeqRecModel, pad_jagged
 from unirec_dist.tasks.augment import augment
 
@@ -181,3 +182,12 @@ class SequenceTask:
         if total is None:
             total = f.states.sum() * 0.0
         return total, parts
+
+
+def build_task(task_cfg, dataset_manifest: dict, item_counts=None) -> SequenceTask:
+    """The objective for `task_cfg` over the dataset `dataset_manifest` describes (its item count);
+    `item_counts` (N + 1,) training frequency per item id (row 0 = padding) feeds the retrieval
+    objective's logQ correction."""
+    spec = FeatureSpec.from_manifest(dataset_manifest)
+    counts = None if item_counts is None else torch.as_tensor(item_counts)
+    return SequenceTask(task_cfg, spec.n_items, counts)

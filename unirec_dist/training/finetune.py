@@ -1,7 +1,7 @@
 """Fine-tuning a pretrained checkpoint on a target dataset: `finetune(cfg, from_checkpoint) -> checkpoint dir`.
 
 One process (CPU or one GPU). The pretrained checkpoint may have been written by any number of
-workers: its weights are read with `training.build.load_retriever`, i.e. `checkpoint.dcp.
+workers: its weights are read with `models.factory.load_retriever`, i.e. `checkpoint.dcp.
 load_checkpoint` into a plain module (DCP reshards on load).
 
 Steps (every user-fixable problem is found before any training):
@@ -252,7 +252,7 @@ def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
 def init_from_pretrained(model: torch.nn.Module, plan: Plan) -> dict[str, Any]:
     """Copy the pretrained weights into the target-shaped `model` (in place) per the plan's maps."""
     from unirec_dist.training.align import copy_rows
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     src_model, _ = load_retriever(plan.ckpt)          # DCP load, any writer world size
     src = src_model.state_dict()
@@ -507,7 +507,8 @@ def _finetune(cfg: FinetuneConfig, plan: Plan, resume_from: Path | None, t0: flo
     import lightning as L
     import pyarrow.parquet as pq
 
-    from unirec_dist.training.build import build_from_config, build_task, dataset_section
+    from unirec_dist.models.factory import build_from_config, dataset_section
+    from unirec_dist.tasks.sequence import build_task
     from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, read_valid
     from unirec_dist.training.tracking import log_final_metrics
     from unirec_dist.training.train import apply_val_mask_seen, make_trainer
@@ -579,7 +580,7 @@ def evaluate_checkpoint(checkpoint, split: str = "test", ks=(10,), dataset=None,
     """Task metrics (retrieval HR/NDCG@K full ranking, history items masked if `mask_seen`;
     RMSE/MAE; AUC/log-loss) of a training or fine-tuning checkpoint on its dataset's `split`."""
     from unirec_dist.data.dataset import PreparedDataset
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     model, manifest = load_retriever(checkpoint)
     ds = PreparedDataset.open(dataset or manifest["dataset"]["path"])

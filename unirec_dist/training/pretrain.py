@@ -45,7 +45,7 @@ def check_model(cfg: PretrainConfig) -> dict[str, Any]:
     (unknown table or type, data_parallel): checked against CUDA, which allows the most, so
     that they fail before Ray starts. `check_device` checks the rest once the device is known."""
     from unirec_dist.embeddings.sharding import find_tables, validate_sharding
-    from unirec_dist.training.build import build_from_config
+    from unirec_dist.models.factory import build_from_config
     from unirec_dist.training.train import check_inputs
 
     _, ds_manifest = check_inputs(cfg)

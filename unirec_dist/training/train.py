@@ -95,7 +95,8 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
     buffers are filled here). Validation is sharded by the metrics code when a process group exists."""
     import pyarrow.parquet as pq
 
-    from unirec_dist.training.build import build_from_config, build_task, dataset_section
+    from unirec_dist.models.factory import build_from_config, dataset_section
+    from unirec_dist.tasks.sequence import build_task
     from unirec_dist.training.data import SequenceBatches, read_valid, train_source
     from unirec_dist.training.module import RecModule
 

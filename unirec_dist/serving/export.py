@@ -3,7 +3,7 @@
     export_bundle(checkpoint, out, dataset=None, overwrite=False, hnsw=None) -> Path
 
 The checkpoint (DCP, any world size) is loaded into one plain process with
-`training.build.load_retriever`; the bundle then holds the consolidated weights as plain tensors
+`models.factory.load_retriever`; the bundle then holds the consolidated weights as plain tensors
 (safetensors), the precomputed (N + 1, D) item matrix, the user/item vocabs (Parquet), each known
 user's full interaction sequence (Parquet, user -> list<int32>), the resolved config and a
 manifest naming the checkpoint (its own manifest), the dataset (vocab_hash, vocab sizes, feature
@@ -69,7 +69,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, dataset
     from unirec_dist.checkpoint.dcp import check_vocab, read_manifest
     from unirec_dist.data.dataset import PreparedDataset
     from unirec_dist.serving.bundle import write_bundle
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
     from unirec_dist.utils.atomic import check_output_dir
 
     check_output_dir(out, overwrite)  # fail before the expensive load

@@ -1,12 +1,12 @@
 """Model construction from config + dataset manifest, and loading a trained model back.
 
     build_model(model_cfg, dataset_manifest, task_cfg=None, device=None) -> SeqRecModel
-    build_task(task_cfg, dataset_manifest, item_counts=None) -> SequenceTask
     load_retriever(checkpoint, dataset=None) -> (model (eval, CPU), manifest)
 
 Components are picked by name from small explicit maps (the encoder registry in
 models/encoders/registry.py, HEADS); no import paths in YAML. `device="meta"` builds without
-allocating (for DMP to materialise and shard).
+allocating (for DMP to materialise and shard). It lives in models/ so that serving/ and
+checkpoint/ rebuild a trained model without importing training/ (tests/unit/test_layers.py).
 """
 from __future__ import annotations
 
@@ -85,14 +85,6 @@ class _nullctx:
         return False
 
 
-def build_task(task_cfg: TaskSection, dataset_manifest: dict[str, Any], item_counts=None):
-    from unirec_dist.tasks.sequence import SequenceTask
-
-    spec = FeatureSpec.from_manifest(dataset_manifest)
-    counts = None if item_counts is None else torch.as_tensor(item_counts)
-    return SequenceTask(task_cfg, spec.n_items, counts)
-
-
 def build_from_config(cfg: TrainConfig, dataset_manifest: dict[str, Any], device=None, table_device=None) -> nn.Module:
     return build_model(cfg.model, dataset_manifest, cfg.task, cfg.data.max_len, device=device, table_device=table_device)
 
@@ -126,10 +118,9 @@ def load_retriever(checkpoint_dir: str | os.PathLike, dataset: str | os.PathLike
         if isinstance(dataset, dict):
             ds_manifest, where = dataset, "dataset"
         else:
-            from unirec_dist.training.data import open_prepared
+            from unirec_dist.data.dataset import PreparedDataset
 
-            _, ds_manifest = open_prepared(dataset)
-            where = str(dataset)
+            ds_manifest, where = PreparedDataset.open(dataset).manifest, str(dataset)
         check_vocab(manifest, str(ds_manifest.get("vocab_hash")), where)
     if "config" not in manifest or "dataset" not in manifest:
         raise CheckpointError(f"{path}: manifest has no config/dataset; not a training checkpoint")
