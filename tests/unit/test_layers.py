@@ -70,3 +70,17 @@ def test_importing_serving_and_checkpoint_loads_no_training_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_ray_glue_lives_beside_the_strategy_not_in_it():
+    """training/strategy.py is Lightning + TorchRec only; Ray Train's side is training/ray_strategy.py,
+    with its strategy class defined at module level (picklable, importable, inspectable)."""
+    assert not any(m.split(".")[0] == "ray" for m in _imports(ROOT / "training" / "strategy.py"))
+    from ray.train.lightning import RayDDPStrategy
+
+    from unirec_dist.training.ray_strategy import RayTorchRecStrategy
+    from unirec_dist.training.strategy import TorchRecStrategy
+
+    assert issubclass(RayTorchRecStrategy, TorchRecStrategy) and issubclass(RayTorchRecStrategy, RayDDPStrategy)
+    assert RayTorchRecStrategy.__qualname__ == "RayTorchRecStrategy"
+    assert RayTorchRecStrategy.per_rank_dirs and RayTorchRecStrategy.strategy_name == "ray_torchrec"

@@ -434,7 +434,7 @@ class CheckpointCallback(Checkpoint):
     def _report(self, trainer: "pl.Trainer", name: str) -> None:
         import ray.train
 
-        from unirec_dist.training.strategy import flatten_worker_stats
+        from unirec_dist.training.ray_strategy import flatten_worker_stats
 
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         metrics.update(step=trainer.global_step, epoch=trainer.current_epoch)

@@ -155,7 +155,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from unirec_dist.config.loader import from_dict, to_dict
     from unirec_dist.training.checkpointing import CheckpointCallback
-    from unirec_dist.training.strategy import ShardingOptions, ray_torchrec_strategy
+    from unirec_dist.training.ray_strategy import RayTorchRecStrategy
+    from unirec_dist.training.strategy import ShardingOptions
     from unirec_dist.training.train import make_loggers, setup_training
 
     logging.getLogger("unirec_dist").setLevel(logging.INFO if config.get("verbose") else logging.WARNING)
@@ -187,7 +188,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         memory_bytes=int(dist.memory_gb * 2**30) if dist.memory_gb else None, batch_size=cfg.data.batch_size,
         init_seed=cfg.trainer.seed,
     )
-    strategy = ray_torchrec_strategy(
+    strategy = RayTorchRecStrategy(
         sharding=sharding,
         # "config" is the training schema (what load_retriever rebuilds the model from);
         # the distributed section sits beside it

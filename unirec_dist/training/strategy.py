@@ -295,28 +295,3 @@ def allreduce_dense_grads(params: list[torch.nn.Parameter]) -> None:
         else:
             p.grad.copy_(g)
         off += n
-
-
-def ray_torchrec_strategy(**kwargs: Any) -> TorchRecStrategy:
-    """TorchRecStrategy combined with Ray Train's RayDDPStrategy (device and ranks from Ray)."""
-    from ray.train.lightning import RayDDPStrategy
-
-    class RayTorchRecStrategy(TorchRecStrategy, RayDDPStrategy):
-        strategy_name = "ray_torchrec"
-        per_rank_dirs = True
-
-    return RayTorchRecStrategy(**kwargs)
-
-
-def flatten_worker_stats(stats: list[dict[str, Any]]) -> dict[str, float]:
-    """`worker_stats()` as flat numeric metrics (what ray.train.report keeps reliably)."""
-    out: dict[str, float] = {}
-    for d in stats:
-        r = d["rank"]
-        for k, v in d.items():
-            if isinstance(v, (int, float)) and k != "rank":
-                out[f"worker/{r}/{k}"] = v
-        for name, t in (d.get("tables") or {}).items():
-            for k, v in t.items():
-                out[f"worker/{r}/table/{name}/{k}"] = v
-    return out
