@@ -103,19 +103,18 @@ def step_dir_name(step: int) -> str:
 def _metadata_classes() -> dict[tuple[str, str], Any]:
     import pathlib
 
-    import torch.distributed.checkpoint.filesystem as fs
+    import torch
     import torch.distributed.checkpoint.metadata as md
-    import torch.serialization
+
+    from unirec_dist.compat.torch_api import dcp_metadata_globals
 
     allowed: dict[tuple[str, str], Any] = {
         (md.__name__, n): getattr(md, n)
         for n in ("Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
-                  "ChunkStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")
+                  "ChunkStorageMetadata", "TensorProperties", "StorageMeta")
     }
-    allowed[(fs.__name__, "_StorageInfo")] = fs._StorageInfo
+    allowed.update(dcp_metadata_globals())   # the private ones, kept in unirec_dist.compat
     allowed[("torch", "Size")] = torch.Size
-    # tensor layouts are pickled as a call of this function with the layout's name (a lookup, no code)
-    allowed[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
     # StorageMeta.checkpoint_id: the path the checkpoint was saved to
     allowed[("pathlib", "PosixPath")] = pathlib.PosixPath
     allowed[("pathlib", "Path")] = pathlib.Path

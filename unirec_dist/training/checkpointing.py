@@ -170,9 +170,9 @@ class RNGState(Stateful):
 
 def _init_optimizer_state(opt: torch.optim.Optimizer) -> None:
     """Create an optimizer's lazily built state (Adam's moments) so DCP can load into it."""
-    from torch.distributed.checkpoint.state_dict import _init_optim_state
+    from unirec_dist.compat.torch_api import init_optim_state
 
-    _init_optim_state(opt)
+    init_optim_state(opt)
 
 
 # -- the strategy mixin --------------------------------------------------------------------------
@@ -283,11 +283,12 @@ class DCPCheckpointing:
             done = int(rest["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"])
         except (KeyError, TypeError):
             done = 0
-        trainer = getattr(self.lightning_module, "_trainer", None)
-        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-        loader = getattr(source, "instance", None) if source is not None else None
+        from unirec_dist.compat.lightning_api import train_loader_of
+
+        loader = train_loader_of(self.lightning_module)
         if loader is None:
             return
+        trainer = self.lightning_module.trainer
         epoch = int(rest.get("epoch", 0))
         per_epoch = _batches_per_epoch(loader, trainer.limit_train_batches)
         if per_epoch is not None and done >= per_epoch:

@@ -304,13 +304,7 @@ def filter_worker_logs() -> None:
     """Forward only the training workers' own output (rank 0's progress bar, our log lines) to
     the terminal, without Ray's "(RayTrainWorker pid=...)" prefix; Ray's controller/cleaner
     chatter and known library noise stay in Ray's log files (/tmp/ray/session_latest/logs)."""
-    try:
-        import ray._private.worker as rw
-    except ImportError:  # pragma: no cover - Ray internals moved: fall back to Ray's own output
-        return
-    if getattr(rw, "_unirec_filtered", False):
-        return
-    original = rw.print_worker_logs
+    from unirec_dist.compat.ray_api import replace_print_worker_logs
 
     def print_worker_logs(data, print_file, ignore_prefix: bool = False):
         name = str(data.get("actor_name") or data.get("task_name") or "")
@@ -320,9 +314,7 @@ def filter_worker_logs() -> None:
             if not any(n in line for n in _NOISE):
                 print(line, file=print_file)
 
-    rw.print_worker_logs = print_worker_logs
-    rw._unirec_filtered = True
-    rw._unirec_original_print_worker_logs = original
+    replace_print_worker_logs(print_worker_logs)
 
 
 def _ray_init(address: str | None, num_cpus: int | None) -> bool:
