@@ -184,6 +184,12 @@ def test_rating_and_ctr_heads(world, task, keys):
         assert summary["monitor"] == "RMSE" and summary["best_val"]["rated"] == 60
     else:
         assert summary["monitor"] == "AUC" and 0 <= summary["test"]["AUC"] <= 1
+    # `unirec evaluate` reports the head's metrics too: the figures the run wrote for its test split
+    report = out / "eval.json"
+    assert main(["evaluate", "--checkpoint", summary["checkpoint"], "--k", "10", "--out", str(report)]) == 0
+    got = json.loads(report.read_text())["pointwise"]
+    for k in keys:
+        assert got[k] == pytest.approx(summary["test"][k], rel=1e-6), (k, got, summary["test"])
 
 
 def test_align_by_title_when_ids_differ(world, capsys):

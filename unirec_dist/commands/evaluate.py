@@ -113,8 +113,17 @@ def run(args: argparse.Namespace) -> int:
         else {"checkpoint": str(args.checkpoint), "step": (manifest or {}).get("step"), "epoch": (manifest or {}).get("epoch")}
     )
     report["dataset"] = {"path": str(dataset.root.resolve()), "name": dataset.name, "vocab_hash": dataset.vocab_hash}
+    if manifest is not None:
+        from unirec_dist.metrics.tasks import checkpoint_pointwise_metrics
+
+        pointwise = checkpoint_pointwise_metrics(scorer, manifest, dataset, args.split, args.batch_size)
+        if pointwise:   # a rating or CTR checkpoint: its heads' metrics on each query's first target
+            report["pointwise"] = pointwise
     title = f"{args.baseline} baseline" if args.baseline else f"checkpoint {args.checkpoint}"
     print(format_table(report, title=f"{title} on {dataset.name}"))
+    if report.get("pointwise"):
+        print("pointwise (first target per query): " + "  ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report["pointwise"].items()))
     print(f"({report['seconds']:.2f} s)")
     if args.out:
         from pathlib import Path
