@@ -62,7 +62,7 @@ def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[
         if not (run / DEMO_MARKER).is_file() and (not run.is_dir() or any(run.iterdir())):
             from unirec_dist.errors import UnirecError
 
-            raise UnirecError(f"--out {run} exists and was not made by `unirec demo`; choose another folder")
+            raise UnirecError(f"{run} exists and was not made by `unirec demo`; choose another folder")
         shutil.rmtree(run)
     run.mkdir(parents=True)
     (run / DEMO_MARKER).write_text("made by `unirec demo`; the next demo run into this folder replaces it\n")

@@ -21,6 +21,11 @@ import torch
 
 from unirec_dist.config.loader import from_dict
 from unirec_dist.config.train import TrainConfig
+from unirec_dist.data.batch import iter_query_batches
+from unirec_dist.data.dataset import PreparedDataset
+from unirec_dist.metrics.evaluate import evaluate_table
+from unirec_dist.metrics.pointwise import auc, log_loss, mae, rmse
+from unirec_dist.models.factory import load_retriever
 
 
 def _first(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -37,8 +42,6 @@ def _first(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 @torch.no_grad()
 def _pointwise_states(model, queries, batch_size: int, max_len: int):
     """Per query: (hist (B, L, D), lengths (B,), state after the history (B, D), first target (B,))."""
-    from unirec_dist.data.batch import iter_query_batches
-
     for b in iter_query_batches(queries, batch_size, max_len):
         items, lengths = model.embed_sequences(b.seq)
         states = model.encode(items, lengths.clamp(min=1), b.users)
@@ -49,8 +52,6 @@ def _pointwise_states(model, queries, batch_size: int, max_len: int):
 @torch.no_grad()
 def rating_metrics(model, queries, batch_size: int = 512) -> dict[str, float]:
     """RMSE/MAE of the rating head on each query's first target (queries with a target rating)."""
-    from unirec_dist.metrics.pointwise import mae, rmse
-
     if "target_ratings" not in queries.column_names:
         return {}
     y = _first(queries["target_ratings"])
@@ -66,8 +67,6 @@ def rating_metrics(model, queries, batch_size: int = 512) -> dict[str, float]:
 def ctr_metrics(model, queries, ctr_cfg, n_items: int, batch_size: int = 512, seed: int = 0) -> dict[str, float]:
     """AUC/log-loss of the CTR head: each query's first target (label 1, or rating >=
     label_min_rating) against `num_negatives` uniformly drawn items (label 0, fixed seed)."""
-    from unirec_dist.metrics.pointwise import auc, log_loss
-
     g = torch.Generator().manual_seed(seed)
     thr = ctr_cfg.label_min_rating
     ratings = _first(queries["target_ratings"]) if (thr is not None and "target_ratings" in queries.column_names) else None
@@ -133,8 +132,6 @@ def task_metrics(model, queries, train_cfg: TrainConfig, n_items: int, ks=(10,),
     catalogue; history items are masked if `mask_seen` (None: the config's trainer.val_mask_seen)."""
     if mask_seen is None:
         mask_seen = train_cfg.trainer.val_mask_seen
-    from unirec_dist.metrics.evaluate import evaluate_table
-
     tasks = train_cfg.task.active_tasks
     was = model.training
     model.eval()
@@ -163,9 +160,6 @@ def evaluate_checkpoint(checkpoint: Any, split: str = "test", ks=(10,), dataset=
                         mask_seen: bool = False) -> dict[str, float]:
     """Task metrics (retrieval HR/NDCG@K full ranking, history items masked if `mask_seen`;
     RMSE/MAE; AUC/log-loss) of a training or fine-tuning checkpoint on its dataset's `split`."""
-    from unirec_dist.data.dataset import PreparedDataset
-    from unirec_dist.models.factory import load_retriever
-
     model, manifest = load_retriever(checkpoint)
     ds = PreparedDataset.open(dataset or manifest["dataset"]["path"])
     cfg = from_dict(TrainConfig, manifest["config"], where=f"{checkpoint}/manifest.json config")

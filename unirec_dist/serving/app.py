@@ -19,6 +19,8 @@ cost more than that), /explain in FastAPI's thread pool (it can take tens of mil
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime,
 # and the request models are local classes (their limits come from the Recommender), which string
 # annotations could not resolve.
+import json
+import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 if TYPE_CHECKING:
@@ -42,8 +44,6 @@ class BodyLimit:
         self.detail = f"request body larger than {self.limit} bytes"
 
     async def _refuse(self, send: Any) -> None:
-        import json
-
         body = json.dumps({"detail": self.detail}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -114,8 +114,6 @@ def _message(e: dict[str, Any]) -> str:
 
 def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
                max_body_bytes: int = MAX_BODY_BYTES) -> "FastAPI":
-    import time
-
     from fastapi import FastAPI, Request, Response
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse

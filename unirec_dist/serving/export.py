@@ -24,8 +24,18 @@ import numpy as np
 import pyarrow as pa
 
 from unirec_dist.errors import CheckpointError
+import torch
+from unirec_dist.checkpoint.dcp import check_vocab, read_manifest
+from unirec_dist.data.dataset import PreparedDataset
+from unirec_dist.models.factory import load_retriever
+from unirec_dist.serving.bundle import write_bundle
+from unirec_dist.utils.atomic import check_output_dir
 
 log = logging.getLogger(__name__)
+
+
+class NoDatasetError(CheckpointError):
+    """The checkpoint names no dataset and none was given (the command layer names its flag)."""
 
 
 def full_histories(dataset: Any) -> pa.Table:
@@ -48,8 +58,6 @@ def full_histories(dataset: Any) -> pa.Table:
 
 
 def _plain_state(model: Any) -> dict[str, Any]:
-    import torch
-
     state = {}
     for k, v in model.state_dict().items():
         if type(v) is not torch.Tensor and not isinstance(v, torch.nn.Parameter):
@@ -64,21 +72,13 @@ def _plain_state(model: Any) -> dict[str, Any]:
 def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, dataset: str | os.PathLike | None = None,
                   overwrite: bool = False, hnsw: dict[str, Any] | None = None) -> Path:
     """Write the serving bundle for `checkpoint` to `out` (see the module docstring)."""
-    import torch
-
-    from unirec_dist.checkpoint.dcp import check_vocab, read_manifest
-    from unirec_dist.data.dataset import PreparedDataset
-    from unirec_dist.serving.bundle import write_bundle
-    from unirec_dist.models.factory import load_retriever
-    from unirec_dist.utils.atomic import check_output_dir
-
     check_output_dir(out, overwrite)  # fail before the expensive load
     ckpt = Path(checkpoint)
     manifest = read_manifest(ckpt)
     ds_section = manifest.get("dataset") or {}
     ds_path = dataset if dataset is not None else ds_section.get("path")
     if not ds_path:
-        raise CheckpointError(f"{ckpt}/manifest.json names no dataset path; pass --dataset")
+        raise NoDatasetError(f"{ckpt}/manifest.json names no dataset path; give the prepared dataset to export with")
     ds = PreparedDataset.open(ds_path)
     check_vocab(manifest, ds.vocab_hash, str(ds_path))
     model, manifest = load_retriever(ckpt)

@@ -13,6 +13,7 @@ Items already in the history are excluded unless `exclude_seen=False`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -216,8 +217,6 @@ class Recommender:
     def from_bundle(cls, path: str | os.PathLike, index: str = "exact", *, ef_search: int | None = None,
                     hnsw: dict[str, Any] | None = None, **kwargs: Any) -> "Recommender":
         """Load a bundle written by `unirec export` (no torch.distributed, no sharding, no pickle)."""
-        import json
-
         import pyarrow.parquet as pq
 
         from unirec_dist.serving import bundle as B

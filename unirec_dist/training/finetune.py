@@ -53,6 +53,20 @@ from unirec_dist.config.train import DataSection, TrainConfig
 from unirec_dist.errors import CheckpointError, ConfigError
 from unirec_dist.metrics.tasks import evaluate_checkpoint, monitor_of, task_metrics
 from unirec_dist.training.module import RecModule
+import lightning as L
+import pyarrow.parquet as pq
+from unirec_dist.checkpoint.dcp import read_manifest, resolve_checkpoint
+from unirec_dist.data import align as A
+from unirec_dist.data.align import copy_rows
+from unirec_dist.data.dataset import PreparedDataset
+from unirec_dist.embeddings.features import FeatureSpec
+from unirec_dist.models.factory import build_from_config, dataset_section, load_retriever
+from unirec_dist.tasks.sequence import build_task
+from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
+from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, open_prepared, read_valid
+from unirec_dist.training.tracking import check_tracking, log_final_metrics
+from unirec_dist.training.train import _quiet, apply_val_mask_seen, make_trainer
+from unirec_dist.utils.device import configure_cpu, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +94,6 @@ class Plan:
 
 
 def _pretrained_config(ckpt: Path) -> tuple[dict[str, Any], TrainConfig]:
-    from unirec_dist.checkpoint.dcp import read_manifest
-
     manifest = read_manifest(ckpt)
     if "config" not in manifest or "dataset" not in manifest:
         raise CheckpointError(f"{ckpt}: manifest has no config/dataset; not a training checkpoint")
@@ -95,8 +107,6 @@ def _pretrained_config(ckpt: Path) -> tuple[dict[str, Any], TrainConfig]:
 def _model_features(pcfg: TrainConfig, ckpt_manifest: dict[str, Any], target_manifest: dict[str, Any],
                     where: str) -> list[Any]:
     """The pretrained model's item features, checked against the target dataset's."""
-    from unirec_dist.embeddings.features import FeatureSpec
-
     src = FeatureSpec.from_manifest(ckpt_manifest["dataset"], where="checkpoint manifest dataset")
     feats = src.item_features(pcfg.model.embedding.item_features)
     tgt = {f.name: f for f in FeatureSpec.from_manifest(target_manifest, where=where).features if f.table == "items"}
@@ -134,8 +144,6 @@ def _effective_config(cfg: FinetuneConfig, pcfg: TrainConfig, feature_names: lis
 
 
 def _source_dataset(cfg: FinetuneConfig, ckpt: Path, ckpt_manifest: dict[str, Any]):
-    from unirec_dist.data.dataset import PreparedDataset
-
     path = cfg.init.source_data or (ckpt_manifest.get("dataset") or {}).get("path")
     if not path:
         raise AlignmentError(f"{ckpt}: the manifest names no pretraining dataset; set init.source_data")
@@ -159,8 +167,6 @@ def _share(m: np.ndarray) -> dict[str, Any]:
 def align(cfg: FinetuneConfig, ckpt_manifest: dict[str, Any], ckpt: Path, target, feats: list[Any],
           user_table: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Row maps for every embedding table of the model (state key -> (n_target_rows,) int64)."""
-    from unirec_dist.data import align as A
-
     ini = cfg.init
     source = _source_dataset(cfg, ckpt, ckpt_manifest)
     n_t, n_s = target.n_items + 1, source.n_items + 1
@@ -228,12 +234,6 @@ def align(cfg: FinetuneConfig, ckpt_manifest: dict[str, Any], ckpt: Path, target
 
 def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
     """All checks and the alignment, before any model is built."""
-    from unirec_dist.data.dataset import PreparedDataset
-    from unirec_dist.training.data import open_prepared
-    from unirec_dist.utils.device import resolve_device
-
-    from unirec_dist.checkpoint.dcp import resolve_checkpoint
-
     ckpt = resolve_checkpoint(from_checkpoint)
     ckpt_manifest, pcfg = _pretrained_config(ckpt)
     path, t_manifest = open_prepared(cfg.data.path)
@@ -253,9 +253,6 @@ def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
 # ----------------------------------------------------------------------------- weights
 def init_from_pretrained(model: torch.nn.Module, plan: Plan) -> dict[str, Any]:
     """Copy the pretrained weights into the target-shaped `model` (in place) per the plan's maps."""
-    from unirec_dist.data.align import copy_rows
-    from unirec_dist.models.factory import load_retriever
-
     src_model, _ = load_retriever(plan.ckpt)          # DCP load, any writer world size
     src = src_model.state_dict()
     dst = model.state_dict()
@@ -377,10 +374,6 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
     without one of them). Resuming re-plans from `from_checkpoint`, then continues the run from
     its newest checkpoint (weights, optimizer, RNG, loop state).
     """
-    from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
-    from unirec_dist.training.tracking import check_tracking
-    from unirec_dist.training.train import _quiet
-
     t0 = time.perf_counter()
     _quiet()
     plan = plan_finetune(cfg, from_checkpoint)
@@ -396,16 +389,6 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
 
 def _finetune(cfg: FinetuneConfig, plan: Plan, resume_from: Path | None, t0: float) -> Path:
     """The fine-tuning run itself (see `finetune`)."""
-    import lightning as L
-    import pyarrow.parquet as pq
-
-    from unirec_dist.models.factory import build_from_config, dataset_section
-    from unirec_dist.tasks.sequence import build_task
-    from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, read_valid
-    from unirec_dist.training.tracking import log_final_metrics
-    from unirec_dist.training.train import apply_val_mask_seen, make_trainer
-    from unirec_dist.utils.device import configure_cpu, resolve_device
-
     eff, target = plan.train_cfg, plan.target
     apply_val_mask_seen(eff, target.manifest)
     seqs = TrainSequences.from_dir(target.root, eff.data.train_on)

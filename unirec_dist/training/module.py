@@ -10,6 +10,7 @@ assumes a plain module.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import lightning as L
@@ -43,8 +44,6 @@ class RecModule(L.LightningModule):
         return self.model.query_embeddings(batch)
 
     def on_fit_start(self) -> None:
-        import time
-
         self._t0 = time.perf_counter()
 
     def training_step(self, batch, batch_idx: int):
@@ -92,8 +91,6 @@ class RecModule(L.LightningModule):
         self.best_ndcg = max(self.best_ndcg, ndcg)
         self.log("val/HR@10", hr, prog_bar=True, sync_dist=False)
         self.log("val/NDCG@10", ndcg, prog_bar=True, sync_dist=False)
-        import time
-
         wall = time.perf_counter() - (self._t0 or time.perf_counter())
         self.log("val/fit_seconds", wall, sync_dist=False)
         log.info("epoch %d: val HR@10 %.4f NDCG@10 %.4f (%.0f s into fit)", self.current_epoch, hr, ndcg, wall)
