@@ -30,6 +30,10 @@ class SpawnWithoutWeightsHandBack:
     """DDPStrategy mixin: the spawn launcher becomes `NoWeightsHandBackLauncher`, through the
     strategy's private `_configure_launcher` hook (where DDPStrategy picks its launcher)."""
 
+    if TYPE_CHECKING:   # DDPStrategy's own attributes
+        _launcher: Any
+        _start_method: str
+
     def _configure_launcher(self) -> None:
         super()._configure_launcher()  # type: ignore[misc]
         if isinstance(self._launcher, _MultiProcessingLauncher):

@@ -138,7 +138,8 @@ def task_metrics(model, queries, train_cfg: TrainConfig, n_items: int, ks=(10,),
     try:
         out: dict[str, float] = {}
         if "retrieval" in tasks:
-            m = evaluate_table(model, queries, n_items, ks=ks, mask_seen=mask_seen, batch_size=batch_size, progress=False)
+            m = evaluate_table(model, queries, n_items, ks=ks, mask_seen=bool(mask_seen), batch_size=batch_size,
+                               progress=False)
             out.update({k: float(v) for k, v in m.items()})
         out.update(pointwise_metrics(model, queries, train_cfg, n_items, batch_size, seed))
         return out

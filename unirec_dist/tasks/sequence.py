@@ -8,6 +8,7 @@ position. `batch.extra["ratings"]` (T,) float, aligned with seq values, feeds th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ def forward_sequences(model: SeqRecModel, batch, values: torch.Tensor | None = N
     jt = batch.seq["item"]
     if values is None:
         values, lengths = jt.values().long(), jt.lengths().long()
+    assert lengths is not None, "values without lengths"
     # pad_width: the ranks' common width (training/strategy.common_pad_width), when distributed
     width = max(int(lengths.max()), 2, int(batch.extra.get("pad_width", 0)))
     ids = pad_jagged(values, lengths, width)                   # (B, L+1)
@@ -142,7 +144,7 @@ class SequenceTask:
     def __init__(self, task_cfg, n_items: int, item_counts: torch.Tensor | None = None) -> None:
         self.cfg = task_cfg
         self.weights = task_cfg.active_tasks
-        self.objectives = {}
+        self.objectives: dict[str, Any] = {}
         builders = {
             "retrieval": lambda: RetrievalObjective(task_cfg.retrieval, n_items, item_counts),
             "rating": lambda: RatingObjective(),

@@ -185,6 +185,12 @@ class DCPCheckpointing:
     override `fused_optimizer()` and `plan_manifest()` (the TorchRec strategy does).
     """
 
+    if TYPE_CHECKING:   # provided by the host Lightning strategy
+        lightning_module: Any
+        optimizers: list[Any]
+        is_global_zero: bool
+        global_rank: int
+
     #: extra manifest entries for every checkpoint (kind, config, dataset, ...), set by the job
     manifest_extra: dict[str, Any]
     #: under Ray Train each rank writes its own local folder and Ray merges them

@@ -328,6 +328,7 @@ class FinetuneModule(RecModule):
     def run_validation(self) -> dict[str, float]:
         if self.valid is None or self.valid.num_rows == 0:
             return {}
+        assert self.n_items is not None, "validation queries without n_items"
         return task_metrics(self.model, self.valid, self.cfg, self.n_items,
                             batch_size=self.cfg.data.valid_batch_size, seed=self.cfg.trainer.seed)
 

@@ -38,7 +38,7 @@ class RecModule(L.LightningModule):
         self.best_ndcg = float("-inf")
         self.last_metrics: dict[str, float] = {}
         self._validated_epoch = -1
-        self._t0 = None
+        self._t0: float | None = None
 
     def forward(self, batch):
         return self.model.query_embeddings(batch)
@@ -65,8 +65,9 @@ class RecModule(L.LightningModule):
         try:
             from unirec_dist.metrics.evaluate import evaluate_table
 
+            assert self.n_items is not None, "validation queries without n_items"
             return evaluate_table(model, self.valid, self.n_items, ks=VAL_KS,
-                                  mask_seen=self.cfg.trainer.val_mask_seen,
+                                  mask_seen=bool(self.cfg.trainer.val_mask_seen),
                                   batch_size=self.cfg.data.valid_batch_size, progress=False)
         finally:
             model.train(was)

@@ -84,7 +84,7 @@ def _abandoned(tmp: Path) -> bool:
 
 def remove_leftovers(parent: Path, name: str) -> list[Path]:
     """Remove the temp dirs of `parent/name` that a killed run of ours left behind."""
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [p for p in parent.iterdir() if p.name.startswith(f".{name}.tmp-") and p.is_dir()]
     except OSError:
