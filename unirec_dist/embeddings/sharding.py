@@ -1,7 +1,7 @@
 """Sharding of embedding tables: topology, per-table constraints, planner, sharders, fused optimizer.
 
-This module and `unirec_dist.training.strategy` are the only places that import
-`torchrec.distributed`. Models stay plain single-device modules; here they are planned and wrapped
+This module (with sharders.py) and `unirec_dist.training.strategy` are the only places that
+import `torchrec.distributed`. Models stay plain single-device modules; here they are planned and wrapped
 in DistributedModelParallel (DMP).
 
 What runs where (measured with torch 2.13 CPU, torchrec 1.8, fbgemm-gpu-cpu 1.8):
@@ -181,17 +181,8 @@ def make_constraints(
 def make_sharders(device_type: str) -> list[Any]:
     """EBC/EC sharders; on CPU the EBC sharder also offers row_wise."""
     from torchrec.distributed.embedding import EmbeddingCollectionSharder
-    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-    from torchrec.distributed.types import ShardingType
 
-    class CpuRowWiseEBCSharder(EmbeddingBagCollectionSharder):
-        """The stock EBC sharder plus row_wise on CPU (tested: trains and checkpoints correctly)."""
-
-        def sharding_types(self, compute_device_type: str) -> list[str]:
-            types = list(super().sharding_types(compute_device_type))
-            if compute_device_type == "cpu" and ShardingType.ROW_WISE.value not in types:
-                types.append(ShardingType.ROW_WISE.value)
-            return types
+    from unirec_dist.embeddings.sharders import CpuRowWiseEBCSharder
 
     return [CpuRowWiseEBCSharder(), EmbeddingCollectionSharder()]
 
