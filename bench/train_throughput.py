@@ -56,7 +56,6 @@ def main() -> int:
     from unirec_dist.models.factory import build_from_config
     from unirec_dist.tasks.sequence import build_task
     from unirec_dist.training.data import SequenceBatches, open_prepared, read_valid, train_source
-
     from unirec_dist.utils.device import configure_cpu
 
     configure_cpu(a.threads)

@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import argparse
 import json
-
-import numpy as np
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

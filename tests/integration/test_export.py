@@ -77,9 +77,9 @@ def sasrec(dataset_dir, tmp_path_factory):
 @pytest.mark.parametrize("exclude_seen", [True, False])
 def test_bundle_equals_checkpoint_topn(exported, dataset_dir, exclude_seen):
     from unirec_dist.data.dataset import PreparedDataset
+    from unirec_dist.models.factory import load_retriever
     from unirec_dist.serving.recommender import Recommender
     from unirec_dist.serving.topn import all_users, recommend
-    from unirec_dist.models.factory import load_retriever
 
     kind, ckpt, bundle = exported
     ds = PreparedDataset.open(dataset_dir)

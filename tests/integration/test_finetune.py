@@ -25,12 +25,13 @@ USER_W = "embedding.user_ec.embeddings.t_user.weight"
 def _prepare_variant(root: Path, seed: int, n_items: int, rename=None, reverse_items: bool = False) -> Path:
     """A synthetic dataset whose raw item ids are renamed (`rename`: prefix) or whose item table
     is attached to the wrong ids (`reverse_items`), prepared with the real `prepare`."""
-    from unirec_dist.config.dataset import DatasetConfig
-    from unirec_dist.config.loader import load_config
-    from unirec_dist.data.prepare import prepare
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
+
+    from unirec_dist.config.dataset import DatasetConfig
+    from unirec_dist.config.loader import load_config
+    from unirec_dist.data.prepare import prepare
 
     cfg_path = write_synthetic_log(root / "raw", n_users=40, n_items=n_items, seed=seed)
     items = pq.read_table(root / "raw" / "items.parquet")

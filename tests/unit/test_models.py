@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from unirec_dist.config.loader import from_dict
-from unirec_dist.config.train import ModelSection, TaskSection, EmbeddingSection
+from unirec_dist.config.train import EmbeddingSection, ModelSection, TaskSection
 from unirec_dist.data.batch import make_seq_batch
 from unirec_dist.models.encoders.registry import ENCODERS
 from unirec_dist.models.encoders.sasrec import SASRecConfig

@@ -93,9 +93,9 @@ def test_missing_config_file(capsys, tmp_path):
 
 # -- data --------------------------------------------------------------------------------------
 def test_sequences_train_and_train_valid(ds):
-    from unirec_dist.training.data import TrainSequences
-
     import pyarrow.parquet as pq
+
+    from unirec_dist.training.data import TrainSequences
 
     train = pq.read_table(ds / "train.parquet").to_pylist()
     valid = {r["user"]: r["targets"][0] for r in pq.read_table(ds / "valid.parquet").to_pylist()}

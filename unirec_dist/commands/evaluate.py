@@ -100,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
                           f"(neither {args.split}.parquet nor a {args.split}/ folder of parts)")
 
     from unirec_dist.metrics.evaluate import evaluate, format_table
-
     from unirec_dist.utils.device import configure_cpu
 
     configure_cpu(args.threads)

@@ -7,8 +7,10 @@ import torch
 import torch.distributed.checkpoint.filesystem as _dcp_fs
 import torch.distributed.checkpoint.metadata as _dcp_md
 import torch.serialization
+
 # TorchRec's sharded tables still hand out ShardedTensor state (no public path in torch)
 from torch.distributed._shard.sharded_tensor import ShardedTensor
+
 # TorchRec's fused table optimizers are attached with this (what torchrec's own examples call)
 from torch.distributed.optim import _apply_optimizer_in_backward as apply_optimizer_in_backward
 

@@ -42,8 +42,16 @@ import pyarrow.compute as pc
 from unirec_dist.config.dataset import DatasetConfig
 from unirec_dist.data import features as F
 from unirec_dist.data import prepare as P
-from unirec_dist.data.sources import (SourceTables, _file_entry, check_file, csv_read_options, detect_format,
-                                      load_source, read_table, warn_numeric_header)
+from unirec_dist.data.sources import (
+    SourceTables,
+    _file_entry,
+    check_file,
+    csv_read_options,
+    detect_format,
+    load_source,
+    read_table,
+    warn_numeric_header,
+)
 from unirec_dist.errors import DataError, UnirecError
 
 log = logging.getLogger(__name__)

@@ -390,6 +390,7 @@ def copy_into_shards(dmp: "nn.Module", full: dict[str, "torch.Tensor"]) -> int:
     and 1 process start from the same weights (parity) when the model was built on CPU.
     """
     import torch
+
     from unirec_dist.compat.torch_api import ShardedTensor
 
     n = 0

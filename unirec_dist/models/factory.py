@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from unirec_dist.config.loader import from_dict
 from unirec_dist.config.train import ModelSection, TaskSection, TrainConfig
+from unirec_dist.data.dataset import PreparedDataset
 from unirec_dist.embeddings.features import FeatureSpec
 from unirec_dist.errors import CheckpointError
-from unirec_dist.config.loader import from_dict
-from unirec_dist.data.dataset import PreparedDataset
 from unirec_dist.models.embedding import UniversalEmbedding
 from unirec_dist.models.encoders.registry import build_encoder
 from unirec_dist.models.heads.ctr import CTRHead

@@ -22,8 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from unirec_dist.report.inputs import (ReportError, check_recs_path, long_tail_inputs, open_evals, open_run,
-                                       pretrain_stats)
+from unirec_dist.report.inputs import (
+    ReportError,
+    check_recs_path,
+    long_tail_inputs,
+    open_evals,
+    open_run,
+    pretrain_stats,
+)
 
 log = logging.getLogger(__name__)
 

@@ -117,7 +117,15 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
     from fastapi import FastAPI, Request, Response
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+    from pydantic import (
+        BaseModel,
+        BeforeValidator,
+        ConfigDict,
+        Field,
+        StringConstraints,
+        WithJsonSchema,
+        model_validator,
+    )
 
     from unirec_dist import __version__
     from unirec_dist.serving.recommender import RequestError

@@ -41,8 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unirec_dist.errors import CheckpointError
-from unirec_dist.utils.jsonfile import load_json_object
 from unirec_dist.utils.atomic import MARKER, atomic_dir
+from unirec_dist.utils.jsonfile import load_json_object
 
 if TYPE_CHECKING:
     import torch

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
-from unirec_dist.errors import CheckpointError
 import torch
+
 from unirec_dist.checkpoint.dcp import check_vocab, read_manifest
 from unirec_dist.data.dataset import PreparedDataset
+from unirec_dist.errors import CheckpointError
 from unirec_dist.models.factory import load_retriever
 from unirec_dist.serving.bundle import write_bundle
 from unirec_dist.utils.atomic import check_output_dir

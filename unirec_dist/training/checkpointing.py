@@ -27,12 +27,20 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.distributed.checkpoint.stateful import Stateful
 
-from unirec_dist.errors import CheckpointError, UnirecError
-from unirec_dist.utils.faults import fault_point
-from unirec_dist.checkpoint.dcp import (checkpoint_dirs, load_checkpoint, publish_step, read_manifest, remove_stale_temps,
-                                        resolve_checkpoint, save_checkpoint, step_dir_name)
+from unirec_dist.checkpoint.dcp import (
+    checkpoint_dirs,
+    load_checkpoint,
+    publish_step,
+    read_manifest,
+    remove_stale_temps,
+    resolve_checkpoint,
+    save_checkpoint,
+    step_dir_name,
+)
 from unirec_dist.compat.lightning_api import train_loader_of
 from unirec_dist.compat.torch_api import init_optim_state
+from unirec_dist.errors import CheckpointError, UnirecError
+from unirec_dist.utils.faults import fault_point
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -44,26 +44,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
+from unirec_dist.checkpoint.dcp import read_manifest, resolve_checkpoint
 from unirec_dist.config.finetune import FinetuneConfig
 from unirec_dist.config.loader import from_dict, to_dict
 from unirec_dist.config.train import DataSection, TrainConfig
-from unirec_dist.errors import CheckpointError, ConfigError
-from unirec_dist.metrics.tasks import evaluate_checkpoint, monitor_of, task_metrics
-from unirec_dist.training.module import RecModule
-import lightning as L
-import pyarrow.parquet as pq
-from unirec_dist.checkpoint.dcp import read_manifest, resolve_checkpoint
 from unirec_dist.data import align as A
 from unirec_dist.data.align import copy_rows
 from unirec_dist.data.dataset import PreparedDataset
 from unirec_dist.embeddings.features import FeatureSpec
+from unirec_dist.errors import CheckpointError, ConfigError
+from unirec_dist.metrics.tasks import evaluate_checkpoint, monitor_of, task_metrics
 from unirec_dist.models.factory import build_from_config, dataset_section, load_retriever
 from unirec_dist.tasks.sequence import build_task
 from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
 from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, open_prepared, read_valid
+from unirec_dist.training.module import RecModule
 from unirec_dist.training.tracking import check_tracking, log_final_metrics
 from unirec_dist.training.train import _quiet, apply_val_mask_seen, make_trainer
 from unirec_dist.utils.device import configure_cpu, resolve_device

@@ -31,6 +31,7 @@ from typing import Any
 
 from unirec_dist.config.distributed import PretrainConfig
 from unirec_dist.errors import ConfigError
+
 # one implementation of the address check and of the cluster start-up for every command
 from unirec_dist.utils.ray_cluster import ClusterError, check_address, init_ray, shutdown_ray
 
@@ -334,7 +335,13 @@ def _ray_init(address: str | None, num_cpus: int | None) -> bool:
 def publish_final(checkpoint: Any, root: Path, keep_last: int) -> tuple[Path, dict[str, Any]]:
     """Copy Ray's final (merged) checkpoint into `root/step-<N>`, check it against its own
     manifest, and point `final` and `last` at it (the layout of `unirec_dist.checkpoint.dcp`)."""
-    from unirec_dist.checkpoint.dcp import TMP_MARKER, publish_step, remove_stale_temps, step_dir_name, verify_checkpoint
+    from unirec_dist.checkpoint.dcp import (
+        TMP_MARKER,
+        publish_step,
+        remove_stale_temps,
+        step_dir_name,
+        verify_checkpoint,
+    )
     from unirec_dist.errors import CheckpointError
     from unirec_dist.utils.jsonfile import load_json_object
 
