@@ -41,6 +41,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check unirec_dist launch tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q tests
 
 bench: install

@@ -86,15 +86,15 @@ def timed(fn, repeat: int) -> tuple[float, float, float, object]:
 
 def build_model(args, ds):
     if args.checkpoint:
-        from unirec_dist.training.build import load_retriever
+        from unirec_dist.models.factory import load_retriever
 
         model, _ = load_retriever(args.checkpoint, dataset=ds.manifest)
         return model, f"checkpoint {args.checkpoint}"
+    import torch
+
     from unirec_dist.config.loader import load_config
     from unirec_dist.config.train import TrainConfig
-    from unirec_dist.training.build import build_from_config
-
-    import torch
+    from unirec_dist.models.factory import build_from_config
 
     cfg = load_config(TrainConfig, args.config)
     torch.manual_seed(0)    # the same random weights in every run, so runs compare their metrics too

@@ -32,7 +32,8 @@ def one(a: argparse.Namespace, mode: str) -> dict:
     import torch
 
     from unirec_dist.config.train import load_train_config
-    from unirec_dist.training.build import build_from_config, build_task
+    from unirec_dist.models.factory import build_from_config
+    from unirec_dist.tasks.sequence import build_task
     from unirec_dist.training.data import SequenceBatches, open_prepared, train_source
     from unirec_dist.utils.device import configure_cpu
 

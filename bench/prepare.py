@@ -251,7 +251,7 @@ def main() -> int:
         return 0
 
     from unirec_dist.config.dataset import DatasetConfig
-    from unirec_dist.config.loader import read_yaml, to_dict, from_dict
+    from unirec_dist.config.loader import from_dict, read_yaml, to_dict
     from unirec_dist.data.movielens import fetch
 
     work = Path(a.work or tempfile.mkdtemp(prefix="unirec-bench-"))

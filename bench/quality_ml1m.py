@@ -40,7 +40,7 @@ def main() -> int:
 
     from unirec_dist.config.train import load_train_config
     from unirec_dist.metrics.evaluate import evaluate_table
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
     from unirec_dist.training.train import train
     from unirec_dist.utils.logging import setup_cli_logging
 

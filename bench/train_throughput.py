@@ -53,9 +53,9 @@ def main() -> int:
 
     from unirec_dist.config.train import load_train_config
     from unirec_dist.metrics.evaluate import evaluate_table
-    from unirec_dist.training.build import build_from_config, build_task
+    from unirec_dist.models.factory import build_from_config
+    from unirec_dist.tasks.sequence import build_task
     from unirec_dist.training.data import SequenceBatches, open_prepared, read_valid, train_source
-
     from unirec_dist.utils.device import configure_cpu
 
     configure_cpu(a.threads)

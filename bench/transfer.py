@@ -9,7 +9,7 @@ ML-100K), against the same model trained from scratch on the target with the sam
 
 --target is any prepared dataset (the default prepares ML-100K); --align names the item-table
 columns that identify an item in both datasets (init.align=column, titles normalised by
-training/align.normalise_title) or `raw_id`; --min-overlap is init.min_overlap. The target, its
+data/align.normalise_title) or `raw_id`; --min-overlap is init.min_overlap. The target, its
 size and the alignment are printed before any arm runs; too little overlap is one `error:` line
 (exit 2).
 
@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import argparse
 import json
-
-import numpy as np
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -96,7 +96,8 @@ def finetune_config(target: Path, run: Path, align: list[str], extra: list[str])
 
 def run_arm(ckpt: Path, target: Path, out: Path, fraction: float, epochs: int, scratch: bool, seed: int,
             align: list[str]) -> dict:
-    from unirec_dist.training.finetune import evaluate_checkpoint, finetune
+    from unirec_dist.metrics.tasks import evaluate_checkpoint
+    from unirec_dist.training.finetune import finetune
 
     arm = "scratch" if scratch else "finetune"
     run = out / f"{arm}-{fraction:g}-seed{seed}"

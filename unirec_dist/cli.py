@@ -16,7 +16,7 @@ import importlib
 import sys
 
 from unirec_dist import __version__
-from unirec_dist.errors import UnirecError
+from unirec_dist.errors import OutputExistsError, UnirecError
 
 # Order here is the order in `unirec --help`.
 COMMANDS = [
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_cli_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
+    except OutputExistsError as e:
+        print(f"error: {e}; pass --overwrite to replace it", file=sys.stderr)
+        return 2
     except UnirecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -62,7 +62,7 @@ def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[
         if not (run / DEMO_MARKER).is_file() and (not run.is_dir() or any(run.iterdir())):
             from unirec_dist.errors import UnirecError
 
-            raise UnirecError(f"--out {run} exists and was not made by `unirec demo`; choose another folder")
+            raise UnirecError(f"{run} exists and was not made by `unirec demo`; choose another folder")
         shutil.rmtree(run)
     run.mkdir(parents=True)
     (run / DEMO_MARKER).write_text("made by `unirec demo`; the next demo run into this folder replaces it\n")
@@ -96,7 +96,7 @@ def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[
 
     t0 = _stage(4, "evaluate on the test split (full ranking) beside the popularity baseline")
     from unirec_dist.metrics.evaluate import evaluate, format_table, popularity
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     reports = {}
     for name, path in (("pretrained", pre_ckpt), ("fine-tuned", ckpt)):
@@ -119,7 +119,7 @@ def run_demo(out: str, dataset_config: str | None = None, train_overrides: list[
     _done(t0, f"{recs.num_rows:,} rows (user, rank, item, score) -> {run / 'recs.parquet'}")
 
     t0 = _stage(6, "export a serving bundle")
-    from unirec_dist.checkpoint.export import export_bundle
+    from unirec_dist.serving.export import export_bundle
 
     bundle = export_bundle(ckpt, run / "bundle", dataset=data_dir)
     summary["bundle"] = str(bundle)

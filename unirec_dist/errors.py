@@ -26,3 +26,8 @@ class DataError(UnirecError):
 
 class CheckpointError(UnirecError):
     """A checkpoint or bundle is missing, incomplete or does not match its dataset."""
+
+
+class OutputExistsError(UnirecError):
+    """An output exists and replacing it was not asked for. Library messages never name CLI flags:
+    the CLI adds the way out (--overwrite)."""

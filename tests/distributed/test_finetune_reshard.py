@@ -29,7 +29,7 @@ def _worker(rank: int, world: int, port: int, src: str, out: str, result: str) -
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
 
     from unirec_dist.checkpoint.dcp import load_checkpoint, read_manifest, save_checkpoint
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -93,7 +93,7 @@ def test_two_worker_checkpoint_into_one_process_for_finetuning(ckpts):
 
     from unirec_dist.config.finetune import load_finetune_config
     from unirec_dist.data.batch import make_seq_batch
-    from unirec_dist.training.build import build_from_config, load_retriever
+    from unirec_dist.models.factory import build_from_config, load_retriever
     from unirec_dist.training.finetune import init_from_pretrained, plan_finetune
 
     m1, _ = load_retriever(ckpts["one"])

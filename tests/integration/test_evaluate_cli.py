@@ -189,7 +189,7 @@ def test_checkpoint_evaluate_and_recommend(debug_checkpoint, data_dir, tmp_path,
     import pyarrow.parquet as pq
 
     from unirec_dist.metrics.evaluate import evaluate
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     out = tmp_path / "ck.json"
     # --data defaults to the dataset recorded in the checkpoint

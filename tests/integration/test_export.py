@@ -36,7 +36,7 @@ def make_checkpoint(dataset_dir: Path, out: Path, encoder: dict, seed: int = 0) 
     from unirec_dist.config.loader import from_dict, to_dict
     from unirec_dist.config.train import TrainConfig
     from unirec_dist.data.dataset import PreparedDataset
-    from unirec_dist.training.build import build_from_config, dataset_section
+    from unirec_dist.models.factory import build_from_config, dataset_section
 
     ds = PreparedDataset.open(dataset_dir)
     cfg = from_dict(TrainConfig, {"name": f"t-{encoder['kind']}", "data": {"path": str(dataset_dir), "max_len": 8},
@@ -54,7 +54,7 @@ _EXPORTS: dict = {}
 
 def _export(kind: str, dataset_dir: Path, tmp_path_factory) -> tuple[str, Path, Path]:
     if kind not in _EXPORTS:
-        from unirec_dist.checkpoint.export import export_bundle
+        from unirec_dist.serving.export import export_bundle
 
         tmp = tmp_path_factory.mktemp(kind)
         ckpt = make_checkpoint(dataset_dir, tmp / "ckpt", ENCODERS[kind])
@@ -77,9 +77,9 @@ def sasrec(dataset_dir, tmp_path_factory):
 @pytest.mark.parametrize("exclude_seen", [True, False])
 def test_bundle_equals_checkpoint_topn(exported, dataset_dir, exclude_seen):
     from unirec_dist.data.dataset import PreparedDataset
+    from unirec_dist.models.factory import load_retriever
     from unirec_dist.serving.recommender import Recommender
     from unirec_dist.serving.topn import all_users, recommend
-    from unirec_dist.training.build import load_retriever
 
     kind, ckpt, bundle = exported
     ds = PreparedDataset.open(dataset_dir)
@@ -144,7 +144,7 @@ def test_bundle_contents_and_no_pickle(sasrec, dataset_dir, monkeypatch):
 
 def test_export_refuses_existing_output_and_other_dataset(sasrec, tmp_path):
     from tests.synthetic import prepared_dataset
-    from unirec_dist.checkpoint.export import export_bundle
+    from unirec_dist.serving.export import export_bundle
 
     _, ckpt, bundle = sasrec
     before = (bundle / "manifest.json").read_text()

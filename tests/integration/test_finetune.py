@@ -25,12 +25,13 @@ USER_W = "embedding.user_ec.embeddings.t_user.weight"
 def _prepare_variant(root: Path, seed: int, n_items: int, rename=None, reverse_items: bool = False) -> Path:
     """A synthetic dataset whose raw item ids are renamed (`rename`: prefix) or whose item table
     is attached to the wrong ids (`reverse_items`), prepared with the real `prepare`."""
-    from unirec_dist.config.dataset import DatasetConfig
-    from unirec_dist.config.loader import load_config
-    from unirec_dist.data.prepare import prepare
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
+
+    from unirec_dist.config.dataset import DatasetConfig
+    from unirec_dist.config.loader import load_config
+    from unirec_dist.data.prepare import prepare
 
     cfg_path = write_synthetic_log(root / "raw", n_users=40, n_items=n_items, seed=seed)
     items = pq.read_table(root / "raw" / "items.parquet")
@@ -86,7 +87,7 @@ def test_known_rows_keep_pretrained_vectors(world):
     import pyarrow.parquet as pq
 
     from unirec_dist.config.finetune import load_finetune_config
-    from unirec_dist.training.build import build_from_config, load_retriever
+    from unirec_dist.models.factory import build_from_config, load_retriever
     from unirec_dist.training.finetune import init_from_pretrained, plan_finetune
 
     cfg = load_finetune_config(FINETUNE, [f"data.path={world['b']}"])
@@ -144,7 +145,7 @@ def test_cli_finetune_then_evaluate(world, capsys):
 
 def test_freeze_keeps_pretrained_rows_and_trains_new_ones(world):
     from unirec_dist.config.finetune import load_finetune_config
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
     from unirec_dist.training.finetune import finetune
 
     cfg = load_finetune_config(FINETUNE, [
@@ -184,6 +185,12 @@ def test_rating_and_ctr_heads(world, task, keys):
         assert summary["monitor"] == "RMSE" and summary["best_val"]["rated"] == 60
     else:
         assert summary["monitor"] == "AUC" and 0 <= summary["test"]["AUC"] <= 1
+    # `unirec evaluate` reports the head's metrics too: the figures the run wrote for its test split
+    report = out / "eval.json"
+    assert main(["evaluate", "--checkpoint", summary["checkpoint"], "--k", "10", "--out", str(report)]) == 0
+    got = json.loads(report.read_text())["pointwise"]
+    for k in keys:
+        assert got[k] == pytest.approx(summary["test"][k], rel=1e-6), (k, got, summary["test"])
 
 
 def test_align_by_title_when_ids_differ(world, capsys):

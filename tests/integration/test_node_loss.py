@@ -63,7 +63,7 @@ def test_lost_node_with_max_failures_exhausted_ends_with_one_line(cluster, datas
     """STRICT_SPREAD puts one worker on each node; the second node's processes are killed (SIGKILL)
     after the step-3 checkpoint; with max_failures 0 the run ends: exit 2, one `error:` line, no
     traceback, and the step-3 checkpoint published where every reader finds it (`last`)."""
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     nodes, second, faults = cluster
     out, storage, log = tmp_path / "run", tmp_path / "shared", tmp_path / "pretrain.log"

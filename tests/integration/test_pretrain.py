@@ -96,7 +96,7 @@ def test_two_worker_pretrain_end_to_end(dataset, straight_run):
     # keep-last-k in Ray's storage
     assert len([p for p in (out / "ray" / "debug").glob("checkpoint_*") if p.is_dir()]) == 2
     # the 2-worker checkpoint loads into 1 plain process (the model the fine-tuning issue uses)
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     model, manifest = load_retriever(final, dataset)
     assert model.item_embeddings().shape[0] == manifest["dataset"]["vocab_sizes"]["item"]
@@ -151,7 +151,7 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(dataset, straight_ru
     import torch
 
     from unirec_dist.config.distributed import DistributedSection
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     assert DistributedSection().max_failures == 3
     out = tmp_path / "run"
@@ -204,7 +204,7 @@ def test_resume_under_another_plan_continues_then_finetunes_in_one_process(datas
     then the result loads into 1 process for `unirec finetune` on half the users."""
     import torch
 
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     ray_ckpts = {json.loads((p / "manifest.json").read_text())["step"]: p
                  for p in (straight_run[0] / "ray" / "debug").glob("checkpoint_*") if p.is_dir()}

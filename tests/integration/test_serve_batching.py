@@ -16,7 +16,7 @@ def sasrec_bundle(tmp_path_factory):
     """A SASRec bundle (random weights): histories of different lengths pad differently in a batch."""
     from tests.integration.test_export import ENCODERS, make_checkpoint
     from tests.synthetic import prepared_dataset
-    from unirec_dist.checkpoint.export import export_bundle
+    from unirec_dist.serving.export import export_bundle
 
     tmp = tmp_path_factory.mktemp("batching")
     ds = prepared_dataset(tmp / "ds", n_users=30, n_items=40)

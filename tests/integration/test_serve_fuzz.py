@@ -44,10 +44,10 @@ def api_schema(api_url):
 # (schema-violating) requests for every operation, a bounded number of each, derandomized.
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_api_never_errors(api_schema, mode):
+    from collections import Counter
+
     from hypothesis import given
     from schemathesis.generation import GenerationMode
-
-    from collections import Counter
 
     seen: Counter = Counter()
     ops = [r.ok() for r in api_schema.get_all_operations()]

@@ -166,7 +166,7 @@ def test_cluster_readme_submit_on_a_cpu_only_head_waits_for_a_node_and_finishes(
     # loadable: the checkpoint written on the cluster loads into one local process
     import torch
 
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     model, _ = load_retriever(final, dataset)
     vectors = model.embedding.all_item_vectors()

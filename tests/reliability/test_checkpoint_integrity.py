@@ -343,7 +343,7 @@ def test_two_plus_two_epochs_equal_four(world, tmp_path):
     """--resume restores model, optimizer, RNG (dropout, negatives) and loop state exactly."""
     import torch
 
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     common = ["--config", TRAIN, f"data.path={world['ds']}", "trainer.loggers=[]", "data.batch_size=32"]
     assert main(["train", *common, f"trainer.out_dir={tmp_path / 'straight'}", "trainer.max_epochs=4"]) == 0

@@ -47,7 +47,7 @@ CRASH = {
 @pytest.mark.parametrize("point", list(CRASH))
 def test_crash_at_each_publish_step_leaves_a_complete_checkpoint(ds, tmp_path, point):
     from unirec_dist.checkpoint.dcp import MANIFEST, POINTERS, TMP_MARKER, read_manifest, resolve_checkpoint
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     out = tmp_path / "run"
     env = {**os.environ, "UNIREC_FAULT": point, "PYTHONPATH": str(REPO)}

@@ -11,8 +11,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 def _loader(folder: str):
     from unirec_dist.config.dataset import DatasetConfig
     from unirec_dist.config.finetune import load_finetune_config
-    from unirec_dist.config.train import load_train_config
     from unirec_dist.config.loader import load_config
+    from unirec_dist.config.train import load_train_config
     from unirec_dist.serving.config import ServeConfig
 
     return {

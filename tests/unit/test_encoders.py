@@ -93,7 +93,8 @@ def test_capabilities_not_names_decide(ds):
 # -- every registered encoder trains and round-trips through a checkpoint ----------------------
 @pytest.mark.parametrize("kind", sorted(ENCODERS))
 def test_training_steps_lower_the_loss(ds, kind):
-    from unirec_dist.training.build import build_from_config, build_task
+    from unirec_dist.models.factory import build_from_config
+    from unirec_dist.tasks.sequence import build_task
     from unirec_dist.training.data import SequenceBatches, TrainSequences
 
     cfg = _cfg(ds, TINY[kind])
@@ -120,7 +121,7 @@ def test_checkpoint_round_trip(ds, tmp_path, kind):
 
     from unirec_dist.checkpoint.dcp import save_checkpoint
     from unirec_dist.data.batch import make_seq_batch
-    from unirec_dist.training.build import build_from_config, dataset_section, load_retriever
+    from unirec_dist.models.factory import build_from_config, dataset_section, load_retriever
 
     cfg = _cfg(ds, TINY[kind])
     man = json.loads((ds / "manifest.json").read_text())

@@ -12,9 +12,9 @@ import torch
 
 from unirec_dist.config.finetune import FinetuneConfig
 from unirec_dist.config.loader import from_dict, load_config
+from unirec_dist.data import align as A
 from unirec_dist.errors import ConfigError
 from unirec_dist.metrics.pointwise import auc, log_loss, mae, rmse
-from unirec_dist.training import align as A
 
 REPO = Path(__file__).resolve().parents[2]
 

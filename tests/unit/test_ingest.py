@@ -208,7 +208,6 @@ def test_dataset_without_item_counts_still_trains_and_altered_counts_are_refused
 def test_pretrain_with_a_broken_part_file_is_one_error_line_before_workers_start(parts, tmp_path, capsys, split):
     """The CLI names the file in one `error:` line and exits 2 before Ray starts (no output)."""
     import shutil
-
     from pathlib import Path
 
     from unirec_dist.cli import main

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from unirec_dist.config.loader import from_dict
-from unirec_dist.config.train import ModelSection, TaskSection, EmbeddingSection
+from unirec_dist.config.train import EmbeddingSection, ModelSection, TaskSection
 from unirec_dist.data.batch import make_seq_batch
 from unirec_dist.models.encoders.registry import ENCODERS
 from unirec_dist.models.encoders.sasrec import SASRecConfig
@@ -88,7 +88,7 @@ def _manifest(root: Path) -> dict:
 
 
 def _model(root: Path, kind: str = "sasrec", features=("*",), task: TaskSection | None = None, **enc):
-    from unirec_dist.training.build import build_model
+    from unirec_dist.models.factory import build_model
 
     mcfg = from_dict(ModelSection, {"embedding": {"dim": 8, "item_features": list(features)},
                                     "encoder": {**TINY[kind], **enc}}, prefix="model")
@@ -142,7 +142,7 @@ def test_item_vector_is_id_plus_content(ds):
 
 
 def test_content_only_items_differ_without_id(ds):
-    from unirec_dist.training.build import build_model
+    from unirec_dist.models.factory import build_model
 
     mcfg = ModelSection(embedding=EmbeddingSection(dim=8, item_id=False))
     model = build_model(mcfg, _manifest(ds), max_len=10)
@@ -204,7 +204,7 @@ def test_query_is_state_after_last_item(ds, kind, enc):
 
 
 def test_builds_on_meta_device(ds):
-    from unirec_dist.training.build import build_model
+    from unirec_dist.models.factory import build_model
 
     m = build_model(ModelSection(), _manifest(ds), TaskSection(kind="multi", weights={"retrieval": 1, "rating": 1}),
                     max_len=50, device="meta")
@@ -268,7 +268,7 @@ def test_augmentations_keep_rows_and_items():
     ("multi", {"retrieval": 1.0, "rating": 0.5, "ctr": 0.5}),
 ])
 def test_tasks_backprop(ds, kind, weights):
-    from unirec_dist.training.build import build_task
+    from unirec_dist.tasks.sequence import build_task
     from unirec_dist.training.data import SequenceBatches, TrainSequences
 
     task_cfg = TaskSection(kind=kind, weights=weights or {})
@@ -288,7 +288,7 @@ def test_tasks_backprop(ds, kind, weights):
 
 def test_contrastive_term_is_added(ds):
     from unirec_dist.config.train import AugmentSection
-    from unirec_dist.training.build import build_task
+    from unirec_dist.tasks.sequence import build_task
     from unirec_dist.training.data import SequenceBatches, TrainSequences
 
     task_cfg = TaskSection(augment=AugmentSection(crop=1.0, mask=0.2, contrastive_weight=0.1))
@@ -338,7 +338,7 @@ def test_grouped_negatives_by_hand():
 def test_a_dim_the_fused_kernel_cannot_run_is_stored_padded(ds):
     """dim 10 (like the published recipes' 50): tables are stored 12 wide (FBGEMM's fused kernel
     needs a multiple of 4), vectors are the first 10 columns, the padding columns never train."""
-    from unirec_dist.training.build import build_model
+    from unirec_dist.models.factory import build_model
 
     torch.manual_seed(0)
     mcfg = ModelSection(embedding=EmbeddingSection(dim=10, item_features=["*"], user_id=True),

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.synthetic import prepared_dataset
 from unirec_dist.cli import main
 from unirec_dist.config.distributed import load_pretrain_config
 from unirec_dist.embeddings.sharding import validate_table_optimizer
 from unirec_dist.errors import ConfigError
-from tests.synthetic import prepared_dataset
 
 DEBUG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "debug.yaml"
 

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.synthetic import write_synthetic_log
 from unirec_dist.config.dataset import DatasetConfig
 from unirec_dist.config.loader import load_config
 from unirec_dist.data.dataset import PreparedDataset
 from unirec_dist.data.prepare import prepare
-from tests.synthetic import write_synthetic_log
 
 pytest.importorskip("ray.data")
 
@@ -21,8 +21,9 @@ pytest.importorskip("ray.data")
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     """One local Ray for the module (the engine reuses an initialized Ray and leaves it up)."""
-    from unirec_dist.data.ray_engine import _init_ray
     import ray
+
+    from unirec_dist.data.ray_engine import _init_ray
 
     started = _init_ray(None)
     yield

@@ -41,8 +41,8 @@ def layouts(tmp_path_factory):
 
 
 def test_every_reader_gets_the_same_rows_from_either_layout(layouts):
-    from unirec_dist.checkpoint.export import full_histories
     from unirec_dist.metrics.evaluate import evaluate, popularity
+    from unirec_dist.serving.export import full_histories
     from unirec_dist.serving.topn import user_histories
 
     a, b = layouts

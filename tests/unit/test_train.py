@@ -93,9 +93,9 @@ def test_missing_config_file(capsys, tmp_path):
 
 # -- data --------------------------------------------------------------------------------------
 def test_sequences_train_and_train_valid(ds):
-    from unirec_dist.training.data import TrainSequences
-
     import pyarrow.parquet as pq
+
+    from unirec_dist.training.data import TrainSequences
 
     train = pq.read_table(ds / "train.parquet").to_pylist()
     valid = {r["user"]: r["targets"][0] for r in pq.read_table(ds / "valid.parquet").to_pylist()}
@@ -169,7 +169,7 @@ def test_checkpoint_round_trip_and_vocab_check(ds, tmp_path):
     from unirec_dist.checkpoint.dcp import read_manifest
     from unirec_dist.data.batch import make_seq_batch
     from unirec_dist.errors import CheckpointError
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
     from unirec_dist.training.train import train
 
     ckpt = train(_debug_cfg(ds, tmp_path / "run"))
@@ -213,7 +213,7 @@ def test_validation_masks_seen_items_when_configured(ds, tmp_path):
     import pyarrow.parquet as pq
 
     from unirec_dist.metrics.evaluate import evaluate_table
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
     from unirec_dist.training.train import train
 
     valid = pq.read_table(ds / "valid.parquet")

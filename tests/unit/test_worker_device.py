@@ -40,7 +40,7 @@ def test_fewer_gpus_than_workers_on_this_machine_runs_on_cpu_and_says_so():
     device, note = worker_device("auto", 2, {"CPU": 16.0, "GPU": 1.0}, can_grow=False)
     assert device == "cpu"
     assert note == ("2 workers but this machine has 1 GPU(s): the workers run on CPU "
-                    "(for GPUs: --workers 1 or fewer, or distributed.device=cuda)")
+                    "(for GPUs: distributed.workers 1 or fewer, or distributed.device=cuda)")
 
 
 def test_unknown_device_is_a_config_error():

@@ -47,16 +47,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
 import os
+import pathlib
 import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
@@ -84,13 +87,11 @@ def _dist():
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     out = {}
     for pkg in ("unirec-dist", "torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "lightning", "ray", "pyarrow"):
         try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
             pass
     return out
 
@@ -101,21 +102,17 @@ def step_dir_name(step: int) -> str:
 
 # -- reading DCP without running code from it --------------------------------------------------
 def _metadata_classes() -> dict[tuple[str, str], Any]:
-    import pathlib
-
-    import torch.distributed.checkpoint.filesystem as fs
     import torch.distributed.checkpoint.metadata as md
-    import torch.serialization
+
+    from unirec_dist.compat.torch_api import dcp_metadata_globals
 
     allowed: dict[tuple[str, str], Any] = {
         (md.__name__, n): getattr(md, n)
         for n in ("Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
-                  "ChunkStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")
+                  "ChunkStorageMetadata", "TensorProperties", "StorageMeta")
     }
-    allowed[(fs.__name__, "_StorageInfo")] = fs._StorageInfo
+    allowed.update(dcp_metadata_globals())   # the private ones, kept in unirec_dist.compat
     allowed[("torch", "Size")] = torch.Size
-    # tensor layouts are pickled as a call of this function with the layout's name (a lookup, no code)
-    allowed[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
     # StorageMeta.checkpoint_id: the path the checkpoint was saved to
     allowed[("pathlib", "PosixPath")] = pathlib.PosixPath
     allowed[("pathlib", "Path")] = pathlib.Path
@@ -300,8 +297,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], manifest: di
     every rank writes only its own shard files into its own `path` (rank 0 adds `.metadata` and
     the manifest, which lists every rank's files); merging the ranks' folders gives the checkpoint.
     """
-    import torch.distributed.checkpoint as dcp
-
     path = Path(path)
     _check_tensors_only(state)
     dist = _dist()
@@ -461,7 +456,6 @@ def load_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> dict[str,
     through an allow-list and refuses pickled entries. Works in a plain process (no process
     group) and in any world size (collective then: every rank must call it).
     """
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
     folder = resolve_checkpoint(path)

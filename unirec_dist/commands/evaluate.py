@@ -73,7 +73,7 @@ def load_scorer(args: argparse.Namespace, dataset):
         from unirec_dist.metrics.evaluate import popularity
 
         return popularity(dataset)
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
 
     model, _ = load_retriever(args.checkpoint, dataset=dataset.manifest)
     return model
@@ -100,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
                           f"(neither {args.split}.parquet nor a {args.split}/ folder of parts)")
 
     from unirec_dist.metrics.evaluate import evaluate, format_table
-
     from unirec_dist.utils.device import configure_cpu
 
     configure_cpu(args.threads)
@@ -113,8 +112,17 @@ def run(args: argparse.Namespace) -> int:
         else {"checkpoint": str(args.checkpoint), "step": (manifest or {}).get("step"), "epoch": (manifest or {}).get("epoch")}
     )
     report["dataset"] = {"path": str(dataset.root.resolve()), "name": dataset.name, "vocab_hash": dataset.vocab_hash}
+    if manifest is not None:
+        from unirec_dist.metrics.tasks import checkpoint_pointwise_metrics
+
+        pointwise = checkpoint_pointwise_metrics(scorer, manifest, dataset, args.split, args.batch_size)
+        if pointwise:   # a rating or CTR checkpoint: its heads' metrics on each query's first target
+            report["pointwise"] = pointwise
     title = f"{args.baseline} baseline" if args.baseline else f"checkpoint {args.checkpoint}"
     print(format_table(report, title=f"{title} on {dataset.name}"))
+    if report.get("pointwise"):
+        print("pointwise (first target per query): " + "  ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report["pointwise"].items()))
     print(f"({report['seconds']:.2f} s)")
     if args.out:
         from pathlib import Path

@@ -24,14 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from unirec_dist.checkpoint.export import export_bundle
+    from unirec_dist.errors import UnirecError
     from unirec_dist.serving.display import parse_fields
+    from unirec_dist.serving.export import NoDatasetError, export_bundle
 
     hnsw = None
     if args.ann == "hnsw":
         hnsw = {"M": args.hnsw_m, "ef_construction": args.hnsw_ef_construction, "ef_search": args.hnsw_ef_search}
-    out = export_bundle(args.checkpoint, args.out, dataset=args.dataset, overwrite=args.overwrite, hnsw=hnsw,
-                        display_fields=parse_fields(args.display_fields))
+    try:
+        out = export_bundle(args.checkpoint, args.out, dataset=args.dataset, overwrite=args.overwrite, hnsw=hnsw,
+                            display_fields=parse_fields(args.display_fields))
+    except NoDatasetError as e:
+        raise UnirecError(f"{e} (--dataset DIR)") from None
     m = json.loads((out / "manifest.json").read_text())
     print(f"bundle {out}: {m['counts']['items']} items, {m['counts']['users']} users, dim {m['model']['dim']}, "
           f"model {m['model'].get('encoder') or m['model'].get('class')}" + (", hnsw index" if hnsw else "")

@@ -22,11 +22,15 @@ def run(args: argparse.Namespace) -> int:
     from unirec_dist.config.dataset import DatasetConfig
     from unirec_dist.config.loader import load_config
     from unirec_dist.data.dataset import PreparedDataset
-    from unirec_dist.data.prepare import prepare
+    from unirec_dist.data.prepare import OutputOverInputError, prepare
+    from unirec_dist.errors import UnirecError
 
     cfg = load_config(DatasetConfig, args.config, args.overrides)
     out = Path(args.out) if args.out else Path("data/prepared") / cfg.name
-    prepare(cfg, out, overwrite=args.overwrite, engine=args.engine, ray_address=args.ray_address)
+    try:
+        prepare(cfg, out, overwrite=args.overwrite, engine=args.engine, ray_address=args.ray_address)
+    except OutputOverInputError as e:
+        raise UnirecError(f"--out: {e}") from None
     print(summary(PreparedDataset.open(out)))
     return 0
 

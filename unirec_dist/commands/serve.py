@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     configure_cpu(cfg.threads or None)
     from unirec_dist.serving.app import create_app
     from unirec_dist.serving.recommender import RECALL_K, Recommender
-    from unirec_dist.serving.server import bind_socket, run as run_server
+    from unirec_dist.serving.server import bind_socket
+    from unirec_dist.serving.server import run as run_server
 
     try:
         sock = bind_socket(cfg.host, cfg.port)  # bind first: a taken port fails before the load

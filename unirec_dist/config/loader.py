@@ -109,7 +109,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix:
     if not isinstance(data, dict):
         _fail(where, prefix, f"expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]  # cls: a dataclass
     kwargs = {}
     for k, v in data.items():
         dotted = f"{prefix}.{k}" if prefix else str(k)

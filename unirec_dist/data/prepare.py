@@ -1100,15 +1100,19 @@ def input_paths(cfg: DatasetConfig) -> dict[str, Path]:
             if getattr(s, role)}
 
 
+class OutputOverInputError(DataError):
+    """The output folder is, holds or lies inside an input (the command layer names its flag)."""
+
+
 def check_out_not_input(out: Path, cfg: DatasetConfig) -> None:
     """Refuse an output dir that is, holds, or lies inside an input: replacing it would delete the
-    input (with or without --overwrite)."""
+    input (even when replacing is allowed)."""
     o = out.expanduser().resolve()
     for key, p in input_paths(cfg).items():
         i = p.expanduser().resolve()
         if o == i or o in i.parents or i in o.parents:
             how = "is" if o == i else ("holds" if o in i.parents else "lies inside")
-            raise DataError(f"--out {out} {how} the input {key} ({p}); choose an output folder apart from the inputs")
+            raise OutputOverInputError(f"output folder {out} {how} the input {key} ({p}); choose an output folder apart from the inputs")
 
 
 def prepare(cfg: DatasetConfig, out: str | os.PathLike, overwrite: bool = False, engine: str = "arrow",

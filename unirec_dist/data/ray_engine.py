@@ -41,6 +41,7 @@ cluster the output must be on storage every node sees. Content is the Arrow engi
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,16 @@ import pyarrow.compute as pc
 from unirec_dist.config.dataset import DatasetConfig
 from unirec_dist.data import features as F
 from unirec_dist.data import prepare as P
-from unirec_dist.data.sources import SourceTables, _file_entry, check_file, detect_format, read_table
+from unirec_dist.data.sources import (
+    SourceTables,
+    _file_entry,
+    check_file,
+    csv_read_options,
+    detect_format,
+    load_source,
+    read_table,
+    warn_numeric_header,
+)
 from unirec_dist.errors import DataError, UnirecError
 
 log = logging.getLogger(__name__)
@@ -67,8 +77,6 @@ def _unwrap(e: BaseException) -> BaseException | None:
     remote traceback's text, so the error is rebuilt from its last line
     (`unirec_dist.errors.DataError: <message>`; messages are one line by construction).
     """
-    import re
-
     from unirec_dist import errors
 
     seen = set()
@@ -94,7 +102,7 @@ def _init_ray(address: str | None) -> bool:
 
     kw = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address:
-        return init_ray(address, flag="--ray-address", **kw)
+        return init_ray(address, **kw)
     return init_ray(None, num_cpus=2, **kw)
 
 
@@ -111,16 +119,12 @@ def _read(cfg: DatasetConfig):
     if fmt in ("csv", "tsv"):
         import pyarrow.csv as pacsv
 
-        from unirec_dist.data.sources import csv_read_options
-
         delim = s.delimiter or ("\t" if fmt == "tsv" else ",")
         ds = ray.data.read_csv(str(p), parse_options=pacsv.ParseOptions(delimiter=delim),
                                read_options=csv_read_options(None if s.header else s.column_names),
                                convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
                                file_extensions=None)
         if s.header:   # the header row alone, from a streaming reader's first block
-            from unirec_dist.data.sources import warn_numeric_header
-
             warn_numeric_header(pacsv.open_csv(p, parse_options=pacsv.ParseOptions(delimiter=delim)).schema.names,
                                 str(p))
     elif fmt == "parquet":
@@ -139,8 +143,6 @@ def _read(cfg: DatasetConfig):
 
 
 def P_load_source(cfg: DatasetConfig) -> SourceTables:
-    from unirec_dist.data.sources import load_source
-
     return load_source(cfg)
 
 
@@ -477,7 +479,7 @@ def run_ray(cfg: DatasetConfig, out: Path, ray_address: str | None = None) -> tu
         import ray
         import ray.data
     except ImportError:  # pragma: no cover - ray is a pinned dependency
-        raise DataError("--engine ray needs ray[data]; install the pinned stack") from None
+        raise DataError("the ray engine needs ray[data]; install the pinned stack") from None
     started = _init_ray(ray_address)
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.shuffle_strategy, ctx.execution_options.preserve_order)

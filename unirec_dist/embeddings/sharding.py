@@ -1,7 +1,7 @@
 """Sharding of embedding tables: topology, per-table constraints, planner, sharders, fused optimizer.
 
-This module and `unirec_dist.training.strategy` are the only places that import
-`torchrec.distributed`. Models stay plain single-device modules; here they are planned and wrapped
+This module (with sharders.py) and `unirec_dist.training.strategy` are the only places that
+import `torchrec.distributed`. Models stay plain single-device modules; here they are planned and wrapped
 in DistributedModelParallel (DMP).
 
 What runs where (measured with torch 2.13 CPU, torchrec 1.8, fbgemm-gpu-cpu 1.8):
@@ -182,17 +182,8 @@ def make_constraints(
 def make_sharders(device_type: str) -> list[Any]:
     """EBC/EC sharders; on CPU the EBC sharder also offers row_wise."""
     from torchrec.distributed.embedding import EmbeddingCollectionSharder
-    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-    from torchrec.distributed.types import ShardingType
 
-    class CpuRowWiseEBCSharder(EmbeddingBagCollectionSharder):
-        """The stock EBC sharder plus row_wise on CPU (tested: trains and checkpoints correctly)."""
-
-        def sharding_types(self, compute_device_type: str) -> list[str]:
-            types = list(super().sharding_types(compute_device_type))
-            if compute_device_type == "cpu" and ShardingType.ROW_WISE.value not in types:
-                types.append(ShardingType.ROW_WISE.value)
-            return types
+    from unirec_dist.embeddings.sharders import CpuRowWiseEBCSharder
 
     return [CpuRowWiseEBCSharder(), EmbeddingCollectionSharder()]
 
@@ -204,9 +195,10 @@ def apply_table_optimizer(module: "nn.Module", kind: str, lr: float, eps: float 
     Without this, sharded tables silently train with fused SGD at lr 0.01.
     """
     import torch
-    from torch.distributed.optim import _apply_optimizer_in_backward
     from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
     from torchrec.optim import RowWiseAdagrad
+
+    from unirec_dist.compat.torch_api import apply_optimizer_in_backward
 
     validate_table_optimizer(kind, device_type)
     if kind == "sgd":
@@ -219,7 +211,7 @@ def apply_table_optimizer(module: "nn.Module", kind: str, lr: float, eps: float 
         cls, kw = torch.optim.Adam, {"lr": lr, "eps": eps, "weight_decay": weight_decay}
     for m in module.modules():
         if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection)):
-            _apply_optimizer_in_backward(cls, m.parameters(), kw)
+            apply_optimizer_in_backward(cls, m.parameters(), kw)
 
 
 def plan_sharding(
@@ -432,7 +424,8 @@ def copy_into_shards(dmp: "nn.Module", full: dict[str, "torch.Tensor"]) -> int:
     and 1 process start from the same weights (parity) when the model was built on CPU.
     """
     import torch
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    from unirec_dist.compat.torch_api import ShardedTensor
 
     n = 0
     sd = dmp.state_dict()
@@ -512,7 +505,7 @@ def local_table_shards(module: "nn.Module", tables: dict[str, TableInfo]) -> lis
 
     Works on a DMP-wrapped module (ShardedTensor or DTensor weights) and on a plain one.
     """
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
+    from unirec_dist.compat.torch_api import ShardedTensor, dtensor_global_offset
 
     out = []
     sd = module.state_dict()
@@ -525,9 +518,7 @@ def local_table_shards(module: "nn.Module", tables: dict[str, TableInfo]) -> lis
                 off = shard.metadata.shard_offsets
                 out.append((t, shard.tensor, int(off[0]), int(off[1])))
         elif hasattr(w, "to_local"):    # DTensor
-            from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-            _, off = compute_local_shape_and_global_offset(w.shape, w.device_mesh, w.placements)
+            off = dtensor_global_offset(w)
             out.append((t, w.to_local(), int(off[0]), int(off[1])))
         elif w.device.type != "meta":
             out.append((t, w, 0, 0))

@@ -114,7 +114,7 @@ class UniversalEmbedding(nn.Module):
             else:
                 lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
                 values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
-                rows = np.repeat(item, lengths)
+                rows: np.ndarray = np.repeat(item, lengths)
                 cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
                 keep = cols < out.shape[1]
                 out[rows[keep], cols[keep]] = values[keep]
@@ -140,7 +140,8 @@ class UniversalEmbedding(nn.Module):
 
         out = None
         if self.sparse:
-            values, lengths = [], []
+            values: list[torch.Tensor] = []
+            lengths: list[torch.Tensor] = []
             for f in self.sparse:
                 rows = getattr(self, f"feat_{f.name}")[ids].long()      # (N, W)
                 present = rows > 0
@@ -148,6 +149,7 @@ class UniversalEmbedding(nn.Module):
                 lengths.append(present.sum(1))
             kjt = KeyedJaggedTensor(keys=[f.name for f in self.sparse], values=torch.cat(values),
                                     lengths=torch.cat(lengths))
+            assert self.content_ebc is not None   # built whenever there are sparse features
             pooled = self.content_ebc(kjt).values()                     # (N, T * n_sparse)
             # T = table_dim(D) >= D: the tables' padding columns are not part of the vector
             out = pooled.view(ids.shape[0], len(self.sparse), table_dim(self.dim))[..., :self.dim].sum(1)

@@ -22,7 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from unirec_dist.report.inputs import ReportError, open_evals, open_run
+from unirec_dist.report.inputs import (
+    ReportError,
+    check_recs_path,
+    long_tail_inputs,
+    open_evals,
+    open_run,
+    pretrain_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +86,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, evals: list
     before the folder is created; a `ReportError` names the first problem."""
     from unirec_dist import __version__
     from unirec_dist.report import figures
-    from unirec_dist.report.inputs import check_recs_path, long_tail_inputs, pretrain_stats
     from unirec_dist.utils.atomic import atomic_dir, check_output_dir
 
     run_path = Path(run_dir)

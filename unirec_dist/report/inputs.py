@@ -141,7 +141,7 @@ def open_evals(paths: list[str | Path], run: Run) -> Evals:
     evals = Evals([Path(p) for p in paths], {})
     for path in evals.paths:
         if not path.is_file():
-            raise ReportError(f"--eval {path}: no such file")
+            raise ReportError(f"evaluation {path}: no such file")
         data = _read_json(path, "evaluation")
         if not isinstance(data, dict):
             raise ReportError(f"{path}: expected a JSON object of evaluation reports")
@@ -182,12 +182,12 @@ def long_tail_inputs(run: Run, recs_path: Path | None, k: int = 10) -> tuple[np.
     try:
         recs = pq.read_table(recs_path, columns=["rank", "item"])
     except (pa.ArrowInvalid, OSError, KeyError) as e:
-        raise ReportError(f"--recs {recs_path}: not a recommendation table with rank and item columns ({e})") from None
+        raise ReportError(f"{recs_path}: not a recommendation table with rank and item columns ({e})") from None
     recs = recs.filter(pc.less_equal(recs["rank"], k))
     vocab = ds.vocab("item")
     index = pc.index_in(recs["item"].cast(pa.string()), value_set=vocab["raw"].cast(pa.string()))
     if index.null_count:
-        raise ReportError(f"--recs {recs_path}: {index.null_count} recommended items are not in the run's dataset "
+        raise ReportError(f"recommendation table {recs_path}: {index.null_count} recommended items are not in the run's dataset "
                           f"{ds_path}: the lists are from another dataset")
     ids = vocab["index"].to_numpy()[index.to_numpy()].astype(np.int64)
     n = int(ds.n_items)
@@ -206,5 +206,5 @@ def check_recs_path(path: str | None) -> Path | None:
         return None
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"--recs {p}: no such file")
+        raise DataError(f"recommendation table {p}: no such file")
     return p

@@ -21,6 +21,8 @@ FastAPI's thread pool (it can take tens of milliseconds).
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime,
 # and the request models are local classes (their limits come from the Recommender), which string
 # annotations could not resolve.
+import json
+import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 if TYPE_CHECKING:
@@ -45,8 +47,6 @@ class BodyLimit:
         self.detail = f"request body larger than {self.limit} bytes"
 
     async def _refuse(self, send: Any) -> None:
-        import json
-
         body = json.dumps({"detail": self.detail}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -121,16 +121,23 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
     """The app over `rec`. /recommend answers through `recommend_batched` (an async callable
     Query -> Ranked, e.g. Ray Serve's `@serve.batch` method) when given, else through a
     MicroBatcher built from `batching`, else inline one request at a time (`batching=None`)."""
-    import time
-
     from fastapi import FastAPI, Request, Response
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+    from pydantic import (
+        BaseModel,
+        BeforeValidator,
+        ConfigDict,
+        Field,
+        StringConstraints,
+        WithJsonSchema,
+        model_validator,
+    )
 
     from unirec_dist import __version__
     from unirec_dist.serving.batching import MicroBatcher
-    from unirec_dist.serving.recommender import Query as RecQuery, RequestError
+    from unirec_dist.serving.recommender import Query as RecQuery
+    from unirec_dist.serving.recommender import RequestError
 
     RawId = Annotated[
         str, BeforeValidator(_coerce_id), StringConstraints(max_length=MAX_ID_LEN),

@@ -26,7 +26,7 @@ Layout of a bundle directory (written atomically by `write_bundle`, e.g. via `un
                             binary format, no pickle), with its parameters in manifest["ann"]
 
 `builder` names a function in `MODEL_BUILDERS` (no import paths in files): "unirec" rebuilds the
-model with `unirec_dist.training.build.build_from_config(config, manifest["dataset"])` and loads
+model with `unirec_dist.models.factory.build_from_config(config, manifest["dataset"])` and loads
 the weights; "synthetic-meanpool" is the weight-free mean-pool model used by tests and benchmarks.
 """
 from __future__ import annotations
@@ -45,8 +45,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unirec_dist.errors import CheckpointError
-from unirec_dist.utils.jsonfile import load_json_object
 from unirec_dist.utils.atomic import MARKER, atomic_dir
+from unirec_dist.utils.jsonfile import load_json_object
 
 if TYPE_CHECKING:
     import torch
@@ -207,7 +207,7 @@ def _build_unirec(config: dict[str, Any], manifest: dict[str, Any], path: Path, 
     (vocab sizes and feature spec) and fill it from weights.safetensors (strict: every tensor)."""
     from unirec_dist.config.loader import from_dict
     from unirec_dist.config.train import TrainConfig
-    from unirec_dist.training.build import build_from_config
+    from unirec_dist.models.factory import build_from_config
 
     cfg = from_dict(TrainConfig, config, where=f"{path / CONFIG}")
     dataset = {k: v for k, v in (manifest.get("dataset") or {}).items() if k != "manifest"}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unirec_dist.errors import CheckpointError
+from unirec_dist.errors import CheckpointError, UnirecError
 
 if TYPE_CHECKING:
     import torch
@@ -141,8 +141,6 @@ def _faiss():
     try:
         import faiss
     except ImportError:
-        from unirec_dist.errors import UnirecError
-
         raise UnirecError("the approximate index needs faiss: pip install faiss-cpu") from None
     return faiss
 

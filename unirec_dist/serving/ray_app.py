@@ -139,7 +139,7 @@ def start(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
     from unirec_dist.utils.ray_cluster import init_ray
 
     if address:
-        init_ray(address, flag="--ray-address", log_to_driver=False, logging_level=logging.WARNING)
+        init_ray(address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         init_ray(None, num_cpus=num_cpus, log_to_driver=False, logging_level=logging.WARNING)
     serve.start(http_options={"host": host, "port": int(port)})

@@ -15,6 +15,7 @@ display fields (`display`: title, genres, ...) when the bundle has them.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -242,8 +243,6 @@ class Recommender:
     def from_bundle(cls, path: str | os.PathLike, index: str = "exact", *, ef_search: int | None = None,
                     hnsw: dict[str, Any] | None = None, **kwargs: Any) -> "Recommender":
         """Load a bundle written by `unirec export` (no torch.distributed, no sharding, no pickle)."""
-        import json
-
         import pyarrow.parquet as pq
 
         from unirec_dist.serving import bundle as B

@@ -70,10 +70,9 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", timeout_s: float = 30.0) 
 
 def _child(bundle: str, sock: socket.socket, options: dict[str, Any]) -> None:
     from unirec_dist.serving.app import create_app
+    from unirec_dist.serving.config import BatchingConfig
     from unirec_dist.serving.recommender import Recommender
     from unirec_dist.utils.logging import setup_cli_logging
-
-    from unirec_dist.serving.config import BatchingConfig
 
     setup_cli_logging(False)
     threads = options.pop("threads", None)

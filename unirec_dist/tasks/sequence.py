@@ -8,10 +8,12 @@ position. `batch.extra["ratings"]` (T,) float, aligned with seq values, feeds th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from unirec_dist.embeddings.features import FeatureSpec
 from unirec_dist.models.seqrec import SeqRecModel, pad_jagged
 from unirec_dist.tasks.augment import augment
 
@@ -39,6 +41,7 @@ def forward_sequences(model: SeqRecModel, batch, values: torch.Tensor | None = N
     jt = batch.seq["item"]
     if values is None:
         values, lengths = jt.values().long(), jt.lengths().long()
+    assert lengths is not None, "values without lengths"
     # pad_width: the ranks' common width (training/strategy.common_pad_width), when distributed
     width = max(int(lengths.max()), 2, int(batch.extra.get("pad_width", 0)))
     ids = pad_jagged(values, lengths, width)                   # (B, L+1)
@@ -141,7 +144,7 @@ class SequenceTask:
     def __init__(self, task_cfg, n_items: int, item_counts: torch.Tensor | None = None) -> None:
         self.cfg = task_cfg
         self.weights = task_cfg.active_tasks
-        self.objectives = {}
+        self.objectives: dict[str, Any] = {}
         builders = {
             "retrieval": lambda: RetrievalObjective(task_cfg.retrieval, n_items, item_counts),
             "rating": lambda: RatingObjective(),
@@ -181,3 +184,12 @@ class SequenceTask:
         if total is None:
             total = f.states.sum() * 0.0
         return total, parts
+
+
+def build_task(task_cfg, dataset_manifest: dict, item_counts=None) -> SequenceTask:
+    """The objective for `task_cfg` over the dataset `dataset_manifest` describes (its item count);
+    `item_counts` (N + 1,) training frequency per item id (row 0 = padding) feeds the retrieval
+    objective's logQ correction."""
+    spec = FeatureSpec.from_manifest(dataset_manifest)
+    counts = None if item_counts is None else torch.as_tensor(item_counts)
+    return SequenceTask(task_cfg, spec.n_items, counts)

@@ -27,7 +27,19 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.distributed.checkpoint.stateful import Stateful
 
-from unirec_dist.errors import CheckpointError
+from unirec_dist.checkpoint.dcp import (
+    checkpoint_dirs,
+    load_checkpoint,
+    publish_step,
+    read_manifest,
+    remove_stale_temps,
+    resolve_checkpoint,
+    save_checkpoint,
+    step_dir_name,
+)
+from unirec_dist.compat.lightning_api import train_loader_of
+from unirec_dist.compat.torch_api import init_optim_state
+from unirec_dist.errors import CheckpointError, UnirecError
 from unirec_dist.utils.faults import fault_point
 
 if TYPE_CHECKING:
@@ -170,9 +182,7 @@ class RNGState(Stateful):
 
 def _init_optimizer_state(opt: torch.optim.Optimizer) -> None:
     """Create an optimizer's lazily built state (Adam's moments) so DCP can load into it."""
-    from torch.distributed.checkpoint.state_dict import _init_optim_state
-
-    _init_optim_state(opt)
+    init_optim_state(opt)
 
 
 # -- the strategy mixin --------------------------------------------------------------------------
@@ -182,6 +192,12 @@ class DCPCheckpointing:
     The host strategy provides `lightning_module`, `optimizers`, `global_rank`; subclasses
     override `fused_optimizer()` and `plan_manifest()` (the TorchRec strategy does).
     """
+
+    if TYPE_CHECKING:   # provided by the host Lightning strategy
+        lightning_module: Any
+        optimizers: list[Any]
+        is_global_zero: bool
+        global_rank: int
 
     #: extra manifest entries for every checkpoint (kind, config, dataset, ...), set by the job
     manifest_extra: dict[str, Any]
@@ -219,8 +235,6 @@ class DCPCheckpointing:
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         """Every rank writes its shards (collective); rank 0 writes the manifest and publishes."""
-        from unirec_dist.checkpoint.dcp import save_checkpoint
-
         optim = OptimizerState(list(self.optimizers), self.fused_optimizer())
         state = self._app_state(optim)
         rest = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
@@ -244,8 +258,6 @@ class DCPCheckpointing:
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         """Load model, optimizer, RNG and loop state in place (resharding as needed); return the
         loop state for Lightning to restore (loops, callbacks)."""
-        from unirec_dist.checkpoint.dcp import load_checkpoint, read_manifest
-
         manifest = read_manifest(checkpoint_path)
         tree = manifest.get("trainer")
         if not isinstance(tree, dict):
@@ -283,11 +295,10 @@ class DCPCheckpointing:
             done = int(rest["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"])
         except (KeyError, TypeError):
             done = 0
-        trainer = getattr(self.lightning_module, "_trainer", None)
-        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-        loader = getattr(source, "instance", None) if source is not None else None
+        loader = train_loader_of(self.lightning_module)
         if loader is None:
             return
+        trainer = self.lightning_module.trainer
         epoch = int(rest.get("epoch", 0))
         per_epoch = _batches_per_epoch(loader, trainer.limit_train_batches)
         if per_epoch is not None and done >= per_epoch:
@@ -377,8 +388,6 @@ class CheckpointCallback(Checkpoint):
         # what a crashed save of a previous run into the same folder left (also when a resumed
         # run has nothing left to train and never saves)
         if self.dirpath is not None and trainer.is_global_zero:
-            from unirec_dist.checkpoint.dcp import remove_stale_temps
-
             remove_stale_temps(self.dirpath)
 
     def on_train_batch_end(self, trainer: "pl.Trainer", *args: Any, **kwargs: Any) -> None:
@@ -404,8 +413,6 @@ class CheckpointCallback(Checkpoint):
         self._save(trainer, ("last",))
 
     def _save(self, trainer: "pl.Trainer", pointers: tuple[str, ...]) -> None:
-        from unirec_dist.checkpoint.dcp import publish_step, remove_stale_temps, step_dir_name
-
         step = trainer.global_step
         name = step_dir_name(step)
         if self.ray_report:
@@ -434,7 +441,7 @@ class CheckpointCallback(Checkpoint):
     def _report(self, trainer: "pl.Trainer", name: str) -> None:
         import ray.train
 
-        from unirec_dist.training.strategy import flatten_worker_stats
+        from unirec_dist.training.ray_strategy import flatten_worker_stats
 
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         metrics.update(step=trainer.global_step, epoch=trainer.current_epoch)
@@ -472,9 +479,6 @@ def fresh_run(out: str | os.PathLike, resume: bool) -> Iterator[None]:
     this run created it and nothing else is there). A run that published a checkpoint keeps it, to
     be resumed. An operating-system error writing out_dir (disk full, read-only) becomes one line
     naming it."""
-    from unirec_dist.checkpoint.dcp import checkpoint_dirs
-    from unirec_dist.errors import UnirecError
-
     out = Path(out).absolute()
     existed = out.exists()
     try:
@@ -497,8 +501,6 @@ def prepare_out_dir(out: str | os.PathLike, overwrite: bool, resume: bool) -> Pa
     A folder holding a previous run is refused unless `overwrite` (its checkpoints/, logs/ and
     metrics.json are removed, nothing else) or `resume` (continue from its newest checkpoint).
     """
-    from unirec_dist.checkpoint.dcp import resolve_checkpoint
-
     out = Path(out)
     found = run_dir_state(out)
     if resume:

@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from unirec_dist.data.batch import ITEM_KEY, SeqBatch
-from unirec_dist.data.dataset import read_split, split_files
+from unirec_dist.data.dataset import PreparedDataset, read_split, split_files
 from unirec_dist.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,6 @@ def open_prepared(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     readable, format version supported; plus the files training reads, down to every train part
     file's Parquet footer) and return (path, manifest). Raises DataError with one line otherwise.
     Cheap (footers only), so the driver runs it before any worker starts."""
-    from unirec_dist.data.dataset import PreparedDataset
-
     ds = PreparedDataset.open(path)
     for name in REQUIRED:
         split_files(ds.root, name)

@@ -1,13 +1,13 @@
 """Fine-tuning a pretrained checkpoint on a target dataset: `finetune(cfg, from_checkpoint) -> checkpoint dir`.
 
 One process (CPU or one GPU). The pretrained checkpoint may have been written by any number of
-workers: its weights are read with `training.build.load_retriever`, i.e. `checkpoint.dcp.
+workers: its weights are read with `models.factory.load_retriever`, i.e. `checkpoint.dcp.
 load_checkpoint` into a plain module (DCP reshards on load).
 
 Steps (every user-fixable problem is found before any training):
 1. The architecture (embedding dim, item features, encoder, max_len) comes from the checkpoint's
    manifest; the vocab sizes from the target dataset; task/optim/trainer from the config.
-2. Alignment (`training/align.py`): target item rows -> pretrained item rows by raw id, or by a
+2. Alignment (`data/align.py`): target item rows -> pretrained item rows by raw id, or by a
    key built from raw item-table columns (e.g. title + year). Too little overlap, or aligned items
    that disagree on a shared categorical feature (raw ids naming different items), is an
    `AlignmentError` (one line, CLI exit 2). Users: by raw id (or all new). Content tables:
@@ -24,7 +24,7 @@ Steps (every user-fixable problem is found before any training):
    gradient mask); `freeze.encoder` freezes the encoder; `freeze.lr_multipliers` scale optim.lr
    per group (embedding, encoder, head); a multiplier 0 freezes the group.
 5. Training reuses the training stack (TrainSequences, SequenceBatches, build_task, RecModule,
-   Lightning); validation reports the task's metrics: retrieval HR/NDCG@10 (full ranking; seen
+   Lightning); validation reports the task's metrics (metrics/tasks.py): retrieval HR/NDCG@10 (full ranking; seen
    items masked only with trainer.val_mask_seen), rating RMSE/MAE, CTR AUC/log-loss; the best
    checkpoint is kept by the first of NDCG@10 (max), RMSE (min), AUC (max) that the task has.
 
@@ -44,13 +44,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
+from unirec_dist.checkpoint.dcp import read_manifest, resolve_checkpoint
 from unirec_dist.config.finetune import FinetuneConfig
 from unirec_dist.config.loader import from_dict, to_dict
 from unirec_dist.config.train import DataSection, TrainConfig
+from unirec_dist.data import align as A
+from unirec_dist.data.align import copy_rows
+from unirec_dist.data.dataset import PreparedDataset
+from unirec_dist.embeddings.features import FeatureSpec
 from unirec_dist.errors import CheckpointError, ConfigError
+from unirec_dist.metrics.tasks import evaluate_checkpoint, monitor_of, task_metrics
+from unirec_dist.models.factory import build_from_config, dataset_section, load_retriever
+from unirec_dist.tasks.sequence import build_task
+from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
+from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, open_prepared, read_valid
+from unirec_dist.training.module import RecModule
+from unirec_dist.training.tracking import check_tracking, log_final_metrics
+from unirec_dist.training.train import _quiet, apply_val_mask_seen, make_trainer
+from unirec_dist.utils.device import configure_cpu, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +94,6 @@ class Plan:
 
 
 def _pretrained_config(ckpt: Path) -> tuple[dict[str, Any], TrainConfig]:
-    from unirec_dist.checkpoint.dcp import read_manifest
-
     manifest = read_manifest(ckpt)
     if "config" not in manifest or "dataset" not in manifest:
         raise CheckpointError(f"{ckpt}: manifest has no config/dataset; not a training checkpoint")
@@ -93,8 +107,6 @@ def _pretrained_config(ckpt: Path) -> tuple[dict[str, Any], TrainConfig]:
 def _model_features(pcfg: TrainConfig, ckpt_manifest: dict[str, Any], target_manifest: dict[str, Any],
                     where: str) -> list[Any]:
     """The pretrained model's item features, checked against the target dataset's."""
-    from unirec_dist.embeddings.features import FeatureSpec
-
     src = FeatureSpec.from_manifest(ckpt_manifest["dataset"], where="checkpoint manifest dataset")
     feats = src.item_features(pcfg.model.embedding.item_features)
     tgt = {f.name: f for f in FeatureSpec.from_manifest(target_manifest, where=where).features if f.table == "items"}
@@ -132,8 +144,6 @@ def _effective_config(cfg: FinetuneConfig, pcfg: TrainConfig, feature_names: lis
 
 
 def _source_dataset(cfg: FinetuneConfig, ckpt: Path, ckpt_manifest: dict[str, Any]):
-    from unirec_dist.data.dataset import PreparedDataset
-
     path = cfg.init.source_data or (ckpt_manifest.get("dataset") or {}).get("path")
     if not path:
         raise AlignmentError(f"{ckpt}: the manifest names no pretraining dataset; set init.source_data")
@@ -157,8 +167,6 @@ def _share(m: np.ndarray) -> dict[str, Any]:
 def align(cfg: FinetuneConfig, ckpt_manifest: dict[str, Any], ckpt: Path, target, feats: list[Any],
           user_table: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Row maps for every embedding table of the model (state key -> (n_target_rows,) int64)."""
-    from unirec_dist.training import align as A
-
     ini = cfg.init
     source = _source_dataset(cfg, ckpt, ckpt_manifest)
     n_t, n_s = target.n_items + 1, source.n_items + 1
@@ -226,12 +234,6 @@ def align(cfg: FinetuneConfig, ckpt_manifest: dict[str, Any], ckpt: Path, target
 
 def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
     """All checks and the alignment, before any model is built."""
-    from unirec_dist.data.dataset import PreparedDataset
-    from unirec_dist.training.data import open_prepared
-    from unirec_dist.utils.device import resolve_device
-
-    from unirec_dist.checkpoint.dcp import resolve_checkpoint
-
     ckpt = resolve_checkpoint(from_checkpoint)
     ckpt_manifest, pcfg = _pretrained_config(ckpt)
     path, t_manifest = open_prepared(cfg.data.path)
@@ -251,9 +253,6 @@ def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
 # ----------------------------------------------------------------------------- weights
 def init_from_pretrained(model: torch.nn.Module, plan: Plan) -> dict[str, Any]:
     """Copy the pretrained weights into the target-shaped `model` (in place) per the plan's maps."""
-    from unirec_dist.training.align import copy_rows
-    from unirec_dist.training.build import load_retriever
-
     src_model, _ = load_retriever(plan.ckpt)          # DCP load, any writer world size
     src = src_model.state_dict()
     dst = model.state_dict()
@@ -317,155 +316,46 @@ def apply_freeze(model: torch.nn.Module, cfg: FinetuneConfig, maps: dict[str, np
     return info
 
 
-# ----------------------------------------------------------------------------- metrics
-def _first(col) -> np.ndarray:
-    from unirec_dist.training.data import _flat
-
-    vals, lens = _flat(col, np.float64)
-    first = (np.cumsum(lens) - lens)
-    out = np.full(len(lens), np.nan)
-    out[lens > 0] = vals[first[lens > 0]]
-    return out
-
-
-@torch.no_grad()
-def _pointwise_states(model, queries, batch_size: int, max_len: int):
-    """Per query: (hist (B, L, D), lengths (B,), state after the history (B, D), first target (B,))."""
-    from unirec_dist.data.batch import iter_query_batches
-
-    for b in iter_query_batches(queries, batch_size, max_len):
-        items, lengths = model.embed_sequences(b.seq)
-        states = model.encode(items, lengths.clamp(min=1), b.users)
-        h = states[torch.arange(states.shape[0]), (lengths - 1).clamp(min=0)]
-        yield items, lengths, h, b.targets[:, 0]
-
-
-@torch.no_grad()
-def rating_metrics(model, queries, batch_size: int = 512) -> dict[str, float]:
-    """RMSE/MAE of the rating head on each query's first target (queries with a target rating)."""
-    from unirec_dist.metrics.pointwise import mae, rmse
-
-    if "target_ratings" not in queries.column_names:
-        return {}
-    y = _first(queries["target_ratings"])
-    preds = []
-    for _, _, h, tgt in _pointwise_states(model, queries, batch_size, model.max_len):
-        preds.append(model.heads["rating"](h, model.embedding.item_vectors(tgt)).float().numpy())
-    p = np.concatenate(preds) if preds else np.zeros(0)
-    ok = ~np.isnan(y)
-    return {"RMSE": rmse(p[ok], y[ok]), "MAE": mae(p[ok], y[ok]), "rated": int(ok.sum())}
-
-
-@torch.no_grad()
-def ctr_metrics(model, queries, ctr_cfg, n_items: int, batch_size: int = 512, seed: int = 0) -> dict[str, float]:
-    """AUC/log-loss of the CTR head: each query's first target (label 1, or rating >=
-    label_min_rating) against `num_negatives` uniformly drawn items (label 0, fixed seed)."""
-    from unirec_dist.metrics.pointwise import auc, log_loss
-
-    g = torch.Generator().manual_seed(seed)
-    thr = ctr_cfg.label_min_rating
-    ratings = _first(queries["target_ratings"]) if (thr is not None and "target_ratings" in queries.column_names) else None
-    scores, labels = [], []
-    start = 0
-    for items, lengths, h, tgt in _pointwise_states(model, queries, batch_size, model.max_len):
-        B, L, _ = items.shape
-        C = 1 + ctr_cfg.num_negatives
-        neg = torch.randint(1, n_items + 1, (B, 1, C - 1), generator=g)
-        cand_ids = torch.cat([tgt[:, None, None], neg], dim=-1)                         # (B, 1, C)
-        cand = model.embedding.item_vectors(cand_ids.reshape(-1)).view(B, 1, C, -1)
-        visible = (torch.arange(L)[None, None, :] < lengths[:, None, None])             # (B, 1, L)
-        logits = model.heads["ctr"](items, visible, h[:, None, :], cand)[:, 0]          # (B, C)
-        lab = torch.zeros(B, C)
-        if ratings is not None:
-            lab[:, 0] = torch.from_numpy((ratings[start:start + B] >= thr).astype(np.float32))
-        else:
-            lab[:, 0] = 1.0
-        start += B
-        scores.append(logits.reshape(-1).float().numpy())
-        labels.append(lab.reshape(-1).numpy())
-    s = np.concatenate(scores) if scores else np.zeros(0)
-    y = np.concatenate(labels) if labels else np.zeros(0)
-    return {"AUC": auc(s, y), "LogLoss": log_loss(1.0 / (1.0 + np.exp(-s)), y)}
-
-
-def task_metrics(model, queries, train_cfg: TrainConfig, n_items: int, ks=(10,), batch_size: int = 512,
-                 seed: int = 0, mask_seen: bool | None = None) -> dict[str, float]:
-    """The metrics of every active task on a query table (valid or test). Retrieval ranks the full
-    catalogue; history items are masked if `mask_seen` (None: the config's trainer.val_mask_seen)."""
-    if mask_seen is None:
-        mask_seen = train_cfg.trainer.val_mask_seen
-    from unirec_dist.metrics.evaluate import evaluate_table
-
-    tasks = train_cfg.task.active_tasks
-    was = model.training
-    model.eval()
-    try:
-        out: dict[str, float] = {}
-        if "retrieval" in tasks:
-            m = evaluate_table(model, queries, n_items, ks=ks, mask_seen=mask_seen, batch_size=batch_size, progress=False)
-            out.update({k: float(v) for k, v in m.items()})
-        if "rating" in tasks:
-            out.update(rating_metrics(model, queries, batch_size))
-        if "ctr" in tasks:
-            out.update(ctr_metrics(model, queries, train_cfg.task.ctr, n_items, batch_size, seed))
-        return out
-    finally:
-        model.train(was)
-
-
-def monitor_of(train_cfg: TrainConfig) -> tuple[str, str]:
-    tasks = train_cfg.task.active_tasks
-    if "retrieval" in tasks:
-        return "NDCG@10", "max"
-    if "rating" in tasks:
-        return "RMSE", "min"
-    return "AUC", "max"
-
-
 # ----------------------------------------------------------------------------- training
-def _make_module_class():
-    from unirec_dist.training.module import RecModule
+class FinetuneModule(RecModule):
+    """RecModule with the task's own validation metrics and per-group learning rates."""
 
-    class FinetuneModule(RecModule):
-        """RecModule with the task's own validation metrics and per-group learning rates."""
+    def __init__(self, cfg: TrainConfig, model, task, valid, n_items: int, ft: FinetuneConfig) -> None:
+        super().__init__(cfg, model, task, valid, n_items=n_items)
+        self.ft = ft
+        self.monitor, self.mode = monitor_of(cfg)
 
-        def __init__(self, cfg: TrainConfig, model, task, valid, n_items: int, ft: FinetuneConfig) -> None:
-            super().__init__(cfg, model, task, valid, n_items=n_items)
-            self.ft = ft
-            self.monitor, self.mode = monitor_of(cfg)
+    def run_validation(self) -> dict[str, float]:
+        if self.valid is None or self.valid.num_rows == 0:
+            return {}
+        assert self.n_items is not None, "validation queries without n_items"
+        return task_metrics(self.model, self.valid, self.cfg, self.n_items,
+                            batch_size=self.cfg.data.valid_batch_size, seed=self.cfg.trainer.seed)
 
-        def run_validation(self) -> dict[str, float]:
-            if self.valid is None or self.valid.num_rows == 0:
-                return {}
-            return task_metrics(self.model, self.valid, self.cfg, self.n_items,
-                                batch_size=self.cfg.data.valid_batch_size, seed=self.cfg.trainer.seed)
+    def log_validation(self, m: dict[str, float]) -> None:
+        shown = {k: v for k, v in m.items() if k not in ("queries", "rated")}
+        for k, v in shown.items():
+            self.log(f"val/{k}", v, prog_bar=k == self.monitor, sync_dist=False)
+        log.info("epoch %d: val %s", self.current_epoch, " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
-        def log_validation(self, m: dict[str, float]) -> None:
-            shown = {k: v for k, v in m.items() if k not in ("queries", "rated")}
-            for k, v in shown.items():
-                self.log(f"val/{k}", v, prog_bar=k == self.monitor, sync_dist=False)
-            log.info("epoch %d: val %s", self.current_epoch, " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
-
-        def configure_optimizers(self):
-            o = self.cfg.optim
-            mult = to_dict(self.ft.freeze.lr_multipliers)
-            groups: dict[str, list] = {"embedding": [], "encoder": [], "head": []}
-            for name, p in self.model.named_parameters():
-                if p.requires_grad:
-                    groups[param_group(name)].append(p)
-            row_frozen = self.ft.freeze.embeddings
-            param_groups = [
-                {"params": ps, "lr": o.lr * mult[g], "name": g,
-                 # decoupled weight decay would move frozen (masked) rows
-                 "weight_decay": 0.0 if (g == "embedding" and row_frozen) else o.weight_decay}
-                for g, ps in groups.items() if ps
-            ]
-            if not param_groups:
-                raise ConfigError("freeze: every parameter is frozen; nothing to fine-tune")
-            cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-            return cls(param_groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-
-    return FinetuneModule
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        mult = to_dict(self.ft.freeze.lr_multipliers)
+        groups: dict[str, list] = {"embedding": [], "encoder": [], "head": []}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                groups[param_group(name)].append(p)
+        row_frozen = self.ft.freeze.embeddings
+        param_groups = [
+            {"params": ps, "lr": o.lr * mult[g], "name": g,
+             # decoupled weight decay would move frozen (masked) rows
+             "weight_decay": 0.0 if (g == "embedding" and row_frozen) else o.weight_decay}
+            for g, ps in groups.items() if ps
+        ]
+        if not param_groups:
+            raise ConfigError("freeze: every parameter is frozen; nothing to fine-tune")
+        cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+        return cls(param_groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
 def subsample(seqs, fraction: float, seed: int):
@@ -485,10 +375,6 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
     without one of them). Resuming re-plans from `from_checkpoint`, then continues the run from
     its newest checkpoint (weights, optimizer, RNG, loop state).
     """
-    from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
-    from unirec_dist.training.tracking import check_tracking
-    from unirec_dist.training.train import _quiet
-
     t0 = time.perf_counter()
     _quiet()
     plan = plan_finetune(cfg, from_checkpoint)
@@ -504,15 +390,6 @@ def finetune(cfg: FinetuneConfig, from_checkpoint, overwrite: bool = False, resu
 
 def _finetune(cfg: FinetuneConfig, plan: Plan, resume_from: Path | None, t0: float) -> Path:
     """The fine-tuning run itself (see `finetune`)."""
-    import lightning as L
-    import pyarrow.parquet as pq
-
-    from unirec_dist.training.build import build_from_config, build_task, dataset_section
-    from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, read_valid
-    from unirec_dist.training.tracking import log_final_metrics
-    from unirec_dist.training.train import apply_val_mask_seen, make_trainer
-    from unirec_dist.utils.device import configure_cpu, resolve_device
-
     eff, target = plan.train_cfg, plan.target
     apply_val_mask_seen(eff, target.manifest)
     seqs = TrainSequences.from_dir(target.root, eff.data.train_on)
@@ -533,7 +410,7 @@ def _finetune(cfg: FinetuneConfig, plan: Plan, resume_from: Path | None, t0: flo
     freeze_info = apply_freeze(model, cfg, plan.maps)
     task = build_task(eff.task, target.manifest, seqs.item_counts(n_vocab))
     valid = read_valid(target.root, eff.data.valid_max_users, seed=eff.trainer.seed)
-    module = _make_module_class()(eff, model, task, valid, n_vocab - 1, cfg)
+    module = FinetuneModule(eff, model, task, valid, n_vocab - 1, cfg)
     log.info("fine-tuning %s on %s from %s: %d sequences (fraction %.2f), %d items, %d trainable parameters",
              cfg.name, target.root, plan.ckpt, len(seqs), cfg.data.fraction, n_vocab - 1,
              sum(p.numel() for p in model.parameters() if p.requires_grad))
@@ -572,20 +449,3 @@ def _finetune(cfg: FinetuneConfig, plan: Plan, resume_from: Path | None, t0: flo
     log_final_metrics(trainer.loggers, summary)
     log.info("done in %.1f s; checkpoint %s", summary["seconds"], result)
     return Path(result)
-
-
-def evaluate_checkpoint(checkpoint, split: str = "test", ks=(10,), dataset=None,
-                        mask_seen: bool = False) -> dict[str, float]:
-    """Task metrics (retrieval HR/NDCG@K full ranking, history items masked if `mask_seen`;
-    RMSE/MAE; AUC/log-loss) of a training or fine-tuning checkpoint on its dataset's `split`."""
-    from unirec_dist.data.dataset import PreparedDataset
-    from unirec_dist.training.build import load_retriever
-
-    model, manifest = load_retriever(checkpoint)
-    ds = PreparedDataset.open(dataset or manifest["dataset"]["path"])
-    cfg = from_dict(TrainConfig, manifest["config"], where=f"{checkpoint}/manifest.json config")
-    queries = ds.table(split)
-    import pyarrow.compute as pc
-
-    queries = queries.filter(pc.greater(pc.list_value_length(queries["targets"]), 0))
-    return task_metrics(model, queries, cfg, ds.n_items, ks=ks, seed=cfg.trainer.seed, mask_seen=mask_seen)

@@ -10,6 +10,7 @@ assumes a plain module.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import lightning as L
@@ -37,14 +38,12 @@ class RecModule(L.LightningModule):
         self.best_ndcg = float("-inf")
         self.last_metrics: dict[str, float] = {}
         self._validated_epoch = -1
-        self._t0 = None
+        self._t0: float | None = None
 
     def forward(self, batch):
         return self.model.query_embeddings(batch)
 
     def on_fit_start(self) -> None:
-        import time
-
         self._t0 = time.perf_counter()
 
     def training_step(self, batch, batch_idx: int):
@@ -66,8 +65,9 @@ class RecModule(L.LightningModule):
         try:
             from unirec_dist.metrics.evaluate import evaluate_table
 
+            assert self.n_items is not None, "validation queries without n_items"
             return evaluate_table(model, self.valid, self.n_items, ks=VAL_KS,
-                                  mask_seen=self.cfg.trainer.val_mask_seen,
+                                  mask_seen=bool(self.cfg.trainer.val_mask_seen),
                                   batch_size=self.cfg.data.valid_batch_size, progress=False)
         finally:
             model.train(was)
@@ -92,8 +92,6 @@ class RecModule(L.LightningModule):
         self.best_ndcg = max(self.best_ndcg, ndcg)
         self.log("val/HR@10", hr, prog_bar=True, sync_dist=False)
         self.log("val/NDCG@10", ndcg, prog_bar=True, sync_dist=False)
-        import time
-
         wall = time.perf_counter() - (self._t0 or time.perf_counter())
         self.log("val/fit_seconds", wall, sync_dist=False)
         log.info("epoch %d: val HR@10 %.4f NDCG@10 %.4f (%.0f s into fit)", self.current_epoch, hr, ndcg, wall)

@@ -38,6 +38,7 @@ from typing import Any
 
 from unirec_dist.config.distributed import DistributedSection, PretrainConfig
 from unirec_dist.errors import ConfigError, UnirecError
+
 # one implementation of the address check and of the cluster start-up for every command
 from unirec_dist.utils.ray_cluster import ClusterError, check_address, init_ray, shutdown_ray
 
@@ -52,7 +53,7 @@ def check_model(cfg: PretrainConfig) -> dict[str, Any]:
     (unknown table or type, data_parallel): checked against CUDA, which allows the most, so
     that they fail before Ray starts. `check_device` checks the rest once the device is known."""
     from unirec_dist.embeddings.sharding import find_tables, validate_sharding
-    from unirec_dist.training.build import build_from_config
+    from unirec_dist.models.factory import build_from_config
     from unirec_dist.training.train import check_inputs
 
     _, ds_manifest = check_inputs(cfg)
@@ -84,7 +85,7 @@ def check_fit(cfg: PretrainConfig, device_type: str, own_cluster: bool) -> None:
     workers' own planner sees it; a joined cluster's nodes are not known here, so without
     memory_gb the workers' planner alone decides there."""
     from unirec_dist.embeddings import sharding as S
-    from unirec_dist.training.build import build_from_config
+    from unirec_dist.models.factory import build_from_config
     from unirec_dist.training.train import check_inputs
 
     dist = cfg.distributed
@@ -242,7 +243,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from unirec_dist.config.loader import from_dict, to_dict
     from unirec_dist.training.checkpointing import CheckpointCallback
-    from unirec_dist.training.strategy import ShardingOptions, ray_torchrec_strategy
+    from unirec_dist.training.ray_strategy import RayTorchRecStrategy
+    from unirec_dist.training.strategy import ShardingOptions
     from unirec_dist.training.train import make_loggers, setup_training
 
     logging.getLogger("unirec_dist").setLevel(logging.INFO if config.get("verbose") else logging.WARNING)
@@ -275,7 +277,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # the workers on one node share its memory (the planner's default per worker)
         local_world_size=ctx.get_local_world_size(), init_seed=cfg.trainer.seed,
     )
-    strategy = ray_torchrec_strategy(
+    strategy = RayTorchRecStrategy(
         sharding=sharding,
         # "config" is the training schema (what load_retriever rebuilds the model from);
         # the distributed section sits beside it
@@ -393,13 +395,7 @@ def filter_worker_logs() -> None:
     """Forward only the training workers' own output (rank 0's progress bar, our log lines) to
     the terminal, without Ray's "(RayTrainWorker pid=...)" prefix; Ray's controller/cleaner
     chatter and known library noise stay in Ray's log files (/tmp/ray/session_latest/logs)."""
-    try:
-        import ray._private.worker as rw
-    except ImportError:  # pragma: no cover - Ray internals moved: fall back to Ray's own output
-        return
-    if getattr(rw, "_unirec_filtered", False):
-        return
-    original = rw.print_worker_logs
+    from unirec_dist.compat.ray_api import replace_print_worker_logs
 
     def print_worker_logs(data, print_file, ignore_prefix: bool = False):
         name = str(data.get("actor_name") or data.get("task_name") or "")
@@ -409,9 +405,7 @@ def filter_worker_logs() -> None:
             if not any(n in line for n in _NOISE):
                 print(line, file=print_file)
 
-    rw.print_worker_logs = print_worker_logs
-    rw._unirec_filtered = True
-    rw._unirec_original_print_worker_logs = original
+    replace_print_worker_logs(print_worker_logs)
 
 
 def _ray_init(address: str | None, num_cpus: int | None) -> bool:
@@ -432,7 +426,13 @@ def publish_final(checkpoint: Any, root: Path, keep_last: int,
                   pointers: tuple[str, ...] = (FINAL, "last")) -> tuple[Path, dict[str, Any]]:
     """Copy one of Ray's (merged) checkpoints into `root/step-<N>`, check it against its own
     manifest, and point `pointers` at it (the layout of `unirec_dist.checkpoint.dcp`)."""
-    from unirec_dist.checkpoint.dcp import TMP_MARKER, publish_step, remove_stale_temps, step_dir_name, verify_checkpoint
+    from unirec_dist.checkpoint.dcp import (
+        TMP_MARKER,
+        publish_step,
+        remove_stale_temps,
+        step_dir_name,
+        verify_checkpoint,
+    )
     from unirec_dist.errors import CheckpointError
     from unirec_dist.utils.jsonfile import load_json_object
 

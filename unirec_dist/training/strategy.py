@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerFn
 
+from unirec_dist.compat.lightning_api import SpawnWithoutWeightsHandBack
 from unirec_dist.embeddings import sharding as S
 from unirec_dist.errors import ConfigError
 from unirec_dist.training.checkpointing import DCPCheckpointing
@@ -69,29 +69,13 @@ class ShardingOptions:
     init_seed: int = 0
 
 
-class _NoWeightsHandBackLauncher(_MultiProcessingLauncher):
-    """Spawn launcher that does not ship rank 0's weights back (fails on ShardedTensor).
-
-    The trained state lives in the DCP checkpoints the workers write.
-    """
-
-    def _collect_rank_zero_results(self, trainer: "pl.Trainer", results: Any):
-        from lightning.pytorch.strategies.launchers.multiprocessing import _WorkerOutput
-
-        if self._strategy.local_rank != 0:
-            return None
-        cb = trainer.checkpoint_callback
-        best = getattr(cb, "best_model_path", None) if cb else None
-        return _WorkerOutput(best, None, trainer.state, results, self.get_extra_results(trainer))
-
-
 def _dist():
     import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-class TorchRecStrategy(DCPCheckpointing, DDPStrategy):
+class TorchRecStrategy(DCPCheckpointing, SpawnWithoutWeightsHandBack, DDPStrategy):
     strategy_name = "torchrec"
 
     def __init__(self, sharding: ShardingOptions | None = None, manifest: dict[str, Any] | None = None,
@@ -106,12 +90,6 @@ class TorchRecStrategy(DCPCheckpointing, DDPStrategy):
         self._dense: list[torch.nn.Parameter] = []
         #: numbers callbacks add to this rank's `worker_stats()` (e.g. throughput)
         self.extra_stats: dict[str, float] = {}
-
-    # -- launch -------------------------------------------------------------------------------
-    def _configure_launcher(self) -> None:
-        super()._configure_launcher()
-        if isinstance(self._launcher, _MultiProcessingLauncher):
-            self._launcher = _NoWeightsHandBackLauncher(self, start_method=self._start_method)
 
     @property
     def module_attr(self) -> str:  # type: ignore[override]
@@ -265,7 +243,7 @@ def process_memory() -> dict[str, float]:
 
 
 def _is_sharded(t: torch.Tensor) -> bool:
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
+    from unirec_dist.compat.torch_api import ShardedTensor
 
     return isinstance(t, ShardedTensor) or type(t).__name__ in ("TableBatchedEmbeddingSlice", "DTensor")
 
@@ -300,28 +278,3 @@ def allreduce_dense_grads(params: list[torch.nn.Parameter]) -> None:
         else:
             p.grad.copy_(g)
         off += n
-
-
-def ray_torchrec_strategy(**kwargs: Any) -> TorchRecStrategy:
-    """TorchRecStrategy combined with Ray Train's RayDDPStrategy (device and ranks from Ray)."""
-    from ray.train.lightning import RayDDPStrategy
-
-    class RayTorchRecStrategy(TorchRecStrategy, RayDDPStrategy):
-        strategy_name = "ray_torchrec"
-        per_rank_dirs = True
-
-    return RayTorchRecStrategy(**kwargs)
-
-
-def flatten_worker_stats(stats: list[dict[str, Any]]) -> dict[str, float]:
-    """`worker_stats()` as flat numeric metrics (what ray.train.report keeps reliably)."""
-    out: dict[str, float] = {}
-    for d in stats:
-        r = d["rank"]
-        for k, v in d.items():
-            if isinstance(v, (int, float)) and k != "rank":
-                out[f"worker/{r}/{k}"] = v
-        for name, t in (d.get("tables") or {}).items():
-            for k, v in t.items():
-                out[f"worker/{r}/table/{name}/{k}"] = v
-    return out

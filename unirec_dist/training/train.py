@@ -23,6 +23,7 @@ import datetime
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,12 @@ from typing import Any
 import torch
 
 from unirec_dist.config.loader import to_dict
-from unirec_dist.config.train import TrainConfig
+from unirec_dist.config.train import TrainConfig, resolve_val_mask_seen
 
 log = logging.getLogger(__name__)
 
 
 def _quiet() -> None:
-    import warnings
-
     # single-process DCP saves and Lightning's pytree shim warn on every call; both are expected
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
@@ -80,8 +79,6 @@ def check_inputs(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
 
 def apply_val_mask_seen(cfg: TrainConfig, ds_manifest: dict[str, Any]) -> None:
     """Set trainer.val_mask_seen to its resolved value (so checkpoints record it) and say why."""
-    from unirec_dist.config.train import resolve_val_mask_seen
-
     cfg.trainer.val_mask_seen, why = resolve_val_mask_seen(cfg.trainer, ds_manifest)
     log.info("validation %s seen items: %s", "masks" if cfg.trainer.val_mask_seen else "does not mask", why)
 
@@ -95,7 +92,8 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
     buffers are filled here). Validation is sharded by the metrics code when a process group exists."""
     import pyarrow.parquet as pq
 
-    from unirec_dist.training.build import build_from_config, build_task, dataset_section
+    from unirec_dist.models.factory import build_from_config, dataset_section
+    from unirec_dist.tasks.sequence import build_task
     from unirec_dist.training.data import SequenceBatches, read_valid, train_source
     from unirec_dist.training.module import RecModule
 

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from unirec_dist.errors import UnirecError
+from unirec_dist.errors import OutputExistsError, UnirecError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     """Fail fast (before any work) when `out` exists and `overwrite` is not set."""
     out = Path(out)
     if out.exists() and not overwrite:
-        raise UnirecError(f"output {out} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"output {out} already exists")
     return out
 
 
@@ -84,7 +84,7 @@ def _abandoned(tmp: Path) -> bool:
 
 def remove_leftovers(parent: Path, name: str) -> list[Path]:
     """Remove the temp dirs of `parent/name` that a killed run of ours left behind."""
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [p for p in parent.iterdir() if p.name.startswith(f".{name}.tmp-") and p.is_dir()]
     except OSError:

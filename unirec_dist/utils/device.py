@@ -1,6 +1,7 @@
 """Device and backend choice, in one place: CUDA + NCCL when there is a GPU, else CPU + gloo."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from unirec_dist.errors import ConfigError
@@ -43,7 +44,7 @@ def worker_device(requested: str, workers: int, cluster: dict[str, float], can_g
         return "cpu", None
     if gpus < workers and not can_grow:
         return "cpu", (f"{workers} workers but this machine has {gpus} GPU(s): the workers run on CPU "
-                       f"(for GPUs: --workers {gpus} or fewer, or distributed.device=cuda)")
+                       f"(for GPUs: distributed.workers {gpus} or fewer, or distributed.device=cuda)")
     return "cuda", None
 
 
@@ -69,8 +70,6 @@ def tune_malloc() -> bool:
     the process. Linux/glibc only (a no-op elsewhere); UNIREC_TUNE_MALLOC=0 turns it off.
     Returns whether the thresholds are set."""
     global _MALLOC_TUNED
-    import os
-
     if _MALLOC_TUNED or os.environ.get("UNIREC_TUNE_MALLOC", "1") == "0":
         return _MALLOC_TUNED
     try:

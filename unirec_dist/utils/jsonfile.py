@@ -14,7 +14,7 @@ def load_json_object(path: Path, error: type[UnirecError]) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{path}: not valid JSON ({getattr(e, 'msg', None) or e.reason})") from None
+        raise error(f"{path}: not valid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else e.reason})") from None
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

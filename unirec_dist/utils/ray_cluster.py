@@ -39,7 +39,7 @@ class ClusterError(UnirecError):
     """The Ray cluster cannot run the job (unreachable, too small)."""
 
 
-def check_address(address: str, timeout_s: float = 3.0, flag: str = "--address") -> None:
+def check_address(address: str, timeout_s: float = 3.0) -> None:
     """A TCP connect to the Ray address (GCS port / client port / dashboard) within `timeout_s`."""
     if address in ("auto", "local"):
         return
@@ -49,7 +49,7 @@ def check_address(address: str, timeout_s: float = 3.0, flag: str = "--address")
     except ValueError:   # a port that is not a number
         host, port = None, None
     if not host or not port:
-        raise ClusterError(f"{flag} {address!r}: expected host:port, ray://host:port or http://host:port")
+        raise ClusterError(f"Ray address {address!r}: expected host:port, ray://host:port or http://host:port")
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             pass
@@ -57,7 +57,7 @@ def check_address(address: str, timeout_s: float = 3.0, flag: str = "--address")
         raise ClusterError(f"Ray address {address} does not answer ({e.strerror or e}); is the cluster up?") from None
 
 
-def init_ray(address: str | None = None, flag: str = "--address", **kwargs) -> bool:
+def init_ray(address: str | None = None, **kwargs) -> bool:
     """Join `address` (checked first) or start a local cluster of our own (returns True).
 
     Does nothing (returns False) when Ray is already initialized in this process."""
@@ -66,7 +66,7 @@ def init_ray(address: str | None = None, flag: str = "--address", **kwargs) -> b
     if ray.is_initialized():
         return False
     if address:
-        check_address(address, flag=flag)
+        check_address(address)
         ray.init(address=address, **kwargs)
         return False
     kwargs.setdefault("include_dashboard", False)

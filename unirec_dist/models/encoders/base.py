@@ -14,6 +14,7 @@ the query for whatever follows the history.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import difflib
 from typing import Any, ClassVar, NamedTuple
 
@@ -69,7 +70,7 @@ class EncoderConfig:
         if set(data) == LEGACY_FLAT_KEYS:
             # a resolved config saved by a checkpoint before each encoder had its own section:
             # it lists every encoder's fields; keep this encoder's
-            own = set(config.__dataclass_fields__)
+            own = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]  # each config is a dataclass
             data = {k: v for k, v in data.items() if k in own}
         return config, data
 

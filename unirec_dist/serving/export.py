@@ -3,7 +3,7 @@
     export_bundle(checkpoint, out, dataset=None, overwrite=False, hnsw=None, display_fields=None) -> Path
 
 The checkpoint (DCP, any world size) is loaded into one plain process with
-`training.build.load_retriever`; the bundle then holds the consolidated weights as plain tensors
+`models.factory.load_retriever`; the bundle then holds the consolidated weights as plain tensors
 (safetensors), the precomputed (N + 1, D) item matrix, the user/item vocabs (Parquet), each known
 user's full interaction sequence (Parquet, user -> list<int32>), the resolved config and a
 manifest naming the checkpoint (its own manifest), the dataset (vocab_hash, vocab sizes, feature
@@ -24,10 +24,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
+from unirec_dist.checkpoint.dcp import check_vocab, read_manifest
+from unirec_dist.data.dataset import PreparedDataset
 from unirec_dist.errors import CheckpointError
+from unirec_dist.models.factory import load_retriever
+from unirec_dist.serving.bundle import write_bundle
+from unirec_dist.serving.display import display_table, resolve_fields
+from unirec_dist.utils.atomic import check_output_dir
 
 log = logging.getLogger(__name__)
+
+
+class NoDatasetError(CheckpointError):
+    """The checkpoint names no dataset and none was given (the command layer names its flag)."""
 
 
 def full_histories(dataset: Any) -> pa.Table:
@@ -50,8 +61,6 @@ def full_histories(dataset: Any) -> pa.Table:
 
 
 def _plain_state(model: Any) -> dict[str, Any]:
-    import torch
-
     state = {}
     for k, v in model.state_dict().items():
         if type(v) is not torch.Tensor and not isinstance(v, torch.nn.Parameter):
@@ -67,22 +76,13 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, dataset
                   overwrite: bool = False, hnsw: dict[str, Any] | None = None,
                   display_fields: list[str] | None = None) -> Path:
     """Write the serving bundle for `checkpoint` to `out` (see the module docstring)."""
-    import torch
-
-    from unirec_dist.checkpoint.dcp import check_vocab, read_manifest
-    from unirec_dist.data.dataset import PreparedDataset
-    from unirec_dist.serving.bundle import write_bundle
-    from unirec_dist.serving.display import display_table, resolve_fields
-    from unirec_dist.training.build import load_retriever
-    from unirec_dist.utils.atomic import check_output_dir
-
     check_output_dir(out, overwrite)  # fail before the expensive load
     ckpt = Path(checkpoint)
     manifest = read_manifest(ckpt)
     ds_section = manifest.get("dataset") or {}
     ds_path = dataset if dataset is not None else ds_section.get("path")
     if not ds_path:
-        raise CheckpointError(f"{ckpt}/manifest.json names no dataset path; pass --dataset")
+        raise NoDatasetError(f"{ckpt}/manifest.json names no dataset path; give the prepared dataset to export with")
     ds = PreparedDataset.open(ds_path)
     check_vocab(manifest, ds.vocab_hash, str(ds_path))
     fields = resolve_fields(ds, display_fields)   # a missing field fails before the model load

@@ -1,15 +1,16 @@
 """Model construction from config + dataset manifest, and loading a trained model back.
 
     build_model(model_cfg, dataset_manifest, task_cfg=None, device=None) -> SeqRecModel
-    build_task(task_cfg, dataset_manifest, item_counts=None) -> SequenceTask
     load_retriever(checkpoint, dataset=None) -> (model (eval, CPU), manifest)
 
 Components are picked by name from small explicit maps (the encoder registry in
 models/encoders/registry.py, HEADS); no import paths in YAML. `device="meta"` builds without
-allocating (for DMP to materialise and shard).
+allocating (for DMP to materialise and shard). It lives in models/ so that serving/ and
+checkpoint/ rebuild a trained model without importing training/ (tests/unit/test_layers.py).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -17,9 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from unirec_dist.config.loader import from_dict
 from unirec_dist.config.train import ModelSection, TaskSection, TrainConfig
+from unirec_dist.data.dataset import PreparedDataset
 from unirec_dist.embeddings.features import FeatureSpec
 from unirec_dist.errors import CheckpointError
+from unirec_dist.models.embedding import UniversalEmbedding
+from unirec_dist.models.encoders.registry import build_encoder
+from unirec_dist.models.heads.ctr import CTRHead
+from unirec_dist.models.heads.rating import RatingHead
+from unirec_dist.models.seqrec import SeqRecModel
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +36,10 @@ MODEL_KEY = "model"
 
 
 def _rating_head(task: TaskSection, dim: int) -> nn.Module:
-    from unirec_dist.models.heads.rating import RatingHead
-
     return RatingHead(dim, task.rating.hidden)
 
 
 def _ctr_head(task: TaskSection, dim: int) -> nn.Module:
-    from unirec_dist.models.heads.ctr import CTRHead
-
     return CTRHead(dim, task.ctr.hidden)
 
 
@@ -55,15 +59,11 @@ def build_model(model_cfg: ModelSection, dataset_manifest: dict[str, Any], task_
     materialises each rank's shards, the strategy initialises them); dense layers keep the init
     their constructors give them, which a full meta build would lose.
     """
-    from unirec_dist.models.embedding import UniversalEmbedding
-    from unirec_dist.models.encoders.registry import build_encoder
-    from unirec_dist.models.seqrec import SeqRecModel
-
     spec = FeatureSpec.from_manifest(dataset_manifest)
     dev = torch.device(device) if device is not None else None
     emb_cfg, enc_cfg = model_cfg.embedding, model_cfg.encoder
     feats = spec.item_features(emb_cfg.item_features)
-    with torch.device(dev) if dev is not None else _nullctx():
+    with torch.device(dev) if dev is not None else contextlib.nullcontext():
         embedding = UniversalEmbedding(spec, emb_cfg.dim, feats, item_id=emb_cfg.item_id, user_id=model_cfg.user_table,
                                        device=dev, init_std=emb_cfg.init_std,
                                        table_device=torch.device(table_device) if table_device is not None else None)
@@ -75,22 +75,6 @@ def build_model(model_cfg: ModelSection, dataset_manifest: dict[str, Any], task_
                     heads[name] = HEADS[name](task_cfg, emb_cfg.dim)
         model = SeqRecModel(embedding, encoder, max_len, model_cfg.normalize, heads)
     return model
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def build_task(task_cfg: TaskSection, dataset_manifest: dict[str, Any], item_counts=None):
-    from unirec_dist.tasks.sequence import SequenceTask
-
-    spec = FeatureSpec.from_manifest(dataset_manifest)
-    counts = None if item_counts is None else torch.as_tensor(item_counts)
-    return SequenceTask(task_cfg, spec.n_items, counts)
 
 
 def build_from_config(cfg: TrainConfig, dataset_manifest: dict[str, Any], device=None, table_device=None) -> nn.Module:
@@ -117,8 +101,8 @@ def load_retriever(checkpoint_dir: str | os.PathLike, dataset: str | os.PathLike
     dataset dir or its manifest dict; when given, a checkpoint trained on a different vocabulary
     is refused (CheckpointError). Returns (model, checkpoint manifest with "path": the step folder).
     """
+    # DCP loading (torch.distributed.checkpoint) is imported only by the callers that load weights
     from unirec_dist.checkpoint.dcp import check_vocab, load_checkpoint, read_manifest, resolve_checkpoint
-    from unirec_dist.config.loader import from_dict
 
     path = resolve_checkpoint(checkpoint_dir)
     manifest = read_manifest(path)
@@ -126,10 +110,7 @@ def load_retriever(checkpoint_dir: str | os.PathLike, dataset: str | os.PathLike
         if isinstance(dataset, dict):
             ds_manifest, where = dataset, "dataset"
         else:
-            from unirec_dist.training.data import open_prepared
-
-            _, ds_manifest = open_prepared(dataset)
-            where = str(dataset)
+            ds_manifest, where = PreparedDataset.open(dataset).manifest, str(dataset)
         check_vocab(manifest, str(ds_manifest.get("vocab_hash")), where)
     if "config" not in manifest or "dataset" not in manifest:
         raise CheckpointError(f"{path}: manifest has no config/dataset; not a training checkpoint")
