@@ -44,7 +44,7 @@ from unirec_dist.config.dataset import DatasetConfig, FeatureConfig, SplitConfig
 from unirec_dist.config.loader import to_dict
 from unirec_dist.data import features as F
 from unirec_dist.data.format import FORMAT_VERSION, MANIFEST
-from unirec_dist.data.sources import sha256_file
+from unirec_dist.data.sources import load_source, sha256_file
 from unirec_dist.errors import DataError
 from unirec_dist.utils.atomic import atomic_dir, check_output_dir
 
@@ -1130,8 +1130,6 @@ def prepare(cfg: DatasetConfig, out: str | os.PathLike, overwrite: bool = False,
             p, src = run_ray(cfg, tmp, ray_address=ray_address)
             write_prepared(p, tmp, cfg, src, engine)
     else:
-        from unirec_dist.data.sources import load_source
-
         src = load_source(cfg)
         p = run_arrow(src, cfg)
         with atomic_dir(out, overwrite) as tmp:

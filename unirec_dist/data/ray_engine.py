@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -335,8 +336,6 @@ def _finish_part(t: pa.Table, part: int, ua, ia, umap, imap, sp, cuts: tuple[int
 def _sum_item_counts(folder: Path, n_items: int) -> pa.Table:
     """The partitions' item counts summed into one ITEM_COUNTS table (O(items) on the driver: two
     int64 arrays plus one partition's file at a time), then their folder removed."""
-    import shutil
-
     import pyarrow.parquet as pq
 
     tot = np.zeros((2, n_items + 1), np.int64)

@@ -23,6 +23,8 @@ is that of one replica plus the proxy hop.
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -43,8 +45,6 @@ def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: fl
     "default" for BatchingConfig(), None for one request at a time.
     options go to `Recommender.from_bundle` (index, ef_search, max_k, max_history, hnsw).
     """
-    import dataclasses
-
     from ray import serve
 
     from unirec_dist.serving.config import BatchingConfig
@@ -80,8 +80,6 @@ def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: fl
         async def recommend_batch(self, queries: list[Any]) -> list[Any]:
             """Ray Serve's micro-batching: the queries that arrived together, answered in one
             `recommend_many` call in a worker thread (off the replica's event loop)."""
-            import asyncio
-
             return await asyncio.to_thread(self.rec.recommend_many, queries)
 
         def __serve_build_asgi_app__(self):

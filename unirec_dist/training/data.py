@@ -36,6 +36,7 @@ code.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -97,8 +98,6 @@ def stored_item_counts(root: Path, manifest: dict[str, Any], train_on: str, n_it
     """(n_items,) training frequency of every item id as `prepare` wrote it (the manifest's
     `item_counts` file, its sha256 checked; row 0 = padding, 0), or None for a dataset prepared
     before prepare wrote it. Raises DataError with one line if the file is missing or altered."""
-    import hashlib
-
     entry = manifest.get("item_counts")
     if entry is None:
         return None
