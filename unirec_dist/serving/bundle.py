@@ -17,7 +17,8 @@ Layout of a bundle directory (written atomically by `write_bundle`, e.g. via `un
     vocab/item.parquet      raw: string, index: int32 (1..N)
     vocab/user.parquet      raw: string, index: int32 (1..n_users)
     histories.parquet       user: int32, items: list<int32>: each known user's full known
-                            sequence (time-ordered, oldest first)
+                            sequence (time-ordered, oldest first), [timestamps: list<int64>:
+                            each event's time in seconds, when the dataset has real times]
     ann/hnsw.faiss          optional prebuilt faiss HNSW index over rows 1..N (faiss's own
                             binary format, no pickle), with its parameters in manifest["ann"]
 
@@ -117,8 +118,10 @@ def write_bundle(
             pa.schema([("raw", pa.string()), ("index", pa.int32())])), tmp / ITEM_VOCAB)
         pq.write_table(user_vocab.select(["raw", "index"]).cast(
             pa.schema([("raw", pa.string()), ("index", pa.int32())])), tmp / USER_VOCAB)
-        pq.write_table(histories.select(["user", "items"]).cast(
-            pa.schema([("user", pa.int32()), ("items", pa.list_(pa.int32()))])), tmp / HISTORIES)
+        cols = [("user", pa.int32()), ("items", pa.list_(pa.int32()))]
+        if "timestamps" in histories.column_names:
+            cols.append(("timestamps", pa.list_(pa.int64())))
+        pq.write_table(histories.select([c for c, _ in cols]).cast(pa.schema(cols)), tmp / HISTORIES)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         ann = None
         if hnsw is not None:
