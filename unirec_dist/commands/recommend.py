@@ -1,4 +1,5 @@
-"""`unirec recommend`: top-N items per user as Parquet (user, rank, item, score; raw ids).
+"""`unirec recommend`: top-N items per user as Parquet (user, rank, item, score; raw ids; then the
+item's display fields, e.g. title and genres, as optional string columns).
 
     unirec recommend --checkpoint runs/x/ckpt --users 1,2,3 --k 10 --out recs.parquet
     unirec recommend --checkpoint runs/x/ckpt --users @users.txt --k 10 --out recs.parquet
@@ -29,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="query time in seconds since 1970, read by a model with a time bias (default: now)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
+    p.add_argument("--display-fields", default=None, metavar="A,B",
+                   help="raw item columns added beside each item (default: title,genres where the dataset "
+                        "has them; '' for none)")
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
@@ -68,6 +72,7 @@ def parse_users(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from unirec_dist.commands.evaluate import load_scorer, open_inputs
     from unirec_dist.errors import UnirecError
+    from unirec_dist.serving.display import parse_fields, resolve_fields
     from unirec_dist.serving.topn import all_users, check_output_file, recommend, resolve_users, write_parquet_atomic
 
     k = parse_k(args.k)
@@ -80,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     users = parse_users(args.users) if args.users else None
     check_output_file(args.out, args.overwrite)
     dataset, _ = open_inputs(args)
+    fields = resolve_fields(dataset, parse_fields(args.display_fields))   # before the model is loaded
     if users is None:
         users = all_users(dataset)
     else:
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.at is not None and args.at < 0:
         raise UnirecError(f"--at must be seconds since 1970 (>= 0), got {args.at}")
     table = recommend(scorer, dataset, users, k, exclude_seen=not args.include_seen, batch_size=args.batch_size,
-                      at=args.at)
+                      display_fields=fields, at=args.at)
     write_parquet_atomic(table, args.out)
     seen = "seen items included" if args.include_seen else "seen items excluded"
     print(f"wrote {table.num_rows:,} rows (top-{k} for {len(users):,} users, {seen}) to {args.out}")
