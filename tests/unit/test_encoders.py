@@ -56,7 +56,8 @@ def test_wrong_key_in_an_encoder_section_suggests_its_own_keys(ds):
         load_config(TrainConfig, DEBUG, [f"data.path={ds}", "model.encoder={kind: gru4rec, hiden_size: 8}"])
     # a key of another encoder is not valid here (debug.yaml's SASRec ffn_dim under kind hstu)
     with pytest.raises(ConfigError, match=r"model\.encoder\.ffn_dim: unknown key; valid keys here: "
-                                          r"attn_dropout, dqk, dropout, dv, kind, num_blocks, num_heads$"):
+                                          r"attn_block, attn_dropout, dqk, dropout, dv, kind, num_blocks, num_heads, time_bias, "
+                                          r"time_buckets$"):
         load_config(TrainConfig, DEBUG, [f"data.path={ds}", "model.encoder.kind=hstu"])
     with pytest.raises(ConfigError, match=r"model\.encoder\.hidden_size: must be >= 1, got 0"):
         load_config(TrainConfig, DEBUG, [f"data.path={ds}", "model.encoder={kind: gru4rec, hidden_size: 0}"])
@@ -77,7 +78,8 @@ def test_resolved_config_of_the_flat_encoder_section_still_loads(ds):
               "dropout": 0.1, "attn_dropout": 0.0, "hidden": [128]}
     cfg = _cfg(ds, legacy)
     assert to_dict(cfg.model.encoder) == {"kind": "hstu", "num_blocks": 3, "num_heads": 2, "dqk": 6, "dv": 7,
-                                          "dropout": 0.1, "attn_dropout": 0.0}
+                                          "dropout": 0.1, "attn_dropout": 0.0, "time_bias": False,
+                                          "time_buckets": 128, "attn_block": 256}
 
 
 def test_capabilities_not_names_decide(ds):

@@ -64,8 +64,11 @@ def test_clean_encode_sequences_leave_one_out(tmp_path):
     assert train["timestamps"].to_pylist() == [[1, 2], [1, 3], [9]]
     assert train["ratings"].to_pylist() == [[4.0, 3.0], [2.0, 5.0], [3.0]]
     valid, test = ds.table("valid"), ds.table("test")
-    assert valid.to_pydict() == {"user": [1], "history": [[3, 2]], "targets": [[1]], "target_ratings": [[5.0]]}
-    assert test.to_pydict() == {"user": [1], "history": [[3, 2, 1]], "targets": [[4]], "target_ratings": [[1.0]]}
+    # history and target timestamps travel with the queries (an encoder's time bias reads them)
+    assert valid.to_pydict() == {"user": [1], "history": [[3, 2]], "targets": [[1]], "target_ratings": [[5.0]],
+                                 "history_timestamps": [[1, 2]], "target_timestamps": [[4]]}
+    assert test.to_pydict() == {"user": [1], "history": [[3, 2, 1]], "targets": [[4]], "target_ratings": [[1.0]],
+                                "history_timestamps": [[1, 2, 4]], "target_timestamps": [[5]]}
     assert ds.manifest["split"]["users"] == {"train": 3, "valid": 1, "test": 1}
     assert ds.table("train").schema.field("items").type == pa.list_(pa.int32())
 
@@ -132,8 +135,10 @@ def test_temporal_split(tmp_path):
     # ts 1..10, 'lower' quantiles: 0.6 -> 6, 0.8 -> 8
     assert (ds.manifest["split"]["cut_valid"], ds.manifest["split"]["cut_test"]) == (6, 8)
     assert ds.table("train").to_pydict()["items"] == [[1, 2], [2, 3], [4]]
-    assert ds.table("valid").to_pydict() == {"user": [1, 2], "history": [[1, 2], [2, 3]], "targets": [[3], [1]]}
-    assert ds.table("test").to_pydict() == {"user": [1, 3], "history": [[1, 2, 3], [4]], "targets": [[4], [1, 2]]}
+    assert ds.table("valid").to_pydict() == {"user": [1, 2], "history": [[1, 2], [2, 3]], "targets": [[3], [1]],
+                                             "history_timestamps": [[1, 3], [2, 4]], "target_timestamps": [[6], [7]]}
+    assert ds.table("test").to_pydict() == {"user": [1, 3], "history": [[1, 2, 3], [4]], "targets": [[4], [1, 2]],
+                                            "history_timestamps": [[1, 3, 6], [5]], "target_timestamps": [[9], [8, 10]]}
 
 
 def fnv1a64_reference(s: str) -> int:

@@ -72,7 +72,7 @@ def test_train_plus_valid_finds_targets_in_valid_parts(layouts):
     valid = b.table("valid")
     want = {u: t[0] for u, t in zip(valid["user"].to_pylist(), valid["targets"].to_pylist()) if t}
     users = np.array(sorted(want) + [10_000], np.int64)
-    has, target, _ = ValidTargets(sorted((b.root / "valid").iterdir()), False).lookup(users)
+    has, target, _, _ = ValidTargets(sorted((b.root / "valid").iterdir()), False).lookup(users)
     assert has.tolist() == [True] * len(want) + [False]
     assert target[:-1].tolist() == [want[u] for u in sorted(want)]
 

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", default="10", help="items per user (default: 10)")
     p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
     p.add_argument("--batch-size", type=int, default=1024, help="users per batch (default: 1024)")
+    p.add_argument("--at", type=int, default=None,
+                   help="query time in seconds since 1970, read by a model with a time bias (default: now)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--display-fields", default=None, metavar="A,B",
@@ -92,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     configure_cpu(args.threads)
     scorer = load_scorer(args, dataset)
+    if args.at is not None and args.at < 0:
+        raise UnirecError(f"--at must be seconds since 1970 (>= 0), got {args.at}")
     table = recommend(scorer, dataset, users, k, exclude_seen=not args.include_seen, batch_size=args.batch_size,
-                      display_fields=fields)
+                      display_fields=fields, at=args.at)
     write_parquet_atomic(table, args.out)
     seen = "seen items included" if args.include_seen else "seen items excluded"
     print(f"wrote {table.num_rows:,} rows (top-{k} for {len(users):,} users, {seen}) to {args.out}")

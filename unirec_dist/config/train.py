@@ -269,6 +269,9 @@ class TrainConfig:
                    "needs at least one augmentation (crop, mask or reorder) > 0")
             _check(reads_history, "task.augment.contrastive_weight",
                    f"needs a sequence encoder ({sequence_encoders}), not {kind}")
+        # augmentation moves items without their timestamps
+        _check(not (self.model.encoder.uses_times and self.task.augment.active), "model.encoder.time_bias",
+               "cannot be combined with task.augment (crop/mask/reorder do not carry timestamps)")
 
 
 def load_train_config(path, overrides: list[str] | None = None) -> TrainConfig:

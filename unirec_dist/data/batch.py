@@ -49,6 +49,10 @@ class SeqBatch:
     users:   (B,) int64 user indices (0 when unknown, e.g. a live session)
     seq:     KeyedJaggedTensor with key "item": each row's history, oldest first, at most max_len
     targets: (B, T) int64 target items padded with 0, for evaluation (None in serving)
+    extra:   optional tensors: "ratings" (T,) float32 and "timestamps" (T,) int64 seconds, both
+             aligned with seq's values; "query_time" (B,) int64 seconds, when each query is asked
+             (evaluation: the first target's time; serving: the request's). Encoders with a time
+             bias read the timestamps (models/encoders/base.py `uses_times`).
     """
 
     users: "torch.Tensor"
@@ -86,8 +90,11 @@ def make_seq_batch(
     histories: pa.ListArray | pa.ChunkedArray,
     max_len: int | None,
     targets: pa.ListArray | pa.ChunkedArray | None = None,
+    timestamps: pa.ListArray | pa.ChunkedArray | None = None,
+    query_times: pa.Array | np.ndarray | None = None,
 ) -> SeqBatch:
-    """Build a SeqBatch from Arrow columns (user indices, list<int> histories, list<int> targets)."""
+    """Build a SeqBatch from Arrow columns (user indices, list<int> histories, list<int> targets,
+    list<int64> history timestamps aligned with the histories, (B,) query times)."""
     import torch
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -98,15 +105,37 @@ def make_seq_batch(
         values=torch.from_numpy(values),
         lengths=torch.from_numpy(lengths),
     )
+    extra = {}
+    if timestamps is not None:
+        ts, ts_len = last_n(timestamps, max_len)
+        if not np.array_equal(ts_len, lengths):
+            raise ValueError("timestamps and histories differ in length")
+        extra["timestamps"] = torch.from_numpy(ts)
+    if query_times is not None:
+        qt = query_times.to_numpy(zero_copy_only=False) if hasattr(query_times, "to_numpy") else query_times
+        extra["query_time"] = torch.from_numpy(np.asarray(qt, dtype=np.int64))
     return SeqBatch(
         users=torch.from_numpy(u.astype(np.int64)),
         seq=seq,
         targets=None if targets is None else padded(targets),
+        extra=extra,
     )
+
+
+def query_batch(part: pa.Table, max_len: int | None) -> SeqBatch:
+    """Evaluation queries (rows of valid/test Parquet: user, history, targets, and when the
+    dataset has them history_timestamps and target_timestamps) as one SeqBatch; the query time
+    is the first target's timestamp (when the next event happened)."""
+    times = query = None
+    if "history_timestamps" in part.column_names and "target_timestamps" in part.column_names:
+        times = part["history_timestamps"]
+        vals, lens = last_n(part["target_timestamps"], None)
+        query = np.zeros(len(lens), np.int64)          # a row without targets counts for nothing
+        query[lens > 0] = vals[(np.cumsum(lens) - lens)[lens > 0]]
+    return make_seq_batch(part["user"], part["history"], max_len, part["targets"], times, query)
 
 
 def iter_query_batches(table: pa.Table, batch_size: int, max_len: int | None):
     """Evaluation queries (valid/test Parquet: user, history, targets) as SeqBatches."""
     for start in range(0, table.num_rows, batch_size):
-        part = table.slice(start, batch_size)
-        yield make_seq_batch(part["user"], part["history"], max_len, part["targets"])
+        yield query_batch(table.slice(start, batch_size), max_len)

@@ -14,7 +14,10 @@ A prepared dataset is a directory written atomically by `unirec prepare`::
                             [ratings: list<float32>]; time-ordered
     valid.parquet           evaluation queries: user: int32, history: list<int32>
     test.parquet              (time-ordered items before the target(s)), targets: list<int32>,
-                              [target_ratings: list<float32>]
+                              [target_ratings: list<float32>], history_timestamps: list<int64>
+                              and target_timestamps: list<int64> (each history item's and
+                              target's time; datasets prepared before these columns lack them,
+                              which only an encoder with a time bias refuses)
     items.parquet           item: int32 (1..n_items, sorted, every item present), then one
                             column per item feature:
                               categorical -> int32 (vocab index, 0 = missing)

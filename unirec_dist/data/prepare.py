@@ -552,7 +552,8 @@ def _lists(col: pa.Array, mask: np.ndarray, rows: np.ndarray, n_rows: int) -> pa
 
 
 def _query_table(users: np.ndarray, hist: pa.ListArray, targets: pa.ListArray,
-                 target_ratings: pa.ListArray | None, select: np.ndarray) -> pa.Table:
+                 target_ratings: pa.ListArray | None, select: np.ndarray,
+                 hist_ts: pa.ListArray, target_ts: pa.ListArray) -> pa.Table:
     sel = pa.array(np.flatnonzero(select))
     cols = {
         "user": pa.array(users[select], pa.int32()),
@@ -561,6 +562,8 @@ def _query_table(users: np.ndarray, hist: pa.ListArray, targets: pa.ListArray,
     }
     if target_ratings is not None:
         cols["target_ratings"] = target_ratings.take(sel)
+    cols["history_timestamps"] = hist_ts.take(sel)
+    cols["target_timestamps"] = target_ts.take(sel)
     return pa.table(cols)
 
 
@@ -617,12 +620,17 @@ def split_leave_one_out(t: pa.Table, n_users: int, max_history: int | None = Non
     # an evaluation user's valid history is exactly its train rows (same last-k restriction)
     test_mask = train_mask
     test_mask[valid_rows] = True
-    test_hist = _lists(item, keep_last(test_mask, rows, n_users, max_history), rows, n_users)
+    test_keep = keep_last(test_mask, rows, n_users, max_history)
+    test_hist = _lists(item, test_keep, rows, n_users)
+    ts = F.as_array(t["timestamp"])
     out = []
-    for hist, tgt_rows in ((cols["items"], valid_rows), (test_hist, test_rows)):
+    for hist, hist_ts, tgt_rows in ((cols["items"], cols["timestamps"], valid_rows),
+                                    (test_hist, _lists(ts, test_keep, rows, n_users), test_rows)):
         q = {"user": user_col, "history": hist.take(sel), "targets": _one_per_row(item, tgt_rows)}
         if rating is not None:
             q["target_ratings"] = _one_per_row(rating, tgt_rows)
+        q["history_timestamps"] = hist_ts.take(sel)
+        q["target_timestamps"] = _one_per_row(ts, tgt_rows)
         out.append(pa.table(q))
     return train, out[0], out[1]
 
@@ -646,6 +654,7 @@ def split_temporal(t: pa.Table, n_users: int, split: SplitConfig, cuts: tuple[in
     train = _train_table(t, ts < cut1, rows, n_users, split.max_history)
     item = F.as_array(t["item"])
     rating = F.as_array(t["rating"]) if "rating" in t.column_names else None
+    ts_col = F.as_array(t["timestamp"])
     user_ids = np.arange(1, n_users + 1)
     out = []
     for lo, hi in ((cut1, cut2), (cut2, None)):
@@ -653,7 +662,9 @@ def split_temporal(t: pa.Table, n_users: int, split: SplitConfig, cuts: tuple[in
         hist = _lists(item, keep_last(ts < lo, rows, n_users, split.max_history), rows, n_users)
         tgt = _lists(item, tgt_mask, rows, n_users)
         tr = _lists(rating, tgt_mask, rows, n_users) if rating is not None else None
-        out.append(_query_table(user_ids, hist, tgt, tr, np.bincount(rows[tgt_mask], minlength=n_users) > 0))
+        hist_ts = _lists(ts_col, keep_last(ts < lo, rows, n_users, split.max_history), rows, n_users)
+        out.append(_query_table(user_ids, hist, tgt, tr, np.bincount(rows[tgt_mask], minlength=n_users) > 0,
+                                hist_ts, _lists(ts_col, tgt_mask, rows, n_users)))
     return train, out[0], out[1], {"cut_valid": cut1, "cut_test": cut2}
 
 

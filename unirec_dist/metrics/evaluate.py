@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from unirec_dist.data.batch import last_n, make_seq_batch
+from unirec_dist.data.batch import last_n, query_batch
 from unirec_dist.metrics.ranking import METRICS, RankingAccumulator
 from unirec_dist.metrics.topk import topk
 
@@ -168,7 +168,7 @@ def evaluate_table(
             bar = _progress(n_batches, progress)
             for begin in range(0, queries.num_rows, batch_size):
                 part = queries.slice(begin, batch_size)
-                batch = make_seq_batch(part["user"], part["history"], max_len, part["targets"]).to(device)
+                batch = query_batch(part, max_len).to(device)
                 q = retriever.query_embeddings(batch)
                 exclude = history_kjt(part["history"]).to(device) if mask_seen else None
                 _, ids = topk(q, items, acc.max_k, exclude=exclude)

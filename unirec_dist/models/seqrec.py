@@ -61,10 +61,26 @@ class SeqRecModel(nn.Module):
         """users (B,) ids -> (B, D) id vectors for an encoder that reads them, else None."""
         return self.embedding.user_vectors(users) if self.encoder.needs_user_vectors else None
 
-    def encode(self, items: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        """items (B, L, D), lengths (B,) >= 1, users (B,) ids -> (B, L, D) un-normalised states at
-        every position."""
+    def encode(self, items: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None,
+               times: torch.Tensor | None = None) -> torch.Tensor:
+        """items (B, L, D), lengths (B,) >= 1, users (B,) ids, times (B, L + 1) int64 (read by an
+        encoder with a time bias; see SequenceEncoder) -> (B, L, D) un-normalised states at every
+        position."""
+        if self.encoder.uses_times:
+            return self.encoder(items, lengths, self.user_vectors(users), times=times)
         return self.encoder(items, lengths, self.user_vectors(users))
+
+    def query_times(self, batch, lengths: torch.Tensor, width: int) -> torch.Tensor | None:
+        """The (B, width + 1) times grid of a query batch for an encoder that reads times: history
+        timestamps, then the query time at index lengths[b]; None for other encoders."""
+        if not self.encoder.uses_times:
+            return None
+        if "timestamps" not in batch.extra or "query_time" not in batch.extra:
+            raise ValueError("this model's encoder reads timestamps (model.encoder.time_bias): queries need "
+                             "history timestamps and a query time")
+        times = pad_jagged(batch.extra["timestamps"].long(), lengths, width + 1)
+        times[torch.arange(times.shape[0], device=times.device), lengths] = batch.extra["query_time"].long()
+        return times
 
     # -- Retriever --------------------------------------------------------------------------
     def item_embeddings(self) -> torch.Tensor:
@@ -79,4 +95,7 @@ class SeqRecModel(nn.Module):
             raise ValueError(f"history longer than max_len {self.max_len}; build batches with max_len")
         # an empty history has no state: zeros (scores all items alike), except for encoders that
         # do not read the history (MF: the user's vector)
+        times = self.query_times(batch, lengths, items.shape[1])
+        if times is not None:
+            return self.norm(self.encoder.last_states(items, lengths, self.user_vectors(batch.users), times=times))
         return self.norm(self.encoder.last_states(items, lengths, self.user_vectors(batch.users)))

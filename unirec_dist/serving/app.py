@@ -1,6 +1,9 @@
 """The HTTP API over a `Recommender` (FastAPI; the OpenAPI schema is at /openapi.json, docs at /docs).
 
-    POST /recommend  {"user_id": "42"} or {"history": ["1193", "661"]}, "k": 10, "exclude_seen": true
+    POST /recommend  {"user_id": "42"} or {"history": ["1193", "661"]}, "k": 10, "exclude_seen": true,
+                     with history optionally "timestamps": [978300760, 978302109] (seconds since
+                     1970, oldest first; a model with a time bias needs them), "at": query time
+                     (default now)
     POST /explain    the same + "top" (history items per recommended item), "method", "items"
     GET  /health     {"status": "ok"}
     GET  /metadata   model, dims, counts, index (kind, source, recall@10 when approximate), limits,
@@ -11,7 +14,8 @@ Content-Length, or, for a chunked body, as soon as the bytes received pass the l
 
 Every client mistake is a 4xx with a JSON body {"detail": "<one line>"} (and "errors" for schema
 violations): unknown user -> 404; unknown item ids, empty or over-long history, k out of range,
-both or neither of user_id/history, malformed JSON -> 422. A fuzz test against the OpenAPI schema
+both or neither of user_id/history, malformed JSON, timestamps that are not numbers, go
+backwards, fall before 1970 or more than a day past the server's clock -> 422. A fuzz test against the OpenAPI schema
 (tests/integration/test_serve_fuzz.py) checks that no request yields a 5xx.
 /recommend is micro-batched (`batching`, default on): requests that arrive together are encoded
 and ranked as one batch in an inference thread, off the event loop (serving/batching.py); with
@@ -155,6 +159,13 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
             description="raw item ids of a live session, oldest first (used instead of user_id)")
         k: int = Field(10, ge=1, le=max_k, description="number of items to return")
         exclude_seen: bool = Field(True, description="leave out items already in the history")
+        # checked by Recommender.resolve_times (one rule for HTTP, Ray Serve and Python callers)
+        timestamps: list[Any] | None = Field(
+            None, max_length=max_hist, json_schema_extra={"items": {"type": "number"}},
+            description="with history: each item's time in seconds since 1970, oldest first (read by models "
+                        "with a time bias; required by them)")
+        at: Any = Field(None, json_schema_extra={"type": "number"},
+                        description="query time in seconds since 1970 (default: now)")
 
         @model_validator(mode="after")
         def _one_source(self):
@@ -261,7 +272,7 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
     @app.post("/recommend", response_model=RecommendResponse, responses=errors)
     async def recommend(req: RecommendRequest) -> Response:
         t0 = time.perf_counter()
-        query = RecQuery(req.user_id, req.history, req.k, req.exclude_seen)
+        query = RecQuery(req.user_id, req.history, req.k, req.exclude_seen, req.timestamps, req.at)
         if recommend_batched is not None:
             answer = await recommend_batched(query)
         else:
@@ -286,7 +297,7 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
     def explain(req: ExplainRequest, response: Response) -> dict[str, Any]:
         t0 = time.perf_counter()
         ex = rec.explain(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen,
-                         items=req.items, top=req.top, method=req.method)
+                         items=req.items, top=req.top, method=req.method, timestamps=req.timestamps, at=req.at)
         response.headers["Server-Timing"] = f"explain;dur={(time.perf_counter() - t0) * 1000:.3f}"
         return ex.to_dict()
 

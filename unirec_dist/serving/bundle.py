@@ -17,7 +17,8 @@ Layout of a bundle directory (written atomically by `write_bundle`, e.g. via `un
     vocab/item.parquet      raw: string, index: int32 (1..N)
     vocab/user.parquet      raw: string, index: int32 (1..n_users)
     histories.parquet       user: int32, items: list<int32>: each known user's full known
-                            sequence (time-ordered, oldest first)
+                            sequence (time-ordered, oldest first), [timestamps: list<int64>:
+                            each event's time in seconds, when the dataset has real times]
     display.parquet         optional: item int32 (1..N) + one string column per display field
                             (title, genres, ...; see serving/display.py), listed in
                             manifest["display"] = {file, fields}; absent (null) when the
@@ -124,8 +125,10 @@ def write_bundle(
             pa.schema([("raw", pa.string()), ("index", pa.int32())])), tmp / ITEM_VOCAB)
         pq.write_table(user_vocab.select(["raw", "index"]).cast(
             pa.schema([("raw", pa.string()), ("index", pa.int32())])), tmp / USER_VOCAB)
-        pq.write_table(histories.select(["user", "items"]).cast(
-            pa.schema([("user", pa.int32()), ("items", pa.list_(pa.int32()))])), tmp / HISTORIES)
+        cols = [("user", pa.int32()), ("items", pa.list_(pa.int32()))]
+        if "timestamps" in histories.column_names:
+            cols.append(("timestamps", pa.list_(pa.int64())))
+        pq.write_table(histories.select([c for c, _ in cols]).cast(pa.schema(cols)), tmp / HISTORIES)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         display_entry = None
         if display is not None:

@@ -66,7 +66,8 @@ def resolve_method(model: Any, method: str) -> str:
     return method
 
 
-def _batch(users: "torch.Tensor", rows: list["torch.Tensor"]):
+def _batch(users: "torch.Tensor", rows: list["torch.Tensor"], times: list["torch.Tensor"] | None = None):
+    """A SeqBatch of item rows; times: per row (len + 1,) event times then the query time."""
     import torch
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -75,14 +76,19 @@ def _batch(users: "torch.Tensor", rows: list["torch.Tensor"]):
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     values = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
     seq = KeyedJaggedTensor.from_lengths_sync(keys=[ITEM_KEY], values=values, lengths=lengths)
-    return SeqBatch(users=users, seq=seq)
+    batch = SeqBatch(users=users, seq=seq)
+    if times is not None:
+        batch.extra["timestamps"] = torch.cat([t[:-1] for t in times])
+        batch.extra["query_time"] = torch.stack([t[-1] for t in times])
+    return batch
 
 
 def attribute(model: Any, items: "torch.Tensor", history: np.ndarray, user: int, targets: np.ndarray,
-              method: str) -> Attribution:
+              method: str, times: np.ndarray | None = None) -> Attribution:
     """Weights of the history positions the model reads (the last `model.max_len`) for `targets`.
 
-    items: (N + 1, D) item matrix; history: (H,) item ids, oldest first; targets: (K,) item ids.
+    items: (N + 1, D) item matrix; history: (H,) item ids, oldest first; targets: (K,) item ids;
+    times: (H + 1,) event times then the query time, for a model with a time bias.
     """
     import torch
 
@@ -100,8 +106,12 @@ def attribute(model: Any, items: "torch.Tensor", history: np.ndarray, user: int,
             return Attribution(method, True, w, positions)
         if method == "occlusion":
             rows = [kept] + [torch.cat([kept[:i], kept[i + 1:]]) for i in range(L)]
+            tt = None
+            if times is not None:   # each occluded row drops that event's time too
+                t = torch.from_numpy(np.asarray(times[start:], dtype=np.int64))
+                tt = [t] + [torch.cat([t[:i], t[i + 1:]]) for i in range(L)]
             users = torch.full((L + 1,), int(user), dtype=torch.long)
-            q = model.query_embeddings(_batch(users, rows)).float()
+            q = model.query_embeddings(_batch(users, rows, tt)).float()
             s = q @ items[tgt].float().T  # (L + 1, K)
             w = (s[0:1] - s[1:]).T.numpy()  # (K, L)
             return Attribution(method, True, w, positions)

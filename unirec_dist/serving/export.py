@@ -42,22 +42,25 @@ class NoDatasetError(CheckpointError):
 
 
 def full_histories(dataset: Any) -> pa.Table:
-    """Every user's full known sequence (all interactions, time-ordered): user int32, items list<int32>.
+    """Every user's full known sequence (all interactions, time-ordered): user int32, items
+    list<int32>, timestamps list<int64> (each event's time, read by an encoder with a time bias).
 
     For leave-one-out this is test history + test target; users too short for a test row keep
     their training items. Users without interactions get no row.
     """
-    inter = dataset.table("interactions", columns=["user", "item"])
+    inter = dataset.table("interactions", columns=["user", "item", "timestamp"])
     u = inter["user"].to_numpy().astype(np.int64)
     items = inter["item"].to_numpy().astype(np.int32)
+    times = inter["timestamp"].to_numpy().astype(np.int64)
     if len(u) > 1 and (np.diff(u) < 0).any():
         # the format promises (user, timestamp, item) order; a stable sort by user keeps time order
         order = np.argsort(u, kind="stable")
-        u, items = u[order], items[order]
+        u, items, times = u[order], items[order], times[order]
     users, starts = np.unique(u, return_index=True)
-    offsets = np.concatenate([starts, [len(u)]]).astype(np.int32)
-    lists = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(items, pa.int32()))
-    return pa.table({"user": pa.array(users.astype(np.int32)), "items": lists})
+    offsets = pa.array(np.concatenate([starts, [len(u)]]).astype(np.int32), pa.int32())
+    return pa.table({"user": pa.array(users.astype(np.int32)),
+                     "items": pa.ListArray.from_arrays(offsets, pa.array(items, pa.int32())),
+                     "timestamps": pa.ListArray.from_arrays(offsets, pa.array(times, pa.int64()))})
 
 
 def _plain_state(model: Any) -> dict[str, Any]:

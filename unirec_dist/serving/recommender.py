@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_K = 1000
 DEFAULT_MAX_HISTORY = 2048
 RECALL_K = 10
+FUTURE_SLACK_S = 86_400     # a timestamp more than a day past the server's clock is refused
 
 
 # the bundle manifest's model entries a client may see (no paths, no training config)
@@ -99,6 +101,8 @@ class Query:
     history: list[Any] | None = None
     k: int = 10
     exclude_seen: bool = True
+    timestamps: list[Any] | None = None     # with history: seconds since 1970 (see resolve_times)
+    at: Any = None                          # query time, default now
 
 
 @dataclass
@@ -161,6 +165,18 @@ class Vocab:
         return self._to_raw[index]  # type: ignore[return-value]
 
 
+def _seconds(value: Any, name: str, now: int) -> int:
+    """A request's time value -> int seconds since 1970 (fractions dropped), or RequestError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"{name} must be a number of seconds since 1970, got {str(value)[:32]!r}")
+    if value < 0:
+        raise RequestError(f"{name} ({value}) is before 1970; give seconds since 1970")
+    if value > now + FUTURE_SLACK_S:
+        raise RequestError(f"{name} ({value}) is in the future (server time {now}); give seconds since 1970, "
+                           "not milliseconds")
+    return int(value)
+
+
 def _raw_key(raw: Any) -> str:
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         raise RequestError(f"ids must be strings or integers, got {type(raw).__name__}")
@@ -199,6 +215,8 @@ class Recommender:
         from unirec_dist.serving.index import ExactIndex, HNSWIndex, recall_at_k
 
         self.model = model.eval() if hasattr(model, "eval") else model
+        # an encoder with a time bias reads event timestamps and the query time
+        self.uses_times = bool(getattr(getattr(model, "encoder", None), "uses_times", False))
         if item_matrix is None:
             with torch.inference_mode():
                 item_matrix = model.item_embeddings()
@@ -285,10 +303,17 @@ class Recommender:
     def _load_histories(self, histories: pa.Table | None) -> None:
         n_users = self.users_vocab.size
         self._hist_row = np.full(n_users, -1, dtype=np.int64)
+        self._hist_times: np.ndarray | None = None
         if histories is None or histories.num_rows == 0:
             self._hist_offsets = np.zeros(1, dtype=np.int64)
             self._hist_values = np.zeros(0, dtype=np.int64)
             return
+        if "timestamps" in histories.column_names:
+            self._hist_times = pc.list_flatten(histories["timestamps"].combine_chunks()).to_numpy(
+                zero_copy_only=False).astype(np.int64)
+        elif self.uses_times:
+            raise UnirecError("the model reads timestamps (a time bias) but the bundle's histories have none; "
+                              "export it again")
         lists = histories["items"].combine_chunks()
         users = histories["user"].combine_chunks().to_numpy(zero_copy_only=False).astype(np.int64)
         if users.max(initial=0) >= n_users or users.min(initial=1) < 1:
@@ -302,13 +327,15 @@ class Recommender:
         """Query vectors of up to n known users (or random history-like queries without users)."""
 
         rows = np.flatnonzero(self._hist_row >= 0)[:n]
-        hists = [self._user_history(int(u)) for u in rows]
-        hists = [h for h in hists if len(h)]
+        rows = [int(u) for u in rows if len(self._user_history(int(u)))]
+        hists = [self._user_history(u) for u in rows]
+        times = [self.resolve_times(u, h, None, None) for u, h in zip(rows, hists)]
         if not hists:
             rng = np.random.default_rng(0)
             hists = [rng.integers(1, len(self.items_vocab) + 1, size=5) for _ in range(n)]
-            rows = np.zeros(len(hists), dtype=np.int64)
-        return self._encode(list(rows[: len(hists)]), hists)
+            times = [np.zeros(6, dtype=np.int64) for _ in range(n)]
+            rows = [0] * len(hists)
+        return self._encode(rows, hists, times if self.uses_times else None)
 
     # ---- queries
 
@@ -340,6 +367,44 @@ class Recommender:
             raise RequestError(f"unknown item id(s) in history: {', '.join(map(repr, unknown[:3]))}{more}")
         return 0, np.asarray(idx, dtype=np.int64)
 
+    def resolve_times(self, user: int, hist: np.ndarray, timestamps: list[Any] | None,
+                      at: Any = None) -> np.ndarray:
+        """(H + 1,) int64 seconds: the history's event times, then the query time `at` (default
+        now; for a known user never before their last event). A live history's `timestamps`
+        (seconds since 1970, oldest first, one per item) are checked: numbers (fractions of a
+        second dropped), not before 1970, not more than a day past the server's clock, never
+        going backwards, `at` not before the last one; else RequestError (HTTP 422). A model
+        without a time bias checks them the same way and does not read them."""
+        now = int(time.time())
+        query = None if at is None else _seconds(at, "at", now)
+        if user and timestamps is not None:
+            raise RequestError("timestamps go with a live history, not with user_id (a known user's are stored)")
+        if timestamps is not None:
+            if not isinstance(timestamps, (list, tuple)):
+                raise RequestError("timestamps must be a list of seconds since 1970, one per history item")
+            if len(timestamps) != len(hist):
+                raise RequestError(f"timestamps has {len(timestamps)} values but history has {len(hist)} items")
+            ts = np.asarray([_seconds(t, f"timestamps[{i}]", now) for i, t in enumerate(timestamps)], np.int64)
+            back = np.flatnonzero(np.diff(ts) < 0)
+            if len(back):
+                i = int(back[0]) + 1
+                raise RequestError(f"timestamps go backwards at position {i} ({ts[i]} < {ts[i - 1]}); "
+                                   "give the history oldest first")
+        elif user and self._hist_times is not None:
+            r = self._hist_row[user]
+            ts = self._hist_times[self._hist_offsets[r]: self._hist_offsets[r + 1]] if r >= 0 else np.zeros(0, np.int64)
+        elif self.uses_times and len(hist):
+            raise RequestError("this model reads event times: give timestamps (seconds since 1970, one per "
+                               "history item, oldest first)")
+        else:
+            ts = np.zeros(len(hist), np.int64)
+        last = int(ts[-1]) if len(ts) else 0
+        if query is None:
+            query = max(now, last)      # a stored history may run ahead of this server's clock
+        elif query < last:
+            raise RequestError(f"at ({query}) is before the history's last timestamp ({last})")
+        return np.append(ts, np.int64(query))
+
     def _check_k(self, k: Any) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise RequestError(f"k must be an integer, got {k!r}")
@@ -347,8 +412,11 @@ class Recommender:
             raise RequestError(f"k must be between 1 and {self.max_k}, got {k}")
         return int(k)
 
-    def _encode(self, users: list[int], histories: list[np.ndarray]) -> "torch.Tensor":
-        """(B, D) query vectors; each history is cut to the model's last `max_len` items."""
+    def _encode(self, users: list[int], histories: list[np.ndarray],
+                times: list[np.ndarray] | None = None) -> "torch.Tensor":
+        """(B, D) query vectors; each history is cut to the model's last `max_len` items. times:
+        per history (H + 1,) event times then the query time (`resolve_times`), for a model
+        that reads them."""
         import torch
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -359,20 +427,28 @@ class Recommender:
         lengths = torch.tensor([len(h) for h in kept], dtype=torch.long)
         seq = KeyedJaggedTensor.from_lengths_sync(keys=[ITEM_KEY], values=values, lengths=lengths)
         batch = SeqBatch(users=torch.tensor(users, dtype=torch.long), seq=seq)
+        if times is not None and self.uses_times:
+            kept_t = [t[:-1][len(t) - 1 - len(h):] for t, h in zip(times, kept)]
+            batch.extra["timestamps"] = torch.from_numpy(np.concatenate(kept_t).astype(np.int64)) if kept_t \
+                else torch.zeros(0, dtype=torch.long)
+            batch.extra["query_time"] = torch.tensor([int(t[-1]) for t in times], dtype=torch.long)
         with torch.inference_mode():
             return self.model.query_embeddings(batch).float()
 
-    def _top(self, user: int, hist: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        q = self._encode([user], [hist])
+    def _top(self, user: int, hist: np.ndarray, k: int, exclude_seen: bool,
+             times: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        q = self._encode([user], [hist], None if times is None else [times])
         scores, ids = self.index.search(q, k, [hist] if exclude_seen else None)
         keep = ids[0] > 0
         return scores[0][keep], ids[0][keep]
 
     def recommend(self, user_id: Any = None, history: list[Any] | None = None, k: int = 10,
-                  exclude_seen: bool = True) -> list[Recommendation]:
+                  exclude_seen: bool = True, timestamps: list[Any] | None = None,
+                  at: Any = None) -> list[Recommendation]:
         """Top-k items (raw ids, best first) for a known `user_id` or a live `history` of raw item
-        ids (oldest first). Fewer than k come back only if the catalogue runs out."""
-        answer = self.recommend_many([Query(user_id, history, k, exclude_seen)])[0]
+        ids (oldest first), with its `timestamps` and the query time `at` (see `resolve_times`).
+        Fewer than k come back only if the catalogue runs out."""
+        answer = self.recommend_many([Query(user_id, history, k, exclude_seen, timestamps, at)])[0]
         if isinstance(answer, RequestError):
             raise answer
         return answer.items
@@ -386,16 +462,18 @@ class Recommender:
         score in its last float bits, never the order of distinct scores."""
         out: list[Ranked | RequestError | None] = [None] * len(queries)
         rows: list[tuple[int, int, int, np.ndarray, bool]] = []
+        times: list[np.ndarray] = []        # per row: event times, then the query time
         for i, q in enumerate(queries):
             try:
                 k = self._check_k(q.k)
                 user, hist = self.resolve(q.user_id, q.history)
+                times.append(self.resolve_times(user, hist, q.timestamps, q.at))
             except RequestError as e:
                 out[i] = e
                 continue
             rows.append((i, k, user, hist, bool(q.exclude_seen)))
         if rows:
-            vectors = self._encode([r[2] for r in rows], [r[3] for r in rows])
+            vectors = self._encode([r[2] for r in rows], [r[3] for r in rows], times)
             for k in sorted({r[1] for r in rows}):
                 group = [j for j, r in enumerate(rows) if r[1] == k]
                 exclude = [rows[j][3] if rows[j][4] else rows[j][3][:0] for j in group]
@@ -410,7 +488,7 @@ class Recommender:
 
     def explain(self, user_id: Any = None, history: list[Any] | None = None, k: int = 10,
                 exclude_seen: bool = True, items: list[Any] | None = None, top: int = 5,
-                method: str = "auto") -> Explanation:
+                method: str = "auto", timestamps: list[Any] | None = None, at: Any = None) -> Explanation:
         """For each recommended item (or each of `items`), the `top` history items with the largest
         weights under `method` (see `unirec_dist.serving.explain`)."""
         from unirec_dist.serving.explain import attribute, resolve_method
@@ -421,6 +499,7 @@ class Recommender:
         user, hist = self.resolve(user_id, history)
         if len(hist) == 0:
             raise RequestError(f"user {str(user_id)[:64]!r} has no known history to explain")
+        times = self.resolve_times(user, hist, timestamps, at)
         if items is not None:
             if not isinstance(items, (list, tuple)) or not 1 <= len(items) <= self.max_k:
                 raise RequestError(f"items must be a list of 1 to {self.max_k} raw item ids")
@@ -429,12 +508,12 @@ class Recommender:
             if unknown:
                 raise RequestError(f"unknown item id(s): {', '.join(map(repr, unknown[:3]))}")
             ids = np.asarray(tgt, dtype=np.int64)
-            q = self._encode([user], [hist])
+            q = self._encode([user], [hist], [times])
             scores = (q @ self.items[ids].T)[0].numpy()
         else:
             k = self._check_k(k)
-            scores, ids = self._top(user, hist, k, exclude_seen)
-        att = attribute(self.model, self.items, hist, user, ids, method)
+            scores, ids = self._top(user, hist, k, exclude_seen, times)
+        att = attribute(self.model, self.items, hist, user, ids, method, times if self.uses_times else None)
         out = []
         for r, (s, i) in enumerate(zip(scores, ids)):
             w = att.weights[r]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from unirec_dist.data.batch import make_seq_batch
+from unirec_dist.data.batch import last_n, make_seq_batch
 from unirec_dist.errors import DataError
 from unirec_dist.metrics.topk import topk
 
@@ -57,11 +58,12 @@ def all_users(dataset: Any) -> list[str]:
     return vocab["raw"].take(order).cast(pa.string()).to_pylist()
 
 
-def user_histories(dataset: Any, user_index: np.ndarray) -> pa.ListArray:
-    """(U,) user indices -> each user's full time-ordered item list from `interactions`."""
-    inter = dataset.table("interactions", columns=["user", "item"])
+def user_histories(dataset: Any, user_index: np.ndarray, column: str = "item") -> pa.ListArray:
+    """(U,) user indices -> each user's full time-ordered list of `column` ("item" -> int32,
+    "timestamp" -> int64) from `interactions`."""
+    inter = dataset.table("interactions", columns=["user", column])
     u = inter["user"].to_numpy().astype(np.int64)
-    items = inter["item"].to_numpy().astype(np.int32)
+    items = inter[column].to_numpy().astype(np.int64 if column == "timestamp" else np.int32)
     if len(u) > 1 and (np.diff(u) < 0).any():  # the format promises sorting; do not rely on it
         order = np.argsort(u, kind="stable")
         u, items = u[order], items[order]
@@ -69,7 +71,7 @@ def user_histories(dataset: Any, user_index: np.ndarray) -> pa.ListArray:
     lengths = np.searchsorted(u, user_index, side="right") - starts
     offsets = np.concatenate(([0], np.cumsum(lengths)))
     gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(items[gather], pa.int32()))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(items[gather]))
 
 
 def item_raw_ids(dataset: Any) -> np.ndarray:
@@ -88,9 +90,12 @@ def recommend(
     exclude_seen: bool = True,
     batch_size: int = 1024,
     display_fields: Sequence[str] | None = None,
+    at: int | None = None,
 ) -> pa.Table:
     """Top-k per user as a Table (user, rank, item, score[, display fields]) in the order of
-    `users`; see module doc. display_fields: [] for none, None for the dataset's defaults."""
+    `users`; see module doc. display_fields: [] for none, None for the dataset's defaults.
+    An encoder with a time bias reads the events' timestamps and the query time `at` (seconds
+    since 1970; default now, or the user's last event when that is later)."""
     import torch
 
     from unirec_dist.serving.display import display_table, resolve_fields
@@ -118,6 +123,9 @@ def recommend(
             device = items.device
             max_len = getattr(retriever, "max_len", None)
             histories = user_histories(dataset, index)
+            encoder = getattr(retriever, "encoder", None)
+            times = user_histories(dataset, index, "timestamp") if getattr(encoder, "uses_times", False) else None
+            now = int(time.time()) if at is None else int(at)
             # batches of similar history length (less padding for the encoder); results go back
             # to the caller's order below
             lengths = pc.list_value_length(histories).to_numpy(zero_copy_only=False)
@@ -127,7 +135,14 @@ def recommend(
             for begin in range(0, len(index), batch_size):
                 rows = order[begin : begin + batch_size]
                 idx, hist = index[rows], histories.take(pa.array(rows))
-                batch = make_seq_batch(idx, hist, max_len).to(device)
+                if times is None:
+                    batch = make_seq_batch(idx, hist, max_len).to(device)
+                else:
+                    ts = times.take(pa.array(rows))
+                    last_t, n_t = last_n(ts, 1)
+                    query = np.full(len(rows), now, np.int64)
+                    query[n_t > 0] = np.maximum(now, last_t)
+                    batch = make_seq_batch(idx, hist, max_len, timestamps=ts, query_times=query).to(device)
                 exclude = make_seq_batch(idx, hist, None).seq.to(device) if exclude_seen else None
                 scores, ids = topk(retriever.query_embeddings(batch), items, kk, exclude=exclude)
                 all_ids[rows] = ids.cpu().numpy()

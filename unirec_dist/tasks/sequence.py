@@ -3,7 +3,8 @@ their weighted sum, and the optional contrastive term. No Lightning here.
 
 A training SeqBatch holds each user's last max_len + 1 items in `seq` (key "item"); position t
 of the encoder reads items 0..t and predicts item t + 1, so one causal pass trains every
-position. `batch.extra["ratings"]` (T,) float, aligned with seq values, feeds the rating task.
+position. `batch.extra["ratings"]` (T,) float, aligned with seq values, feeds the rating task;
+`batch.extra["timestamps"]` (T,) int64, aligned likewise, feeds an encoder with a time bias.
 """
 from __future__ import annotations
 
@@ -49,7 +50,11 @@ def forward_sequences(model: SeqRecModel, batch, values: torch.Tensor | None = N
     # scattering jagged vectors into a padded tensor and back in backward
     items = model.embedding.item_vectors(ids.reshape(-1)).view(ids.shape[0], width, -1)   # (B, L+1, D)
     in_len = (lengths - 1).clamp(min=0)
-    states = model.encode(items[:, :-1], in_len, batch.users)
+    times = None
+    if model.encoder.uses_times:
+        # (B, L + 1): input position t's time, and at t + 1 its target's (the query time)
+        times = pad_jagged(batch.extra["timestamps"].long(), lengths, width)
+    states = model.encode(items[:, :-1], in_len, batch.users, times)
     L = width - 1
     valid = (torch.arange(L, device=ids.device)[None, :] < in_len[:, None]) & (ids[:, 1:] > 0)
     ratings = None

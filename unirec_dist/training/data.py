@@ -94,6 +94,23 @@ def open_prepared(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     return ds.root, ds.manifest
 
 
+def check_times(root: Path, manifest: dict[str, Any]) -> None:
+    """A dataset an encoder with a time bias can train and evaluate on: real event times (not
+    split.order: row) in train and in valid/test (history_timestamps, target_timestamps)."""
+    from unirec_dist.errors import ConfigError
+
+    order = manifest.get("config", {}).get("split", {}).get("order", "time")
+    if order != "time":
+        raise ConfigError(f"model.encoder.time_bias: {root} has no event times (prepared with split.order: {order}); "
+                          "set model.encoder.time_bias=false")
+    for name, cols in (("train", ("timestamps",)), ("valid", ("history_timestamps", "target_timestamps"))):
+        for f in (train_files(root) if name == "train" else split_files(root, name)):
+            missing = [c for c in cols if c not in open_parquet(f).schema_arrow.names]
+            if missing:
+                raise ConfigError(f"model.encoder.time_bias: {f} has no {missing[0]!r} column (a dataset prepared "
+                                  "without timestamps, or by an older version: run `unirec prepare` again)")
+
+
 def stored_item_counts(root: Path, manifest: dict[str, Any], train_on: str, n_items: int) -> np.ndarray | None:
     """(n_items,) training frequency of every item id as `prepare` wrote it (the manifest's
     `item_counts` file, its sha256 checked; row 0 = padding, 0), or None for a dataset prepared
@@ -132,12 +149,14 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 @dataclass
 class TrainSequences:
-    """Training sequences, flat: users (U,), values (T,), offsets (U + 1,), ratings (T,) or None."""
+    """Training sequences, flat: users (U,), values (T,), offsets (U + 1,), ratings (T,) or None,
+    timestamps (T,) int64 or None (read only for an encoder with a time bias)."""
 
     users: np.ndarray
     values: np.ndarray
     offsets: np.ndarray
     ratings: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
 
     @cached_property
     def lengths(self) -> np.ndarray:
@@ -157,7 +176,8 @@ class TrainSequences:
         lengths = self.lengths[rows]
         idx = np.repeat(self.offsets[rows] - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
         return TrainSequences(users=self.users[rows], values=self.values[idx], offsets=_offsets(lengths),
-                              ratings=None if self.ratings is None else self.ratings[idx])
+                              ratings=None if self.ratings is None else self.ratings[idx],
+                              timestamps=None if self.timestamps is None else self.timestamps[idx])
 
     def trainable(self) -> "TrainSequences":
         """Without the rows of fewer than 2 items (no (input, next item) pair)."""
@@ -169,18 +189,21 @@ class TrainSequences:
         if len(parts) == 1:
             return parts[0]
         has_r = all(p.ratings is not None for p in parts)
+        has_t = all(p.timestamps is not None for p in parts)
         return TrainSequences(users=np.concatenate([p.users for p in parts]),
                               values=np.concatenate([p.values for p in parts]),
                               offsets=_offsets(np.concatenate([p.lengths for p in parts])),
-                              ratings=np.concatenate([p.ratings for p in parts]) if has_r else None)
+                              ratings=np.concatenate([p.ratings for p in parts]) if has_r else None,
+                              timestamps=np.concatenate([p.timestamps for p in parts]) if has_t else None)
 
     @classmethod
     def from_table(cls, train: pa.Table) -> "TrainSequences":
-        """From rows of train.parquet (user, items, [ratings]); every row kept, in order."""
+        """From rows of train.parquet (user, items, [ratings], [timestamps]); every row kept, in order."""
         values, lengths = _flat(train["items"], np.int64)
         ratings = _flat(train["ratings"], np.float32)[0] if "ratings" in train.column_names else None
+        times = _flat(train["timestamps"], np.int64)[0] if "timestamps" in train.column_names else None
         return cls(users=train["user"].to_numpy().astype(np.int64), values=values, offsets=_offsets(lengths),
-                   ratings=ratings)
+                   ratings=ratings, timestamps=times)
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike, train_on: str = "train") -> "TrainSequences":
@@ -194,11 +217,14 @@ class ValidTargets:
     (or of the `valid/` part files) that can hold them (row-group min/max statistics of `user`):
     memory is a few row groups, not the split."""
 
-    def __init__(self, files: list[Path], with_ratings: bool) -> None:
-        self.files = [open_parquet(f, ("user", "targets")) for f in files]
+    def __init__(self, files: list[Path], with_ratings: bool, with_times: bool = False) -> None:
+        self.files = [open_parquet(f, ("user", "targets") + (("target_timestamps",) if with_times else ()))
+                      for f in files]
         self.columns = ["user", "targets"]
         if with_ratings and all("target_ratings" in f.schema_arrow.names for f in self.files):
             self.columns.append("target_ratings")
+        if with_times:
+            self.columns.append("target_timestamps")
         self.groups = [(fi, g) for fi, f in enumerate(self.files) for g in range(f.metadata.num_row_groups)]
         self.ranges = []
         for fi, g in self.groups:
@@ -220,21 +246,24 @@ class ValidTargets:
             has = lens > 0
             first = (np.cumsum(lens) - lens)[has]
             rat = _flat(t["target_ratings"], np.float32)[0][first] if "target_ratings" in self.columns else None
-            self._cache[g] = (t["user"].to_numpy().astype(np.int64)[has], vals[first], rat)
+            ts = _flat(t["target_timestamps"], np.int64)[0][first] if "target_timestamps" in self.columns else None
+            self._cache[g] = (t["user"].to_numpy().astype(np.int64)[has], vals[first], rat, ts)
         return self._cache[g]
 
-    def lookup(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(has (U,) bool, target (U,) int64, rating (U,) float32 or None) for `users`."""
+    def lookup(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(has (U,) bool, target (U,) int64, rating (U,) float32 or None, timestamp (U,) int64 or
+        None) for `users`."""
         has = np.zeros(len(users), bool)
         target = np.zeros(len(users), np.int64)
         rating = None if "target_ratings" not in self.columns else np.zeros(len(users), np.float32)
+        stamp = None if "target_timestamps" not in self.columns else np.zeros(len(users), np.int64)
         if len(users) == 0:
-            return has, target, rating
+            return has, target, rating, stamp
         lo, hi = int(users.min()), int(users.max())
         groups = range(len(self.groups)) if self.ranges is None else \
             [g for g, (a, b) in enumerate(self.ranges) if a <= hi and b >= lo]
         for g in groups:
-            vu, vt, vr = self._group(g)
+            vu, vt, vr, vs = self._group(g)
             pos = np.searchsorted(vu, users)          # each valid file is sorted by user (data/format.py)
             pos = np.minimum(pos, max(len(vu) - 1, 0))
             hit = (vu[pos] == users) if len(vu) else np.zeros(len(users), bool)
@@ -242,11 +271,13 @@ class ValidTargets:
             target[hit] = vt[pos[hit]]
             if rating is not None and vr is not None:
                 rating[hit] = vr[pos[hit]]
-        return has, target, rating
+            if stamp is not None and vs is not None:
+                stamp[hit] = vs[pos[hit]]
+        return has, target, rating, stamp
 
 
 def _append_targets(seqs: TrainSequences, has: np.ndarray, target: np.ndarray,
-                    rating: np.ndarray | None) -> TrainSequences:
+                    rating: np.ndarray | None, stamp: np.ndarray | None = None) -> TrainSequences:
     """Each sequence with its user's validation target appended (where it has one)."""
     lengths = seqs.lengths
     new_len = lengths + has
@@ -261,7 +292,12 @@ def _append_targets(seqs: TrainSequences, has: np.ndarray, target: np.ndarray,
         ratings = np.empty(len(values), np.float32)
         ratings[keep_pos] = seqs.ratings
         ratings[tail] = rating[has]
-    return TrainSequences(users=seqs.users, values=values, offsets=offsets, ratings=ratings)
+    times = None
+    if seqs.timestamps is not None and stamp is not None:
+        times = np.empty(len(values), np.int64)
+        times[keep_pos] = seqs.timestamps
+        times[tail] = stamp[has]
+    return TrainSequences(users=seqs.users, values=values, offsets=offsets, ratings=ratings, timestamps=times)
 
 
 @dataclass(frozen=True)
@@ -287,7 +323,7 @@ class ParquetSource:
     """
 
     def __init__(self, path: str | os.PathLike, train_on: str = "train", unit_rows: int = 1024,
-                 ingest: str = "auto", memory_mb: float = 256.0) -> None:
+                 ingest: str = "auto", memory_mb: float = 256.0, with_times: bool = False) -> None:
         if ingest not in INGEST_MODES:
             raise ValueError(f"ingest must be one of {INGEST_MODES}, got {ingest!r}")
         self.root = Path(path)
@@ -296,6 +332,11 @@ class ParquetSource:
         self.pq = [open_parquet(f, ("user", "items")) for f in self.files]
         self.has_ratings = all("ratings" in f.schema_arrow.names for f in self.pq)
         self.columns = ["user", "items"] + (["ratings"] if self.has_ratings else [])
+        if with_times:      # an encoder with a time bias: every file must have them
+            for f, pf in zip(self.files, self.pq):
+                if "timestamps" not in pf.schema_arrow.names:
+                    raise DataError(f"{f}: no 'timestamps' column, which model.encoder.time_bias needs")
+            self.columns.append("timestamps")
         self.units: list[Unit] = []
         self.groups: list[list[int]] = []        # unit indices of each row group, in row order
         self._group_start: list[list[int]] = []  # first row of each row group in its file
@@ -312,7 +353,8 @@ class ParquetSource:
                 self.units += [Unit(fi, g, a, min(a + unit_rows, n)) for a in range(0, n, unit_rows)]
         self.n_rows = sum(u.rows for u in self.units)
         self.in_memory = ingest == "memory" or (ingest == "auto" and nbytes <= memory_mb * 2**20)
-        self.valid = ValidTargets(split_files(self.root, "valid"), self.has_ratings) if train_on == "train+valid" else None
+        self.valid = (ValidTargets(split_files(self.root, "valid"), self.has_ratings, with_times)
+                      if train_on == "train+valid" else None)
         self._files: dict[int, TrainSequences] = {}      # in memory: whole part files
         self._last: tuple[tuple[int, int], TrainSequences] | None = None   # streaming: the last row group
 
@@ -378,17 +420,18 @@ class MemorySource:
         return self.seqs.item_counts(n_items)
 
 
-def train_source(path: str | os.PathLike, data_cfg: Any) -> ParquetSource:
-    """The training source a DataSection describes."""
+def train_source(path: str | os.PathLike, data_cfg: Any, with_times: bool = False) -> ParquetSource:
+    """The training source a DataSection describes (with each event's timestamp: `with_times`)."""
     return ParquetSource(path, train_on=data_cfg.train_on, unit_rows=data_cfg.unit_rows,
-                         ingest=data_cfg.ingest, memory_mb=data_cfg.ingest_memory_mb)
+                         ingest=data_cfg.ingest, memory_mb=data_cfg.ingest_memory_mb, with_times=with_times)
 
 
 class SequenceBatches:
     """Re-iterable training batches (one pass = one epoch of this rank's share; see the module doc).
 
     Yields SeqBatch(users (B,), seq KJT "item" (last max_len + 1 items per row),
-    extra {"ratings": (T,) float32} when the dataset has ratings).
+    extra {"ratings": (T,) float32} when the dataset has ratings, {"timestamps": (T,) int64}
+    when the source reads them).
     """
 
     def __init__(self, source: ParquetSource | MemorySource | TrainSequences, batch_size: int, max_len: int,
@@ -511,6 +554,8 @@ class SequenceBatches:
         extra = {}
         if buf.ratings is not None:
             extra["ratings"] = torch.from_numpy(buf.ratings[idx])
+        if buf.timestamps is not None:
+            extra["timestamps"] = torch.from_numpy(buf.timestamps[idx])
         return SeqBatch(users=torch.from_numpy(buf.users[rows]), seq=seq, extra=extra)
 
     def __iter__(self):

@@ -65,11 +65,13 @@ class TrainingSetup:
 def check_inputs(cfg: TrainConfig) -> tuple[Path, dict[str, Any]]:
     """Every user-fixable problem, before any work: dataset dir/version, features, device."""
     from unirec_dist.embeddings.features import FeatureSpec
-    from unirec_dist.training.data import open_prepared
+    from unirec_dist.training.data import check_times, open_prepared
     from unirec_dist.training.tracking import check_tracking
     from unirec_dist.utils.device import resolve_device
 
     path, ds_manifest = open_prepared(cfg.data.path)
+    if cfg.model.encoder.uses_times:
+        check_times(path, ds_manifest)
     resolve_device(cfg.trainer.device)
     check_tracking(cfg)
     FeatureSpec.from_manifest(ds_manifest, where=str(path / "manifest.json")).item_features(
@@ -99,7 +101,7 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
 
     path, ds_manifest = check_inputs(cfg)
     apply_val_mask_seen(cfg, ds_manifest)
-    source = train_source(path, cfg.data)
+    source = train_source(path, cfg.data, with_times=cfg.model.encoder.uses_times)
     if "rating" in cfg.task.active_tasks and not source.has_ratings:
         from unirec_dist.errors import ConfigError
 

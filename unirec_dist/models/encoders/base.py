@@ -53,6 +53,11 @@ class EncoderConfig:
         """Checks against the rest of the model section (e.g. heads must divide `dim`)."""
 
     @property
+    def uses_times(self) -> bool:
+        """Whether the encoder reads event timestamps (the dataset must have real ones)."""
+        return False
+
+    @property
     def encoder_class(self) -> type[SequenceEncoder]:
         return registered(self.kind).encoder
 
@@ -101,6 +106,9 @@ class SequenceEncoder(nn.Module, abc.ABC):
         score histories (ctr, the contrastive term) need it.
       fixed_max_len: parameters are sized by max_len (learned positions), so a trained encoder
         cannot read longer histories.
+      uses_times (per instance, from its config): forward and last_states take `times`
+        (B, L + 1) int64 seconds: position t's event time, and at index lengths[b] the time of
+        what follows the history (the next item's in training, the request's when serving).
     `last_states` is the query path. The default runs `forward` over every position and keeps
     the last one; an encoder that can compute that one state more cheaply overrides it (SASRec
     and HSTU run their last block for the last position only).
@@ -109,6 +117,7 @@ class SequenceEncoder(nn.Module, abc.ABC):
     needs_user_vectors: ClassVar[bool] = False
     reads_history: ClassVar[bool] = True
     fixed_max_len: ClassVar[bool] = False
+    uses_times: bool = False
 
     @classmethod
     @abc.abstractmethod
