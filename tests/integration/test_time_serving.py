@@ -18,7 +18,7 @@ HSTU_TIME = {"kind": "hstu", "num_blocks": 1, "num_heads": 2, "dqk": 4, "dv": 4,
 def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
     from tests.integration.test_export import make_checkpoint
     from tests.synthetic import prepared_dataset
-    from unirec_dist.checkpoint.export import export_bundle
+    from unirec_dist.serving.export import export_bundle
 
     tmp = tmp_path_factory.mktemp("time")
     ds = prepared_dataset(tmp, n_users=20, n_items=30)
@@ -31,9 +31,9 @@ def test_bundle_and_batch_topn_agree_at_a_query_time(exported):
     import torch
 
     from unirec_dist.data.dataset import PreparedDataset
+    from unirec_dist.models.factory import load_retriever
     from unirec_dist.serving.recommender import Recommender
     from unirec_dist.serving.topn import all_users, recommend
-    from unirec_dist.training.build import load_retriever
 
     ds_dir, ckpt, bundle = exported
     assert "timestamps" in pq.read_table(bundle / "histories.parquet").column_names
@@ -60,7 +60,7 @@ def test_bundle_and_batch_topn_agree_at_a_query_time(exported):
 
 
 def _histories(ds):
-    from unirec_dist.checkpoint.export import full_histories
+    from unirec_dist.serving.export import full_histories
 
     return full_histories(ds)
 

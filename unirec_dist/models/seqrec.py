@@ -5,6 +5,8 @@ modules: sharding is applied from outside (training/strategy.py), never here.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,6 +98,6 @@ class SeqRecModel(nn.Module):
         # an empty history has no state: zeros (scores all items alike), except for encoders that
         # do not read the history (MF: the user's vector)
         times = self.query_times(batch, lengths, items.shape[1])
-        if times is not None:
-            return self.norm(self.encoder.last_states(items, lengths, self.user_vectors(batch.users), times=times))
-        return self.norm(self.encoder.last_states(items, lengths, self.user_vectors(batch.users)))
+        # only a time-aware encoder (`uses_times`) takes `times`
+        kw: dict[str, Any] = {"times": times} if times is not None else {}
+        return self.norm(self.encoder.last_states(items, lengths, self.user_vectors(batch.users), **kw))

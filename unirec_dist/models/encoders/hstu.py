@@ -156,6 +156,7 @@ class HSTUBlock(nn.Module):
             """qp (B, Lq') query positions, kp (L',) key positions -> (B, Lq', L') bias."""
             b = self.rel_pos[(qp[:, :, None] - kp[None, None, :]).clamp(0, self.max_len - 1)]
             if self.time_buckets is not None:
+                assert times is not None   # checked where the encoder is called with time_bias on
                 gap = times.gather(1, qp + 1)[:, :, None] - times[:, kp][:, None, :]
                 b = b + self.rel_time[time_buckets(gap, self.time_buckets)]
             return b
