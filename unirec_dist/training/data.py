@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 
 from unirec_dist.data.batch import ITEM_KEY, SeqBatch
 from unirec_dist.data.dataset import PreparedDataset, read_split, split_files
-from unirec_dist.errors import DataError
+from unirec_dist.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,6 @@ def open_prepared(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
 def check_times(root: Path, manifest: dict[str, Any]) -> None:
     """A dataset an encoder with a time bias can train and evaluate on: real event times (not
     split.order: row) in train and in valid/test (history_timestamps, target_timestamps)."""
-    from unirec_dist.errors import ConfigError
-
     order = manifest.get("config", {}).get("split", {}).get("order", "time")
     if order != "time":
         raise ConfigError(f"model.encoder.time_bias: {root} has no event times (prepared with split.order: {order}); "

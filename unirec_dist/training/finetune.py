@@ -237,8 +237,6 @@ def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
     ckpt = resolve_checkpoint(from_checkpoint)
     ckpt_manifest, pcfg = _pretrained_config(ckpt)
     if pcfg.model.encoder.uses_times:
-        from unirec_dist.errors import ConfigError
-
         raise ConfigError(f"{ckpt}: fine-tuning a model with a time bias (model.encoder.time_bias) is not "
                           "supported yet; pretrain with time_bias=false to fine-tune")
     path, t_manifest = open_prepared(cfg.data.path)
