@@ -61,7 +61,12 @@ def load_sharded_retriever(checkpoint: str | os.PathLike, device: Any) -> tuple[
     model = build_from_config(cfg, manifest["dataset"], device=device, table_device="meta")
     tables = S.find_tables(model)
     dtype = torch.device(device).type
-    constraints = S.make_constraints(tables, {ITEM_TABLE: "row_wise"} if ITEM_TABLE in tables else {}, dtype)
+    # the item id table row-wise: rank r holds the rows it scores (`metrics.sharded.item_block`).
+    # Pooled content tables table-wise: a row-wise one sums each bag in per-rank parts, which
+    # rounds differently from one process and would break "identical to one process"
+    wanted = {n: "row_wise" if n == ITEM_TABLE else "table_wise" for n, t in tables.items()
+              if n == ITEM_TABLE or t.kind == "bag"}
+    constraints = S.make_constraints(tables, wanted, dtype)
     world = dist.get_world_size()
     topo = S.make_topology(world, dtype, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     sharders = S.make_sharders(dtype)
