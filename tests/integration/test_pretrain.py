@@ -176,3 +176,38 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(dataset, straight_ru
     a, b = resumed.state_dict(), straight.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_second_run_into_the_same_out_dir_is_refused(dataset, tmp_path, capsys):
+    """Ray Train would silently continue a run of the same name and storage path: a second
+    `pretrain` into an out_dir holding a run is refused in one line, before Ray starts, and
+    nothing there changes."""
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step-00000003").mkdir(parents=True)
+    (out / "ray" / "debug").mkdir(parents=True)
+    (out / "pretrain.json").write_text("{}")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    rc = main(args(dataset, out))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: trainer.out_dir {out} already holds a run (")
+    assert "checkpoints" in err[0] and "pretrain.json" in err[0] and "--overwrite" in err[0] and "--resume" in err[0]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def test_overwrite_removes_only_the_run_and_resume_needs_one(tmp_path):
+    from unirec_dist.errors import CheckpointError
+    from unirec_dist.training.pretrain import check_out_dir
+
+    out = tmp_path / "run"
+    for d in ("checkpoints/step-00000003", "logs", "ray/debug/checkpoint_1", "ray/other"):
+        (out / d).mkdir(parents=True)
+    for f in ("pretrain.json", "notes.txt"):
+        (out / f).write_text("x")
+    with pytest.raises(CheckpointError, match="no pretraining run to resume at .*ray/nope"):
+        check_out_dir(out, out / "ray" / "nope", overwrite=False, resume=True)
+    check_out_dir(out, out / "ray" / "debug", overwrite=False, resume=True)      # kept as it is
+    assert (out / "ray" / "debug" / "checkpoint_1").is_dir() and (out / "checkpoints").is_dir()
+    check_out_dir(out, out / "ray" / "debug", overwrite=True, resume=False)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "ray"]
+    assert [p.name for p in (out / "ray").iterdir()] == ["other"]               # another run's folder stays

@@ -1,4 +1,4 @@
-"""`unirec pretrain --config configs/pretrain/<name>.yaml --workers N [--address HOST:PORT] [key=value ...]`."""
+"""`unirec pretrain --config configs/pretrain/<name>.yaml --workers N [--address HOST:PORT] [--overwrite | --resume] [key=value ...]`."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None,
                    help="join this Ray cluster (host:port or ray://host:port); default: start a local one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in trainer.out_dir (its checkpoints, logs, pretrain.json and Ray run folder)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in trainer.out_dir from its newest reported checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.max_epochs=3")
     p.set_defaults(func=run)
 
@@ -19,9 +24,14 @@ def run(args: argparse.Namespace) -> int:
     from unirec_dist.config.distributed import load_pretrain_config
 
     cfg = load_pretrain_config(args.config, args.overrides)
+    from unirec_dist.commands.train import run_exists_hint
+    from unirec_dist.training.checkpointing import RunExistsError
     from unirec_dist.training.pretrain import pretrain
 
-    path = pretrain(cfg, workers=args.workers, address=args.address, progress=not args.no_progress,
-                    verbose=getattr(args, "verbose", False))
+    try:
+        path = pretrain(cfg, workers=args.workers, address=args.address, progress=not args.no_progress,
+                        verbose=getattr(args, "verbose", False), overwrite=args.overwrite, resume=args.resume)
+    except RunExistsError as e:
+        raise run_exists_hint(e) from None
     print(f"checkpoint: {path}")
     return 0

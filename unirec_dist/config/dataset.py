@@ -4,7 +4,7 @@ Example (a generic interaction log plus an item table)::
 
     name: my-shop
     source:
-      kind: table                  # table | movielens-100k | movielens-1m
+      kind: table                  # table | recbole | movielens-100k | movielens-1m
       interactions: logs/events.csv
       items: logs/items.parquet    # optional
       header: true                 # csv/tsv without a header row: false, plus column_names: [...]
@@ -23,6 +23,9 @@ Example (a generic interaction log plus an item table)::
     filter: {min_rating: null, user_core: 5, item_core: 5}
     split: {protocol: leave_one_out, order: time, tie_break: row}   # row: source row order
 
+A RecBole dataset folder (atomic files NAME.inter, optional NAME.item / NAME.user, NAME being
+the folder's name) is read with `source: {kind: recbole, path: FOLDER}`; its columns are named
+without their `:type` suffix (see configs/datasets/ml-100k-recbole.yaml).
 For MovieLens sources, the fetched files are turned into tables with known column names and the
 same `columns`/`item_features` mechanism applies (see configs/datasets/ml-1m.yaml).
 """
@@ -36,7 +39,8 @@ from unirec_dist.errors import ConfigError
 
 @dataclass
 class SourceConfig:
-    kind: Literal["table", "movielens-100k", "movielens-1m"] = "table"
+    kind: Literal["table", "recbole", "movielens-100k", "movielens-1m"] = "table"
+    path: str | None = None             # kind=recbole: the dataset folder (NAME.inter, NAME.item, NAME.user)
     interactions: str | None = None     # path (csv/tsv/parquet/jsonl/.dat) for kind=table
     items: str | None = None            # optional item table, joined on the item column
     users: str | None = None            # optional user table, joined on the user column
@@ -50,6 +54,10 @@ class SourceConfig:
     def validate(self) -> None:
         if self.kind == "table" and not self.interactions:
             raise ConfigError("source.interactions: required when source.kind is 'table'")
+        if self.kind == "recbole" and not self.path:
+            raise ConfigError("source.path: required when source.kind is 'recbole' (the RecBole dataset folder)")
+        if self.kind != "recbole" and self.path:
+            raise ConfigError(f"source.path: only with source.kind 'recbole' (kind is {self.kind!r})")
         if not self.header and not self.column_names:
             raise ConfigError("source.column_names: required when source.header is false "
                               "(the names of the file's columns, in order)")
@@ -156,3 +164,9 @@ class DatasetConfig:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError(f"features: duplicate feature name(s) {sorted(dup)}")
+
+
+def load_dataset_config(path, overrides: list[str] | None = None) -> DatasetConfig:
+    from unirec_dist.config.loader import load_config
+
+    return load_config(DatasetConfig, path, overrides)

@@ -94,6 +94,8 @@ def _split_flat(lists: pa.Array, n_rows: int, max_len: int) -> tuple[pa.Array, n
 def tokenize(col: pa.Array | pa.ChunkedArray, max_tokens: int) -> tuple[pa.Array, np.ndarray]:
     """Text -> (tokens, parent row per token): lowercased, split on non-alphanumerics."""
     col = as_array(col)
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):   # a list of words (RecBole token_seq)
+        col = pc.binary_join(col.cast(pa.list_(pa.string())), " ")
     if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
         col = col.cast(pa.string())
     lists = pc.split_pattern_regex(pc.utf8_lower(col.fill_null("")), TOKEN_SPLIT)

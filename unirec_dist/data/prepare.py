@@ -1037,8 +1037,11 @@ def describe_ordering(split: dict) -> str:
 
 
 def input_paths(cfg: DatasetConfig) -> dict[str, Path]:
-    """The files/folders `prepare` reads: the table source's paths, or the MovieLens cache dir."""
+    """The files/folders `prepare` reads: the table source's paths, the RecBole folder, or the
+    MovieLens cache dir."""
     s = cfg.source
+    if s.kind == "recbole":
+        return {"source.path": Path(s.path)}
     if s.kind != "table":
         from unirec_dist.data.movielens import data_dir
 

@@ -22,8 +22,8 @@ The driver holds only what is O(vocabulary), where encoding needs it:
   - each k-core round's per-user and per-item counts (8 bytes per entry, plus 16 bytes per
     entry while the aggregate is read) and the compaction maps old -> new id (4 bytes per entry);
   - the item/user feature tables (data/prepare.py `entity_table`, one row per item/user).
-  plus O(blocks + partitions) statistics. MovieLens sources are the exception: their files are
-  parsed on the driver (they are small) and handed to Ray as Arrow blocks.
+  plus O(blocks + partitions) statistics. MovieLens and RecBole sources are the exception: their
+  files are parsed on the driver (data/sources.py `load_source`) and handed to Ray as Arrow blocks.
 The part files are written by Ray tasks into the output's temp directory, so on a multi-node
 cluster the output must be on storage every node sees. Content is the Arrow engine's
 (tests/unit/test_prepare_ray.py checks it table by table).

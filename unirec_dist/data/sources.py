@@ -1,4 +1,5 @@
-"""Reading raw sources into Arrow tables: generic CSV/TSV/Parquet/JSONL files and MovieLens.
+"""Reading raw sources into Arrow tables: generic CSV/TSV/Parquet/JSONL files, RecBole atomic
+files and MovieLens.
 
 Every reader fails with a one-line `DataError` naming the file: missing, empty, unparsable.
 """
@@ -137,6 +138,8 @@ def read_table(path: str | os.PathLike, role: str = "interactions", fmt: str = "
 def load_source(cfg: DatasetConfig) -> SourceTables:
     """The raw tables named by `cfg.source` (MovieLens kinds are fetched into the cache)."""
     s = cfg.source
+    if s.kind == "recbole":
+        return load_recbole(cfg)
     if s.kind != "table":
         from unirec_dist.data.movielens import load_movielens
 
@@ -166,3 +169,114 @@ def _file_entry(role: str, p: Path) -> dict:
             h.update(str(q.relative_to(p)).encode() + b"\0" + sha256_file(q).encode())
         return {"role": role, "path": str(p), "sha256": h.hexdigest(), "bytes": sum(q.stat().st_size for q in parts)}
     return {"role": role, "path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+# ----------------------------------------------------------------------------- RecBole atomic files
+# RecBole's field types and what each becomes here: token -> string (ids, `categorical`, `text`),
+# token_seq -> list<string> (`multi`, `text`), float -> float64 (ratings, timestamps,
+# `categorical`), float_seq -> list<float64> (`dense`). Sequence values are separated by one
+# space, RecBole's default `seq_separator`.
+RECBOLE_TYPES = {"token": pa.string(), "token_seq": pa.list_(pa.string()),
+                 "float": pa.float64(), "float_seq": pa.list_(pa.float64())}
+RECBOLE_SEQ_SEP = " "
+_FEATURE_FIELD_TYPES = {"categorical": ("token", "float"), "text": ("token", "token_seq"),
+                        "multi": ("token_seq",), "dense": ("float_seq",)}
+
+
+def _first_non_number(values: pa.Array) -> str | None:
+    from unirec_dist.data.prepare import _NUM_RE, _first_bad
+
+    return _first_bad(values.drop_null(), _NUM_RE)
+
+
+def read_atomic(path: Path, role: str) -> tuple[pa.Table, dict[str, str]]:
+    """One RecBole atomic file (tab separated, header `name:type` per field) -> (table whose
+    columns are the field names, typed per RECBOLE_TYPES; {field: type})."""
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    p = check_file(path, role)
+    with open(p, encoding="utf-8-sig", errors="replace", newline="") as f:   # -sig: a BOM is not a name
+        header = f.readline().rstrip("\r\n")
+    types: dict[str, str] = {}
+    for cell in header.split("\t"):
+        name, colon, typ = cell.rpartition(":")
+        if not colon or not name:
+            raise DataError(f"{p}: header field {cell!r} has no type; RecBole headers are name:type "
+                            f"(e.g. user_id:token), types {', '.join(RECBOLE_TYPES)}")
+        if typ not in RECBOLE_TYPES:
+            raise DataError(f"{p}: field {name!r} has unknown type {typ!r}; RecBole types are "
+                            f"{', '.join(RECBOLE_TYPES)}")
+        if name in types:
+            raise DataError(f"{p}: field {name!r} appears twice in the header")
+        types[name] = typ
+    try:
+        raw = pacsv.read_csv(
+            p, read_options=pacsv.ReadOptions(column_names=list(types), skip_rows=1),
+            # RecBole files are not quoted: a quote character is part of a value (titles)
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in types},
+                                                 strings_can_be_null=True))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{p}: cannot read as a RecBole atomic file: {str(e).strip().splitlines()[0]}") from None
+    if raw.num_rows == 0:
+        raise DataError(f"{role} file {p} has a header but no rows")
+    cols = {}
+    for name, typ in types.items():
+        col = raw[name].combine_chunks()
+        if typ in ("token_seq", "float_seq"):   # a run of separators separates once
+            col = pc.split_pattern_regex(pc.utf8_trim(col, RECBOLE_SEQ_SEP), f"{RECBOLE_SEQ_SEP}+")
+        if typ in ("float", "float_seq"):
+            bad = _first_non_number(pc.list_flatten(col) if typ == "float_seq" else col)
+            if bad is not None:
+                raise DataError(f"{p}: field {name!r} ({typ}) has a non-numeric value {bad!r}")
+            col = col.cast(RECBOLE_TYPES[typ])
+        cols[name] = col
+    return pa.table(cols), types
+
+
+def load_recbole(cfg: DatasetConfig) -> SourceTables:
+    """A RecBole dataset folder `source.path` = NAME/ holding NAME.inter (required), NAME.item and
+    NAME.user (optional; joined on columns.item / columns.user, which must be token fields of the
+    same name in NAME.inter). Other atomic files (.kg, .link, .net) are not read."""
+    import pyarrow.compute as pc
+
+    d = Path(cfg.source.path).expanduser()
+    if not d.is_dir():
+        raise DataError(f"source.path {d}: not a folder (a RecBole dataset folder NAME/ holding NAME.inter)")
+    inter_p = d / f"{d.name}.inter"
+    if not inter_p.is_file():
+        found = sorted(q.name for q in d.glob("*.inter"))
+        raise DataError(f"{d}: no {inter_p.name} (RecBole names a dataset's files after its folder)"
+                        + (f"; found {', '.join(found)}" if found else ""))
+    inter, inter_types = read_atomic(inter_p, "interactions")
+    tables = {"interactions": inter}
+    where = {"interactions": str(inter_p)}
+    files = [_file_entry("interactions", inter_p)]
+    for role, suffix, key, feats in (("items", "item", cfg.columns.item, cfg.item_features),
+                                     ("users", "user", cfg.columns.user, cfg.user_features)):
+        p = d / f"{d.name}.{suffix}"
+        tables[role] = None
+        if not p.is_file():
+            continue
+        t, types = read_atomic(p, role)
+        if key not in types:
+            raise DataError(f"{p}: no field {key!r} to join on {inter_p.name}'s {key!r} (columns.{suffix}); "
+                            f"its fields are {', '.join(f'{n}:{v}' for n, v in types.items())}")
+        if key in inter_types and types[key] != inter_types[key]:
+            raise DataError(f"{p}: field {key!r} is {types[key]} but {inter_types[key]} in {inter_p.name}; "
+                            "the join key must have one type")
+        if key in inter.column_names:
+            known = pc.is_in(t[key], value_set=pc.unique(inter[key])).fill_null(False)
+            if not pc.any(known).as_py():
+                raise DataError(f"{p}: none of its {t.num_rows} {key!r} values occurs in {inter_p.name} "
+                                f"(first {t[key][0].as_py()!r}); the files do not describe the same {suffix}s")
+        for k, f in enumerate(feats):
+            typ = types.get(f.column)
+            if typ is not None and typ not in _FEATURE_FIELD_TYPES[f.kind]:
+                raise DataError(f"{p}: field {f.column!r} is {typ}, but {suffix}_features[{k}] has kind "
+                                f"{f.kind!r}, which needs a {' or '.join(_FEATURE_FIELD_TYPES[f.kind])} field")
+        tables[role] = t
+        where[role] = str(p)
+        files.append(_file_entry(role, p))
+    return SourceTables(tables["interactions"], tables["items"], tables["users"], files, where, kind="recbole")

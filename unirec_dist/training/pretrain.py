@@ -363,10 +363,40 @@ def publish_final(checkpoint: Any, root: Path, keep_last: int) -> tuple[Path, di
     return final, manifest
 
 
+def check_out_dir(out: Path, run_storage: Path, overwrite: bool, resume: bool) -> None:
+    """A second `pretrain` into an out_dir that holds a run is refused unless asked: Ray Train
+    resumes a run of the same name and storage path from its newest reported checkpoint, so
+    without this check a second run (even with another config) would silently continue the
+    first, and its logs would be replaced. `overwrite` removes that run (its checkpoints/, logs/,
+    pretrain.json, metrics.json and its Ray run folder; nothing else); `resume` keeps it, for Ray
+    to continue from."""
+    from unirec_dist.errors import CheckpointError
+    from unirec_dist.training.checkpointing import RunExistsError, run_dir_state
+
+    found = run_dir_state(out) + (["pretrain.json"] if (out / "pretrain.json").exists() else [])
+    if run_storage.exists():
+        found.append(str(run_storage))
+    if resume:
+        if not run_storage.exists():
+            raise CheckpointError(f"no pretraining run to resume at {run_storage} (the Ray run folder of "
+                                  f"trainer.out_dir {out} with this config's name)")
+        return
+    if found and not overwrite:
+        raise RunExistsError(out, sorted(set(found)))
+    for p in [out / n for n in run_dir_state(out)] + [out / "pretrain.json", run_storage]:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
 def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | None = None,
-             progress: bool = True, verbose: bool = False) -> Path:
+             progress: bool = True, verbose: bool = False, overwrite: bool = False,
+             resume: bool = False) -> Path:
     """Run the distributed pretraining job; returns `<out_dir>/checkpoints/final`, the pointer to
-    the final checkpoint's step folder (`<out_dir>/checkpoints/step-<N>`)."""
+    the final checkpoint's step folder (`<out_dir>/checkpoints/step-<N>`). An out_dir that holds
+    a run is refused unless `overwrite` (replace it) or `resume` (continue it: Ray Train restarts
+    from the run's newest reported checkpoint)."""
     t0 = time.perf_counter()
     dist = cfg.distributed
     if workers is not None:
@@ -389,6 +419,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         from unirec_dist.utils.atomic import output_error
 
         raise output_error(out, e) from None
+    check_out_dir(out, storage / cfg.name, overwrite, resume)
     # the embedded cluster gets this machine's real CPU count, so too many workers is refused
     # below instead of oversubscribing the host
     own = _ray_init(dist.address, None if dist.address else (os.cpu_count() or 1))
