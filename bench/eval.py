@@ -94,7 +94,10 @@ def build_model(args, ds):
     from unirec_dist.config.train import TrainConfig
     from unirec_dist.training.build import build_from_config
 
+    import torch
+
     cfg = load_config(TrainConfig, args.config)
+    torch.manual_seed(0)    # the same random weights in every run, so runs compare their metrics too
     return build_from_config(cfg, ds.manifest).eval(), f"{Path(args.config).name}, random weights"
 
 

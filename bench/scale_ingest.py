@@ -12,7 +12,18 @@ the real loader (training/data.py: ParquetSource + SequenceBatches, batch 128, m
 `--max-batches` batches after reading the item counts (one streamed pass over every unit, as a
 worker does at start), and prints peak RSS, batches/s and the ratio of peak RSS between sizes
 (target: streamed within 1.15x between 10M and 100M). The in-memory path is run beside it at the
-smallest size (and at larger ones with --memory-all) for comparison.
+smallest size (and at larger ones with --memory-all) for comparison. The item-count pass is
+what a worker makes for a dataset prepared before `prepare` wrote `item_counts.parquet`.
+
+    python bench/scale_ingest.py --ray-data [--sizes 10000000] [--workers 2] [--max-batches 400]
+
+The Ray Data arm beside ours, in the same Ray Train run shape: a TorchTrainer of `--workers`
+CPU workers, each iterating `--max-batches` batches of 128 users into the same SeqBatch (KJT of
+the last max_len + 1 items) from either (a) `ray.train.get_dataset_shard("train").iter_batches`
+over `ray.data.read_parquet(train/)` (Ray Data's streaming split) or (b) our direct row-group
+reads (ParquetSource + SequenceBatches with the worker's rank). Rank 0 reports its batches/s and
+peak RSS (its own process: Ray Data's read tasks run in other worker processes, whose peak is
+printed beside it as the local cluster's process-tree PSS peak).
 """
 from __future__ import annotations
 
@@ -95,6 +106,105 @@ def measure(path: str, mode: str, workers: int, max_batches: int) -> dict:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def measure_ray_train(path: str, arm: str, workers: int, max_batches: int) -> dict:
+    """One TorchTrainer run of `arm` ("ray_data" or "direct"); rank 0's figures."""
+    import tempfile
+
+    import ray
+    import ray.data
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    def loop(config: dict) -> None:
+        import logging
+        import resource
+        import time
+
+        import numpy as np
+        import ray.train
+
+        from unirec_dist.training.data import ParquetSource, SequenceBatches, TrainSequences
+
+        logging.getLogger().setLevel(logging.WARNING)
+        import torchrec  # noqa: F401  (imports out of the timing)
+
+        ctx = ray.train.get_context()
+        n, t = 0, time.perf_counter()
+        if config["arm"] == "ray_data":
+            it = ray.train.get_dataset_shard("train").iter_batches(batch_size=128, batch_format="pyarrow")
+            for b in it:
+                seqs = TrainSequences.from_table(b).trainable()
+                if len(seqs):
+                    SequenceBatches(seqs, 128, 200, shuffle=False).make_batch(seqs, np.arange(len(seqs)))
+                n += 1
+                if n >= config["max_batches"]:
+                    break
+        else:
+            sb = SequenceBatches(ParquetSource(config["path"], ingest="stream"), 128, 200, seed=0,
+                                 rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
+            for _ in sb:
+                n += 1
+                if n >= config["max_batches"]:
+                    break
+        dt = time.perf_counter() - t
+        if ctx.get_world_rank() == 0:   # (a file: Ray Train 2's Result keeps metrics only with a checkpoint)
+            Path(config["out"]).write_text(json.dumps({
+                "batches": n, "batches_per_s": n / dt,
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+    ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:
+        datasets = {}
+        if arm == "ray_data":
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            datasets["train"] = ray.data.read_parquet(str(Path(path) / "train"), columns=["user", "items"])
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "rank0.json"
+            TorchTrainer(loop, train_loop_config={"arm": arm, "path": path, "max_batches": max_batches, "out": str(out)},
+                         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False),
+                         torch_config=TorchConfig(backend="gloo"), datasets=datasets,
+                         run_config=RunConfig(storage_path=tmp, name="ingest")).fit()
+            r = json.loads(out.read_text())
+        m = json.loads((Path(path) / "meta.json").read_text())
+        return {"mode": arm, "interactions": m["interactions"], "users": m["users"], **r}
+    finally:
+        ray.shutdown()
+
+
+def tree_peak(cmd: list[str]) -> tuple[str, float]:
+    """Run cmd; (stdout, peak PSS of its process tree in GiB, sampled every 0.25 s)."""
+    import threading
+
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            try:
+                ps = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+            except psutil.Error:
+                break
+            tot = 0
+            for q in ps:
+                try:
+                    tot += q.memory_full_info().pss
+                except psutil.Error:
+                    pass
+            peak[0] = max(peak[0], tot)
+            time.sleep(0.25)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = proc.communicate()
+    th.join()
+    if proc.returncode:
+        raise SystemExit(f"{cmd[-6:]} failed (exit {proc.returncode})")
+    return out, peak[0] / 2**30
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000000,100000000")
@@ -102,13 +212,31 @@ def main() -> int:
     ap.add_argument("--max-batches", type=int, default=400)
     ap.add_argument("--dir", default=None)
     ap.add_argument("--memory-all", action="store_true", help="run the in-memory path at every size")
+    ap.add_argument("--ray-data", action="store_true", help="Ray Data streaming split vs direct reads, in Ray Train")
+    ap.add_argument("--rounds", type=int, default=2, help="--ray-data: alternating rounds of the two arms")
     ap.add_argument("--measure", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.measure:
-        print(json.dumps(measure(a.measure[0], a.measure[1], a.workers, a.max_batches)))
+        fn = measure_ray_train if a.measure[1] in ("ray_data", "direct") else measure
+        print(json.dumps(fn(a.measure[0], a.measure[1], a.workers, a.max_batches)))
         return 0
     out = Path(a.dir) if a.dir else default_dir()
     sizes = [int(s) for s in a.sizes.split(",")]
+    if a.ray_data:
+        import os
+
+        for size in sizes:
+            d = generate(out, size)
+            for arm in ("direct", "ray_data") * a.rounds:    # alternating: load drifts
+                cmd = [sys.executable, __file__, "--measure", str(d), arm, "--workers", str(a.workers),
+                       "--max-batches", str(a.max_batches)]
+                load = os.getloadavg()[0]
+                stdout, tree = tree_peak(cmd)
+                r = json.loads(stdout.strip().splitlines()[-1])
+                print(f"{size:,} {arm:>8}: rank 0 of {a.workers}, {r['batches']} batches at "
+                      f"{r['batches_per_s']:,.1f}/s, rank 0 peak RSS {r['peak_rss_gib']:.2f} GiB, process tree "
+                      f"peak {tree:.2f} GiB (load {load:.1f} at start)", flush=True)
+        return 0
     rows = []
     for i, size in enumerate(sizes):
         t = time.perf_counter()

@@ -18,6 +18,13 @@ torch limited to --threads) with the exact index and with the approximate one in
   recall@10 the approximate server's top-10 against the exact server's top-10 for the same
             requests (and the server's own recall@10 measured at start-up, in /metadata)
 
+Concurrent mode (--clients 1 8 32 128): for each N, N client threads, each with its own keep-alive
+connection, issue --concurrent-requests history -> top-10 requests in all (released together),
+against the same server process with micro-batching OFF (one request at a time on the event loop,
+the behaviour before batching) and ON (--batch-size, --batch-wait-ms); prints requests/s and
+client-side p50/p99 per N, and the ratio on/off. Targets: at 32 clients >= 5x the unbatched
+throughput with p99 < 50 ms; at 1 client a p99 no worse than unbatched.
+
 Targets (the issue): p99 < 10 ms at 100K items exact on one worker; approximate at 1M items
 p99 < 5 ms with recall@10 >= 0.95. Each row prints its ratio to the target (< 1 is better).
 Model: the weight-free mean-pool retriever (query = mean of the history's vectors), so the
@@ -41,15 +48,18 @@ TARGETS = {("exact", 100_000): ("p99_ms", 10.0), ("hnsw", 1_000_000): ("p99_ms",
 RECALL_TARGET = 0.95
 
 
-def ensure_bundle(cache: Path, n_items: int, dim: int) -> Path:
+def ensure_bundle(cache: Path, n_items: int, dim: int, ann: bool = True) -> Path:
+    """The cached synthetic bundle; `ann`: with a prebuilt HNSW index (not needed for exact only)."""
     from unirec_dist.serving.synthetic import make_synthetic_bundle
 
-    path = cache / f"synthetic-{n_items}-d{dim}-M{HNSW['M']}-efc{HNSW['ef_construction']}"
-    if (path / "manifest.json").is_file() and (path / "ann" / "hnsw.faiss").is_file():
+    path = cache / (f"synthetic-{n_items}-d{dim}-M{HNSW['M']}-efc{HNSW['ef_construction']}" if ann
+                    else f"synthetic-{n_items}-d{dim}")
+    if (path / "manifest.json").is_file() and (not ann or (path / "ann" / "hnsw.faiss").is_file()):
         return path
     t0 = time.perf_counter()
-    print(f"writing bundle {path} (with an HNSW index {HNSW}) ...", flush=True)
-    make_synthetic_bundle(path, n_items, dim, n_users=500, history_len=20, max_len=50, hnsw=HNSW, overwrite=True)
+    print(f"writing bundle {path}" + (f" (with an HNSW index {HNSW})" if ann else "") + " ...", flush=True)
+    make_synthetic_bundle(path, n_items, dim, n_users=500, history_len=20, max_len=50, hnsw=HNSW if ann else None,
+                          overwrite=True)
     print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     return path
 
@@ -140,6 +150,73 @@ def concurrent_rps(url: str, bodies: list[list[str]], threads: int = 4) -> float
     return len(bodies) / (time.perf_counter() - t0)
 
 
+def clients_run(url: str, bodies: list[list[str]], clients: int) -> dict:
+    """`clients` threads with one connection each send the bodies (round robin) after a barrier;
+    requests/s over the whole run and client-side latency quantiles."""
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+    failed: list[str] = []
+
+    def work(c: int) -> None:
+        cl = Client(url)
+        try:
+            cl.post("/recommend", {"history": bodies[c % len(bodies)], "k": 10})   # connect + warm
+            barrier.wait()
+            for h in bodies[c::clients]:
+                t0 = time.perf_counter()
+                status, body, _ = cl.post("/recommend", {"history": h, "k": 10, "exclude_seen": True})
+                lat[c].append(time.perf_counter() - t0)
+                if status != 200:
+                    failed.append(f"{status}: {str(body)[:200]}")
+        finally:
+            cl.close()
+
+    ts = [threading.Thread(target=work, args=(c,)) for c in range(clients)]
+    for t in ts:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    if failed:
+        raise RuntimeError(f"{len(failed)} requests failed, e.g. {failed[0]}")
+    ms = sorted(x * 1000 for per in lat for x in per)
+    q = statistics.quantiles(ms, n=100, method="inclusive")
+    return {"clients": clients, "n": len(ms), "rps": len(ms) / wall, "p50_ms": q[49], "p99_ms": q[98]}
+
+
+def concurrency_table(args) -> list[dict]:
+    """Batching off, then on, against one server process each, for every N in --clients."""
+    from unirec_dist.serving.server import serve_in_process
+
+    rows = []
+    modes = {"off": None, "on": {"max_batch_size": args.batch_size, "max_wait_ms": args.batch_wait_ms}}
+    print(f"concurrent clients, history -> top-10, {args.concurrent_requests} requests per N, torch threads "
+          f"{args.threads}; {load_average()} at start", flush=True)
+    for n in args.sizes:
+        bundle = ensure_bundle(Path(args.cache), n, args.dim, ann="hnsw" in args.indexes)
+        bodies = sessions(bundle, args.concurrent_requests)
+        for kind in args.indexes:
+            base: dict[int, dict] = {}
+            for mode, batching in modes.items():
+                opts = {"index": kind, "threads": args.threads, "batching": batching}
+                if kind == "hnsw":
+                    opts["ef_search"] = args.ef_search
+                with serve_in_process(str(bundle), **opts) as url:
+                    clients_run(url, bodies[:200], 8)   # warm-up: allocator, code paths
+                    for c in args.clients:
+                        r = {"items": n, "index": kind, "batching": mode, **clients_run(url, bodies, c)}
+                        rows.append(r)
+                        if mode == "off":
+                            base[c] = r
+                        ratio = f"  x{r['rps'] / base[c]['rps']:.2f} vs off" if mode == "on" else ""
+                        print(f"{n:>9,} items  {kind:<5}  batching {mode:<3}  {c:>4} clients  {r['rps']:7.0f} req/s  "
+                              f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms{ratio}", flush=True)
+    print(f"machine: {load_average()} at the end")
+    return rows
+
+
 def recall(approx: list[list[str]], exact: list[list[str]]) -> float:
     pairs = list(zip(approx, exact))
     return statistics.fmean(len(set(a) & set(e)) / max(len(e), 1) for a, e in pairs)
@@ -168,7 +245,16 @@ def main() -> int:
     ap.add_argument("--indexes", nargs="+", choices=["exact", "hnsw"], default=["exact", "hnsw"])
     ap.add_argument("--cache", default=str(REPO / "runs" / "bench-serve"))
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--clients", type=int, nargs="+", default=None,
+                    help="concurrent mode: these client counts (e.g. 1 8 32 128), batching off vs on")
+    ap.add_argument("--batch-size", type=int, default=64, help="concurrent mode: batching.max_batch_size")
+    ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="concurrent mode: batching.max_wait_ms")
     args = ap.parse_args()
+    if args.clients:
+        rows = concurrency_table(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return 0
 
     from unirec_dist.serving.server import serve_in_process
 

@@ -116,8 +116,9 @@ def test_bundle_contents_and_no_pickle(sasrec, dataset_dir, monkeypatch):
     kind, ckpt, bundle = sasrec
     names = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
     assert names == {"manifest.json", "config.json", "weights.safetensors", "items.safetensors",
-                     "vocab/item.parquet", "vocab/user.parquet", "histories.parquet"}
+                     "vocab/item.parquet", "vocab/user.parquet", "histories.parquet", "display.parquet"}
     m = json.loads((bundle / "manifest.json").read_text())
+    assert m["display"] == {"file": "display.parquet", "fields": ["title"]}   # the synthetic items: no genres
     ds = PreparedDataset.open(dataset_dir)
     assert m["dataset"]["vocab_hash"] == ds.vocab_hash
     assert m["checkpoint"]["manifest"]["config"]["model"]["encoder"]["kind"] == kind
@@ -133,6 +134,12 @@ def test_bundle_contents_and_no_pickle(sasrec, dataset_dir, monkeypatch):
     rec = Recommender.from_bundle(bundle)
     assert rec.items.shape == (ds.n_items + 1, 16)
     assert not torch.distributed.is_initialized()
+    # names came from the bundle (loaded without pickle): each item's synthetic title
+    from tests.synthetic import synthetic_tables
+
+    titles = dict(zip(*(synthetic_tables(30, 40)[1][c].to_pylist() for c in ("item_id", "title"))))
+    recs = rec.recommend(user_id=rec.users_vocab.raw(1), k=5)
+    assert recs and all(r.display == {"title": titles[r.item]} for r in recs)
 
 
 def test_export_refuses_existing_output_and_other_dataset(sasrec, tmp_path):

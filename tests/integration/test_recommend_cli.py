@@ -40,10 +40,15 @@ def test_all_users_popularity(data_dir, tmp_path, capsys):
                  "--k", "5", "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     t = pq.read_table(out)
-    assert t.schema.names == ["user", "rank", "item", "score"]
+    # the synthetic items have a title (no genres): it rides beside each item as an optional column
+    assert t.schema.names == ["user", "rank", "item", "score", "title"]
     ds = PreparedDataset.open(data_dir)
     seen = seen_by_raw_user(ds)
     rows = t.to_pylist()
+    from tests.synthetic import synthetic_tables
+
+    titles = dict(zip(*(synthetic_tables(30, 25, seed=2)[1][c].to_pylist() for c in ("item_id", "title"))))
+    assert all(r["title"] == titles[r["item"]] for r in rows)
     users = {r["user"] for r in rows}
     assert users == set(ds.vocab("user")["raw"].to_pylist())
     item_vocab = set(ds.vocab("item")["raw"].to_pylist())
@@ -172,3 +177,25 @@ def test_existing_output(data_dir, tmp_path, capsys):
                  "--out", str(out)]) == 2
     assert "--overwrite" in one_error_line(capsys)
     assert out.read_bytes() == b"old"
+
+
+def test_display_fields_chosen_or_none(data_dir, tmp_path, capsys):
+    base = ["recommend", "--baseline", "popularity", "--data", str(data_dir), "--users", "1000,1001", "--k", "3"]
+    assert main([*base, "--display-fields", "category,title", "--out", str(tmp_path / "a.parquet")]) == 0
+    t = pq.read_table(tmp_path / "a.parquet")
+    assert t.schema.names == ["user", "rank", "item", "score", "category", "title"]
+    assert all(r["category"] in {"books", "games", "music", "film"} for r in t.to_pylist())
+    assert main([*base, "--display-fields", "", "--out", str(tmp_path / "b.parquet")]) == 0
+    assert pq.read_table(tmp_path / "b.parquet").schema.names == ["user", "rank", "item", "score"]
+    capsys.readouterr()
+    assert main([*base, "--display-fields", "genres", "--out", str(tmp_path / "c.parquet")]) == 2
+    assert "no 'genres'; columns are: " in one_error_line(capsys)
+    assert not (tmp_path / "c.parquet").exists()
+
+
+def test_dataset_without_titles_has_no_display_columns(tmp_path, capsys):
+    plain = prepared_dataset(tmp_path / "plain", n_users=10, n_items=12, with_items=False)
+    out = tmp_path / "r.parquet"
+    assert main(["recommend", "--baseline", "popularity", "--data", str(plain), "--all-users", "--k", "2",
+                 "--out", str(out)]) == 0
+    assert pq.read_table(out).schema.names == ["user", "rank", "item", "score"]

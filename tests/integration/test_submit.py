@@ -4,16 +4,12 @@
 The head is stopped by ending the `ray start --block` process group this test started, not with
 `ray stop`: `ray stop` ends every Ray process on the machine, other users' clusters included.
 The cluster is a CPU-only head plus, once a test asks, a second node with CPUs (two `ray start`
-processes), both with token auth (RAY_AUTH_MODE=token); the CLI reads the auth mode from the
+processes, tests/ray_nodes.py), both with token auth (RAY_AUTH_MODE=token); the CLI reads the auth mode from the
 dashboard and sends the token only when asked.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ray_nodes import RayNodes, ray_env
 from unirec_dist.cli import main
 
 CONFIG = "configs/pretrain/debug.yaml"
@@ -36,53 +33,13 @@ def _free_port() -> int:
     return free_port()
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop the `ray start --block` we started: SIGTERM to it drains and shuts its node down
-    (raylet, GCS, dashboard, workers; a few seconds); then SIGKILL whatever is left in its
-    process group."""
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-class SimulatedCluster:
+class SimulatedCluster(RayNodes):
     """A CPU-only head (`--num-cpus 0`, like the shipped cluster definitions: job drivers and the
     dashboard, no training) and, once `add_node()` is called, a second Ray node with CPUs: two
     `ray start --block` processes with their own ports, as on two machines."""
 
-    def __init__(self, temp: Path, env: dict[str, str]) -> None:
-        self.temp, self.env = temp, env
-        self.gcs = f"127.0.0.1:{_free_port()}"
-        self.dash = _free_port()
-        self.address = f"http://127.0.0.1:{self.dash}"
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list = []
-
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.temp / f"{name}.log", "wb")
-        self.logs.append(log)
-        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--block", *args, "--disable-usage-stats",
-               "--dashboard-agent-listen-port", str(_free_port())]
-        proc = subprocess.Popen(cmd, cwd=self.temp, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
     def start_head(self) -> None:
-        proc = self._start("head", [
-            "--head", "--num-cpus", "0", "--port", self.gcs.split(":")[1], "--dashboard-port", str(self.dash),
-            "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
-            "--ray-client-server-port", str(_free_port()), "--temp-dir", str(self.temp)])
+        proc = super().start_head(num_cpus=0, dashboard=True)
         deadline = time.monotonic() + 60
         while True:   # the Jobs API answers once the dashboard has loaded its job module
             if proc.poll() is not None:
@@ -106,41 +63,19 @@ class SimulatedCluster:
 
     def add_node(self, num_cpus: int = 1) -> None:
         """A node with CPUs joins (idempotent); returns once `ray start` says it joined."""
-        if self.has_node:
-            return
-        proc = self._start("node", ["--address", self.gcs, "--num-cpus", str(num_cpus)])
-        deadline = time.monotonic() + 90
-        while b"Ray runtime started" not in (self.temp / "node.log").read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the worker node did not start: {(self.temp / 'node.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            _stop_group(proc)
-        for log in self.logs:
-            log.close()
+        if not self.has_node:
+            super().add_node(num_cpus)
 
 
 @pytest.fixture(scope="module")
 def cluster():
     # short temp dir: Ray's unix socket paths must stay under ~107 characters
-    temp = Path(tempfile.mkdtemp(prefix="ur-", dir="/tmp"))
-    env = dict(os.environ)
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")    # the job runs `python`: this venv's
-    env.pop("RAY_ADDRESS", None)
-    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"   # on SIGTERM: stop now, no 30 s drain
-    # Ray 2.60 token auth, on both nodes (a node joining a token-auth head needs it too; the
-    # token is ~/.ray/auth_token, which `ray start --head` writes if missing)
-    env["RAY_AUTH_MODE"] = "token"
-    c = SimulatedCluster(temp, env)
+    c = SimulatedCluster(Path(tempfile.mkdtemp(prefix="ur-", dir="/tmp")), ray_env())
     try:
         c.start_head()
         yield c
     finally:
         c.stop()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

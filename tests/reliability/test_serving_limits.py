@@ -138,7 +138,8 @@ def test_metadata_has_what_a_client_needs_and_no_paths(server, bundle, dataset, 
     url, rec = server
     with urllib.request.urlopen(f"{url}/metadata", timeout=30) as r:
         m = json.loads(r.read())
-    assert set(m) == {"model", "vocab_sizes", "counts", "index", "limits", "explain_methods", "versions"}
+    assert set(m) == {"model", "vocab_sizes", "counts", "index", "limits", "explain_methods", "versions",
+                      "display_fields"}
     assert m["model"]["dim"] == rec.items.shape[1] and m["counts"]["items"] == len(rec.items_vocab)
     assert m["versions"]["unirec_dist"]
     # the exported manifest names the checkpoint and dataset folders: none of it is served

@@ -3,6 +3,8 @@
 - an address that does not answer: one line within seconds, for every command that takes one;
 - SIGTERM ends a command within 10 s, with no output and no temp dir left, also when the
   command is stuck inside a C call (a TCP port that accepts but is not Ray);
+- `kill -9` of `prepare --engine ray` while its tasks write part files leaves no dataset, only
+  a temp dir that the next run removes, and no process of its Ray cluster;
 - `kill -9` of `pretrain` leaves no process of the Ray cluster it started (within 30 s), and a
   relative data.path works on the workers (resolved on the driver).
 """
@@ -110,6 +112,33 @@ def test_sigterm_ends_prepare_on_ray_within_10s(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in err, err[-2000:]
     assert not out.exists() and leftovers(out.parent) == []
     assert _gone_within(cluster, 30) == []
+
+
+@pytest.mark.slow
+def test_kill_9_of_prepare_on_ray_mid_write_leaves_no_dataset_and_no_process(tmp_path, capsys, raw):
+    """A real `kill -9` of `prepare --engine ray` once its partitions write their part files into
+    the temp dir: no dataset at --out, the Ray cluster ends within 30 s, and the next run into
+    the same --out removes what the killed one left."""
+    cfg = _big_log(tmp_path / "big", 200_000)
+    out = tmp_path / "out" / "prepared"
+    proc = start_cli("prepare", "--engine", "ray", "--config", cfg, "--out", out)
+    tmp, cluster = None, []
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        found = list(out.parent.glob(".prepared.tmp-*")) if out.parent.is_dir() else []
+        if found and (found[0] / "train").is_dir():     # made just before the partition tasks write
+            tmp, cluster = found[0], _tree(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    _finish(proc)
+    if tmp is None:
+        pytest.fail(f"prepare ended (rc {proc.returncode}) before it was seen writing part files")
+    assert not out.exists() and tmp.is_dir()        # a temp dir, never a half-written dataset
+    assert _gone_within(cluster, 30) == []
+    rc, _, err = run_cli(capsys, "prepare", "--config", raw, "--out", out)
+    assert rc == 0, err[-5:]
+    assert (out / "manifest.json").is_file() and leftovers(out.parent) == []
 
 
 @pytest.mark.slow

@@ -163,3 +163,70 @@ def test_single_file_datasets_still_load(tmp_path):
     users = [u for b in SequenceBatches(src, 8, 12) for u in b.users.tolist()]
     # R = every row; short rows are skipped and the share is filled by reading on (cyclically)
     assert len(users) == src.n_rows and set(users) == set(TrainSequences.from_dir(ds).users.tolist())
+
+
+@pytest.mark.parametrize("train_on", ["train", "train+valid"])
+def test_prepare_writes_the_item_counts_a_pass_over_the_split_gives(parts, train_on):
+    """Training reads the counts prepare wrote (O(items)) instead of a pass over the split (O(log)),
+    and they are exactly what that pass counts (short rows skipped, valid targets appended)."""
+    import json
+
+    manifest = json.loads((parts / "manifest.json").read_text())
+    n = manifest["vocab_sizes"]["item"]
+    src = ParquetSource(parts, train_on=train_on, unit_rows=8)
+    stored = src.item_counts(n)
+    assert manifest["item_counts"]["file"] == "item_counts.parquet"
+    np.testing.assert_array_equal(stored, src.pass_item_counts(n))
+    assert stored[0] == 0 and stored.sum() > 0
+
+
+def test_dataset_without_item_counts_still_trains_and_altered_counts_are_refused(parts, tmp_path, caplog):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(parts, old)
+    m = json.loads((old / "manifest.json").read_text())
+    n = m["vocab_sizes"]["item"]
+    expect = ParquetSource(parts).item_counts(n)
+    del m["item_counts"]                       # as prepared before prepare wrote item counts
+    (old / "manifest.json").write_text(json.dumps(m))
+    (old / "item_counts.parquet").unlink()
+    open_prepared(old)
+    with caplog.at_level("WARNING"):
+        np.testing.assert_array_equal(ParquetSource(old).item_counts(n), expect)
+    assert "re-run prepare" in caplog.text
+    bad = tmp_path / "bad"
+    shutil.copytree(parts, bad)
+    t = pq.read_table(bad / "item_counts.parquet")
+    pq.write_table(t.set_column(1, "train", pa.array(np.ones(t.num_rows, np.int64))), bad / "item_counts.parquet")
+    with pytest.raises(DataError, match=r"item_counts.parquet: sha256 differs .*re-run prepare"):
+        open_prepared(bad)
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_pretrain_with_a_broken_part_file_is_one_error_line_before_workers_start(parts, tmp_path, capsys, split):
+    """The CLI names the file in one `error:` line and exits 2 before Ray starts (no output)."""
+    import shutil
+
+    from pathlib import Path
+
+    from unirec_dist.cli import main
+
+    bad = tmp_path / "bad"
+    shutil.copytree(parts, bad)
+    if split == "valid":      # the valid split as part files too, one of them cut short
+        t = pq.read_table(bad / "valid.parquet")
+        (bad / "valid.parquet").unlink()
+        (bad / "valid").mkdir()
+        pq.write_table(t.slice(0, 50), bad / "valid" / "part-00000.parquet")
+        pq.write_table(t.slice(50), bad / "valid" / "part-00001.parquet")
+    victim = bad / split / "part-00001.parquet"
+    victim.write_bytes(victim.read_bytes()[:100])
+    out = tmp_path / "out"
+    rc = main(["pretrain", "--config", str(Path(__file__).resolve().parents[2] / "configs/pretrain/debug.yaml"), "--workers", "2",
+               f"data.path={bad}", f"trainer.out_dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [ln for ln in err if ln.startswith("error: ")]
+    assert rc == 2 and len(errors) == 1 and "part-00001.parquet: not a readable Parquet file" in errors[0], err
+    assert not out.exists()

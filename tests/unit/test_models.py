@@ -354,3 +354,46 @@ def test_a_dim_the_fused_kernel_cannot_run_is_stored_padded(ds):
     assert v.shape == (2, 10) and emb.user_vectors(torch.tensor([1, 2])).shape == (2, 10)
     v.sum().backward()
     assert item_w.grad[ids, :10].abs().sum() > 0 and item_w.grad[:, 10:].abs().sum() == 0
+
+
+def test_all_empty_histories_give_zero_queries(ds):
+    model = _model(ds, "sasrec").eval()
+    batch = make_seq_batch(pa.array([1, 2]), pa.array([[], []], pa.list_(pa.int32())), 10)
+    assert torch.all(model.query_embeddings(batch) == 0)
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "hstu"])
+def test_evaluation_fast_path_gives_identical_metrics(ds, kind):
+    """Evaluation looks up only the real history items (then pads) under inference_mode; the
+    metrics and query vectors must equal, to the last bit, those of the former path (every padded
+    slot looked up, then masked, under no_grad)."""
+    from unirec_dist.data.dataset import PreparedDataset
+    from unirec_dist.metrics.evaluate import evaluate
+    from unirec_dist.models.seqrec import pad_jagged
+
+    torch.manual_seed(1)
+    model = _model(ds, kind).eval()
+
+    class Reference:
+        max_len = model.max_len
+
+        def item_embeddings(self):
+            return model.item_embeddings()
+
+        def query_embeddings(self, batch):
+            with torch.no_grad():
+                jt = batch.seq["item"]
+                lengths = jt.lengths().long()
+                width = max(int(lengths.max()), 1)
+                ids = pad_jagged(jt.values().long(), lengths, width)
+                vecs = model.embedding.item_vectors(ids.reshape(-1)).view(ids.shape[0], width, -1)
+                mask = (torch.arange(width)[None, :] < lengths[:, None]).unsqueeze(-1)
+                return model.norm(model.encoder.last_states(vecs * mask.to(vecs.dtype), lengths))
+
+    data = PreparedDataset.open(ds)
+    batch = make_seq_batch(pa.array([1, 2, 3]), pa.array([[1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11]]), 10)
+    assert torch.equal(model.query_embeddings(batch), Reference().query_embeddings(batch))
+    for mask_seen in (False, True):
+        fast = evaluate(model, data, "test", mask_seen=mask_seen, batch_size=7, progress=False)["metrics"]
+        ref = evaluate(Reference(), data, "test", mask_seen=mask_seen, batch_size=7, progress=False)["metrics"]
+        assert fast == ref

@@ -56,7 +56,7 @@ def assert_same_content(a: PreparedDataset, b: PreparedDataset) -> None:
         for p in parts:
             u = pq.read_table(b.root / p["file"], columns=["user"])["user"].to_numpy()
             assert (np.diff(u) >= 0).all(), p["file"]
-    for rel in ("items.parquet", "vocab/user.parquet", "vocab/item.parquet"):
+    for rel in ("items.parquet", "vocab/user.parquet", "vocab/item.parquet", "item_counts.parquet"):
         assert pq.read_table(a.root / rel).equals(pq.read_table(b.root / rel)), rel
 
 

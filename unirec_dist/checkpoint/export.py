@@ -1,6 +1,6 @@
 """`unirec export`: a training checkpoint -> a self-contained serving bundle.
 
-    export_bundle(checkpoint, out, dataset=None, overwrite=False, hnsw=None) -> Path
+    export_bundle(checkpoint, out, dataset=None, overwrite=False, hnsw=None, display_fields=None) -> Path
 
 The checkpoint (DCP, any world size) is loaded into one plain process with
 `training.build.load_retriever`; the bundle then holds the consolidated weights as plain tensors
@@ -12,6 +12,8 @@ bundle loads with `Recommender.from_bundle` without torch.distributed, sharding 
 
 The dataset is the one the checkpoint names (manifest "dataset.path") unless `dataset` is given;
 either way its vocab_hash must match the checkpoint's. Written atomically (temp dir + rename).
+Display fields (title, genres, ...; `unirec_dist.serving.display`) are copied from the dataset's
+raw item columns: `display_fields` names them, None takes the default ones the dataset has.
 """
 from __future__ import annotations
 
@@ -62,13 +64,15 @@ def _plain_state(model: Any) -> dict[str, Any]:
 
 
 def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, dataset: str | os.PathLike | None = None,
-                  overwrite: bool = False, hnsw: dict[str, Any] | None = None) -> Path:
+                  overwrite: bool = False, hnsw: dict[str, Any] | None = None,
+                  display_fields: list[str] | None = None) -> Path:
     """Write the serving bundle for `checkpoint` to `out` (see the module docstring)."""
     import torch
 
     from unirec_dist.checkpoint.dcp import check_vocab, read_manifest
     from unirec_dist.data.dataset import PreparedDataset
     from unirec_dist.serving.bundle import write_bundle
+    from unirec_dist.serving.display import display_table, resolve_fields
     from unirec_dist.training.build import load_retriever
     from unirec_dist.utils.atomic import check_output_dir
 
@@ -81,6 +85,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, dataset
         raise CheckpointError(f"{ckpt}/manifest.json names no dataset path; pass --dataset")
     ds = PreparedDataset.open(ds_path)
     check_vocab(manifest, ds.vocab_hash, str(ds_path))
+    fields = resolve_fields(ds, display_fields)   # a missing field fails before the model load
     model, manifest = load_retriever(ckpt)
     with torch.inference_mode():
         items = model.item_embeddings().detach().float().cpu()
@@ -105,4 +110,5 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, dataset
         weights=_plain_state(model),
         overwrite=overwrite,
         hnsw=hnsw,
+        display=display_table(ds, fields),
     )

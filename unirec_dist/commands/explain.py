@@ -27,6 +27,7 @@ def _ids(text: str | None) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from unirec_dist.serving.display import label
     from unirec_dist.serving.recommender import Recommender
 
     rec = Recommender.from_bundle(args.bundle)
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{who}: {ex.history_length} history items; method: {ex.method}"
           + ("" if ex.per_item else " (same weights for every item)"))
     for it in ex.items:
-        print(f"{it.rank:>3}. {it.item}  score {it.score:.4f}")
+        print(f"{it.rank:>3}. {label(it.item, it.display)}  score {it.score:.4f}")
         for c in it.contributions:
-            print(f"       {c.weight:+.4f}  {c.item}  (history position {c.position})")
+            print(f"       {c.weight:+.4f}  {label(c.item, c.display)}  (history position {c.position})")
     return 0

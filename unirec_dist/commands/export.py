@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree M")
     p.add_argument("--hnsw-ef-construction", type=int, default=100)
     p.add_argument("--hnsw-ef-search", type=int, default=128)
+    p.add_argument("--display-fields", default=None, metavar="A,B",
+                   help="raw item columns shown beside ids in answers (default: title,genres where the "
+                        "dataset has them; '' for none)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
 
@@ -22,12 +25,15 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from unirec_dist.checkpoint.export import export_bundle
+    from unirec_dist.serving.display import parse_fields
 
     hnsw = None
     if args.ann == "hnsw":
         hnsw = {"M": args.hnsw_m, "ef_construction": args.hnsw_ef_construction, "ef_search": args.hnsw_ef_search}
-    out = export_bundle(args.checkpoint, args.out, dataset=args.dataset, overwrite=args.overwrite, hnsw=hnsw)
+    out = export_bundle(args.checkpoint, args.out, dataset=args.dataset, overwrite=args.overwrite, hnsw=hnsw,
+                        display_fields=parse_fields(args.display_fields))
     m = json.loads((out / "manifest.json").read_text())
     print(f"bundle {out}: {m['counts']['items']} items, {m['counts']['users']} users, dim {m['model']['dim']}, "
-          f"model {m['model'].get('encoder') or m['model'].get('class')}" + (", hnsw index" if hnsw else ""))
+          f"model {m['model'].get('encoder') or m['model'].get('class')}" + (", hnsw index" if hnsw else "")
+          + (f", display fields {', '.join(m['display']['fields'])}" if m.get("display") else ""))
     return 0

@@ -10,6 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: distributed.workers)")
     p.add_argument("--address", default=None,
                    help="join this Ray cluster (host:port or ray://host:port); default: start a local one")
+    p.add_argument("--resume-from", default=None, metavar="CHECKPOINT",
+                   help="continue this pretraining checkpoint (any worker count/plan; distributed.resume_from)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true",
@@ -24,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from unirec_dist.config.distributed import load_pretrain_config
 
     cfg = load_pretrain_config(args.config, args.overrides)
+    if args.resume_from:
+        cfg.distributed.resume_from = args.resume_from
     from unirec_dist.commands.train import run_exists_hint
     from unirec_dist.training.checkpointing import RunExistsError
     from unirec_dist.training.pretrain import pretrain

@@ -1,4 +1,5 @@
-"""`unirec recommend`: top-N items per user as Parquet (user, rank, item, score; raw ids).
+"""`unirec recommend`: top-N items per user as Parquet (user, rank, item, score; raw ids; then the
+item's display fields, e.g. title and genres, as optional string columns).
 
     unirec recommend --checkpoint runs/x/ckpt --users 1,2,3 --k 10 --out recs.parquet
     unirec recommend --checkpoint runs/x/ckpt --users @users.txt --k 10 --out recs.parquet
@@ -34,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     add_worker_flags(p)
+    p.add_argument("--display-fields", default=None, metavar="A,B",
+                   help="raw item columns added beside each item (default: title,genres where the dataset "
+                        "has them; '' for none)")
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
@@ -73,6 +77,7 @@ def parse_users(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from unirec_dist.commands.evaluate import check_worker_flags, load_scorer, open_inputs
     from unirec_dist.errors import UnirecError
+    from unirec_dist.serving.display import parse_fields, resolve_fields
     from unirec_dist.serving.topn import all_users, check_output_file, recommend, resolve_users, write_parquet_atomic
 
     k = parse_k(args.k)
@@ -86,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     check_worker_flags(args)
     check_output_file(args.out, args.overwrite)
     dataset, _ = open_inputs(args)
+    fields = resolve_fields(dataset, parse_fields(args.display_fields))   # before the model is loaded
     if users is not None:
         resolve_users(dataset, users)  # unknown ids fail here, before the model is loaded
     seen = "seen items included" if args.include_seen else "seen items excluded"
@@ -95,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         # users None: every worker lists the dataset's users itself
         done = recommend_sharded(args.checkpoint, dataset.root, args.workers, users, k, args.out,
                                  exclude_seen=not args.include_seen, batch_size=args.batch_size, threads=args.threads,
-                                 address=args.address)
+                                 address=args.address, display_fields=fields)
         print(f"wrote {done['rows']:,} rows (top-{k} for {done['users']:,} users, {seen}; "
               f"{args.workers} workers) to {args.out}")
         return 0
@@ -105,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
     configure_cpu(args.threads)
     scorer = load_scorer(args, dataset)
-    table = recommend(scorer, dataset, users, k, exclude_seen=not args.include_seen, batch_size=args.batch_size)
+    table = recommend(scorer, dataset, users, k, exclude_seen=not args.include_seen, batch_size=args.batch_size,
+                      display_fields=fields)
     write_parquet_atomic(table, args.out)
     print(f"wrote {table.num_rows:,} rows (top-{k} for {len(users):,} users, {seen}) to {args.out}")
     return 0

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
         serve_blocking(cfg.bundle, host=cfg.host, port=cfg.port, replicas=cfg.ray.replicas,
                        address=cfg.ray.address, cpus_per_replica=cfg.ray.cpus_per_replica,
-                       threads=cfg.threads, max_body_bytes=cfg.max_body_bytes, **opts)
+                       threads=cfg.threads, max_body_bytes=cfg.max_body_bytes, batching=cfg.batching, **opts)
         return 0
     from unirec_dist.utils.device import configure_cpu
 
@@ -81,5 +81,6 @@ def run(args: argparse.Namespace) -> int:
               f"recall@{RECALL_K} vs exact = {rec.index_recall:.4f}")
     host, port = sock.getsockname()[:2]
     print(f"serving {cfg.bundle} on http://{host}:{port} (docs: /docs, schema: /openapi.json)", flush=True)
-    run_server(create_app(rec, max_body_bytes=cfg.max_body_bytes), sock=sock, access_log=cfg.access_log)
+    run_server(create_app(rec, max_body_bytes=cfg.max_body_bytes, batching=cfg.batching), sock=sock,
+               access_log=cfg.access_log)
     return 0

@@ -11,8 +11,11 @@ Every key of `distributed` has a default, so any training YAML is also a pretrai
       checkpoint_every_n_steps: 50    # 0: only at the end
       keep_last: 2
       max_failures: 3                 # worker-group restarts from the latest checkpoint (-1: unlimited)
+      placement_strategy: PACK        # PACK | SPREAD | STRICT_SPREAD | STRICT_PACK (workers over nodes)
       memory_gb: null                 # per device, for the planner (null: measured)
       resource_wait_s: null           # wait for the workers' CPUs/GPUs (null: 0 local, 600 joined)
+      resume_from: null               # continue a pretraining checkpoint (model, optimizers, step,
+                                      # data position) under this run's workers and plan (CLI --resume-from)
 """
 from __future__ import annotations
 
@@ -54,6 +57,10 @@ class DistributedSection:
     checkpoint_every_n_steps: int = 0
     keep_last: int = 2
     max_failures: int = 3
+    # how Ray places the workers on the nodes (its placement-group strategies): PACK fills as few
+    # nodes as it can, SPREAD prefers one worker per node, STRICT_SPREAD requires it, STRICT_PACK
+    # requires one node for all
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"] = "PACK"
     memory_gb: float | None = None
     cpus_per_worker: int = 1
     storage_path: str | None = None   # Ray run storage (default: <out_dir>/ray); shared on a cluster
@@ -61,6 +68,9 @@ class DistributedSection:
     # nodes, pods start late) before refusing; null: 0 on the embedded local cluster (it cannot
     # grow), 600 on a cluster joined with an address
     resource_wait_s: float | None = None
+    # a pretraining checkpoint to continue (weights, optimizer state, global step, data position),
+    # written by any number of workers under any plan: DCP reshards it onto this run's plan
+    resume_from: str | None = None
 
     def validate(self) -> None:
         if self.workers < 1:

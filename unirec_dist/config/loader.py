@@ -46,6 +46,9 @@ def _convert(value: Any, tp: Any, where: str, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        present = [a for a in args if a is not type(None)]
+        if len(present) == 1:   # `X | None`: X's own message (e.g. an unknown key inside a section)
+            return _convert(value, present[0], where, key)
         errors = []
         for a in args:
             if a is type(None):

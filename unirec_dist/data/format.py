@@ -21,6 +21,12 @@ A prepared dataset is a directory written atomically by `unirec prepare`::
                               multi       -> list<int32> (vocab indices)
                               text        -> list<int32> (hashed token ids in 1..buckets-1)
                               dense       -> fixed_size_list<float32>[dim]
+    item_counts.parquet     item: int32 (1..n_items), train: int64, train_valid: int64: each item's
+                            occurrences in the training sequences (train rows of 2+ items;
+                            train_valid: with each user's first valid target appended), what
+                            sampled softmax's logQ correction needs (`prepare.train_item_counts`);
+                            listed in the manifest as `item_counts: {file, sha256}`. Datasets
+                            prepared without it still train (counted in one pass at start).
     users.parquet           user: int32 (1..n_users) and user features, same encodings
                             (only when user features are configured)
     items_raw.parquet       item: int32 (1..n_items), then the source item table's own scalar

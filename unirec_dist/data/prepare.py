@@ -44,6 +44,7 @@ from unirec_dist.config.dataset import DatasetConfig, FeatureConfig, SplitConfig
 from unirec_dist.config.loader import to_dict
 from unirec_dist.data import features as F
 from unirec_dist.data.format import FORMAT_VERSION, MANIFEST
+from unirec_dist.data.sources import sha256_file
 from unirec_dist.errors import DataError
 from unirec_dist.utils.atomic import atomic_dir, check_output_dir
 
@@ -763,6 +764,7 @@ class PreparedTables:
     tables: dict = field(default_factory=dict)   # items/users alignment stats
     parts: dict = field(default_factory=dict)
     part_schemas: dict = field(default_factory=dict)   # name -> schema of its part files
+    item_counts: pa.Table | None = None   # ITEM_COUNTS (train_item_counts)
 
 
 def clean_encode_arrow(t: pa.Table, cfg: DatasetConfig, counts: dict, where: str = "interactions"
@@ -946,6 +948,48 @@ def side_tables(uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, counts: dic
     )
 
 
+ITEM_COUNTS = "item_counts.parquet"
+
+
+def _list_values(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(flat values int64, per-row lengths int64) of a list column."""
+    col = F.as_array(col)
+    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64), lengths
+
+
+def train_item_counts(train: pa.Table, valid: pa.Table, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per item id 0..n_items, its occurrences in the sequences pretraining learns from (the logQ
+    correction of sampled softmax needs them): `train`, items of the train rows with 2 or more
+    items; `train_valid`, the same with each user's first valid target appended to their train row
+    (`data.train_on: train+valid`). Exactly what a pass over the split by training/data.py
+    counts (tested), so training reads these instead of making that pass. `train` and `valid`
+    are sorted by user (any user set: one partition's rows give that partition's counts)."""
+    vals, lens = _list_values(train["items"])
+    users = F.as_array(train["user"]).to_numpy(zero_copy_only=False)
+    tv, tl = _list_values(valid["targets"])
+    has = tl > 0
+    vu = F.as_array(valid["user"]).to_numpy(zero_copy_only=False)[has]
+    vt = tv[(np.cumsum(tl) - tl)[has]]
+    pos = np.minimum(np.searchsorted(vu, users), max(len(vu) - 1, 0))
+    hit = vu[pos] == users if len(vu) else np.zeros(len(users), bool)
+    n = n_items + 1
+    out = []
+    for extra in (np.zeros(len(users), bool), hit):
+        keep = lens + extra >= 2
+        c = np.bincount(vals[np.repeat(keep, lens)], minlength=n)
+        c += np.bincount(vt[pos[keep & extra]], minlength=n)
+        c[0] = 0
+        out.append(c[:n].astype(np.int64))
+    return out[0], out[1]
+
+
+def item_counts_table(train: np.ndarray, train_valid: np.ndarray) -> pa.Table:
+    """ITEM_COUNTS: item int32 (1..n_items), train int64, train_valid int64."""
+    return pa.table({"item": pa.array(np.arange(1, len(train), dtype=np.int32)),
+                     "train": pa.array(train[1:]), "train_valid": pa.array(train_valid[1:])})
+
+
 def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, counts: dict) -> PreparedTables:
     """Steps 8-9 (splits and feature tables) from encoded, sorted interactions."""
     n_users, n_items = len(uv), len(iv)
@@ -953,7 +997,9 @@ def finish(t: pa.Table, uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, cou
     counts["users"], counts["items"] = n_users, n_items
     train, valid, test, cuts, oc = split_user_tables(t, n_users, cfg.split)
     split = split_manifest(cfg, cuts, {"train": train.num_rows, "valid": valid.num_rows, "test": test.num_rows}, oc)
-    return side_tables(uv, iv, src, cfg, counts, split, interactions=t, train=train, valid=valid, test=test)
+    p = side_tables(uv, iv, src, cfg, counts, split, interactions=t, train=train, valid=valid, test=test)
+    p.item_counts = item_counts_table(*train_item_counts(train, valid, n_items))
+    return p
 
 
 def run_arrow(src, cfg: DatasetConfig) -> PreparedTables:
@@ -982,6 +1028,8 @@ def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine
         files["items_raw.parquet"] = p.items_raw
     for name, tbl in p.feature_vocabs.items():
         files[f"vocab/{name}.parquet"] = tbl
+    if p.item_counts is not None:
+        files[ITEM_COUNTS] = p.item_counts
     # Parquet encoding releases the GIL, so the files are written by concurrent threads, largest
     # first (interactions and train take about as long each); a file's bytes do not depend on it.
     # No dictionary pages: index columns are high-cardinality (the attempt halves write speed).
@@ -1009,6 +1057,8 @@ def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine
         "schema": {**{rel: {f.name: str(f.type) for f in tbl.schema} for rel, tbl in files.items()},
                    **{f"{name}/": {f.name: str(f.type) for f in sch} for name, sch in p.part_schemas.items()}},
         **({"parts": p.parts} if p.parts else {}),
+        **({"item_counts": {"file": ITEM_COUNTS, "sha256": sha256_file(out / ITEM_COUNTS)}}
+           if p.item_counts is not None else {}),
         "split": p.split,
         "vocab_sizes": vocab_sizes,
         "features": p.features,

@@ -1,27 +1,37 @@
-"""`prepare --engine ray`: the Arrow engine's steps on Ray Data, with no per-interaction data on
-the driver.
+"""`prepare --engine ray`: the Arrow engine's steps on Ray, with no per-interaction data on the
+driver.
 
 What runs where:
-  on Ray workers, per block: reading the files (ray.data.read_csv/read_parquet/read_json),
+  Ray Data, per block: reading the files (ray.data.read_csv/read_parquet/read_json),
     `select_columns` (typing and validation), the null counts and `drop_missing`, `order_keys`
     (each row's position in the source, a `row` column: blocks are read in order,
     `preserve_order`, and numbered from their row counts; it orders timestamp ties as the Arrow
-    engine's stable sort does), `encode_ids`, the rating filter and each k-core round's filter.
-  on Ray, aggregations: the distinct user/item values and, every k-core round, the rows per
-    user and per item (block counts summed by `groupby("key").sum()`, users and items in one); the temporal protocol's cut points (a
-    distributed sort of the timestamps; a task reads the quantile rows out of their blocks).
-  on Ray, per user partition: rows are range-partitioned by encoded user id into
-    ceil(rows / ROWS_PER_PARTITION) partitions (`groupby("part").map_groups`); each partition
-    runs the Arrow engine's `sort_rows` + `drop_duplicates`, and at the end `sort_rows`, the
-    splits (`split_user_tables`, on partition-local user ids) and the ordering counts, and writes
-    its own part files interactions/, train/, valid/, test/ `part-NNNNN.parquet` (NNNNN = the
-    partition: user ranges ascend with it, so the parts in name order are sorted by user).
+    engine's stable sort does).
+  Ray tasks on those blocks (no Ray Data shuffle: each of its aggregations or groupbys is a
+    whole shuffle with per-operator scheduling, which made this engine 50-80x slower than the
+    Arrow one; bench/results/scale_data.md):
+    - the sorted distinct user/item values: per block, then merged in a tree of tasks;
+    - one hash partition: each block encodes its ids (`encode_ids`) and cuts itself into
+      ceil(rows / ROWS_PER_PARTITION) user-id ranges; each partition is one task that runs the
+      Arrow engine's `sort_rows` + `drop_duplicates` and the rating filter;
+    - the iterated k-core on compact arrays: every round, tasks count the rows per user and per
+      item id alive under the last round's masks (bool per id) and a tree of tasks sums them;
+      the rows themselves are not rewritten until the end;
+    - per partition, at the end: the k-core masks applied, ids compacted, `sort_rows`, the splits
+      (`split_user_tables`, on partition-local user ids), the ordering counts and the items'
+      training counts, and its own part files interactions/, train/, valid/, test/
+      `part-NNNNN.parquet` (NNNNN = the partition: user ranges ascend with it, so the parts in
+      name order are sorted by user).
+  Ray Data, temporal protocol only: the cut points (a distributed sort of the timestamps; a task
+    reads the quantile rows out of their blocks).
 The driver holds only what is O(vocabulary), where encoding needs it:
   - the sorted user and item vocabularies (the raw values: 8 bytes per integer id, or the string
     bytes + 4 bytes of offset), put once in the object store for the encoding tasks;
-  - each k-core round's per-user and per-item counts (8 bytes per entry, plus 16 bytes per
-    entry while the aggregate is read) and the compaction maps old -> new id (4 bytes per entry);
-  - the item/user feature tables (data/prepare.py `entity_table`, one row per item/user).
+  - each k-core round's per-user and per-item counts (8 bytes per entry) and masks (1 byte per
+    entry), and the compaction maps old -> new id (4 bytes per entry);
+  - the item/user feature tables (data/prepare.py `entity_table`, one row per item/user);
+  - the items' training counts (ITEM_COUNTS: 2 x 8 bytes per item), summed from the
+    partitions' files one file at a time.
   plus O(blocks + partitions) statistics. MovieLens and RecBole sources are the exception: their
   files are parsed on the driver (data/sources.py `load_source`) and handed to Ray as Arrow blocks.
 The part files are written by Ray tasks into the output's temp directory, so on a multi-node
@@ -30,7 +40,6 @@ cluster the output must be on storage every node sees. Content is the Arrow engi
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -197,29 +206,84 @@ def _get(x):
     return ray.get(x) if isinstance(x, ray.ObjectRef) else x
 
 
-def _encode_block(t: pa.Table, uv, iv, n_parts: int) -> pa.Table:
+def _remote(fn, **opts):
+    import ray
+
+    return ray.remote(**opts)(fn) if opts else ray.remote(fn)
+
+
+def _tree(merge, refs: list, fan: int = 8):
+    """One ref: `refs` reduced by the remote `merge(*chunk)` in a tree of fan-in `fan` (no
+    driver round trip between levels, and at most `fan` inputs held by one task)."""
+    while len(refs) > 1:
+        refs = [merge.remote(*refs[i:i + fan]) for i in range(0, len(refs), fan)]
+    return refs[0]
+
+
+def _uniques(*tables: pa.Table) -> tuple[pa.Array, pa.Array]:
+    return (P.sorted_unique([t["user"] for t in tables]), P.sorted_unique([t["item"] for t in tables]))
+
+
+def _merge_uniques(*pairs: tuple[pa.Array, pa.Array]) -> tuple[pa.Array, pa.Array]:
+    return P.sorted_unique([p[0] for p in pairs]), P.sorted_unique([p[1] for p in pairs])
+
+
+def _partition_block(t: pa.Table, uv, iv, n_parts: int):
+    """Encode one block's ids and cut it into the n_parts user ranges (partition p holds the
+    encoded users with (id - 1) * n_parts // n_users == p): one table per partition."""
     uv, iv = _get(uv), _get(iv)
     u = P.encode_ids(t["user"], uv)
     t = t.set_column(0, "user", u).set_column(1, "item", P.encode_ids(t["item"], iv))
-    # range partitions of the encoded user ids: partition p holds a contiguous id range
     part = (u.to_numpy(zero_copy_only=False).astype(np.int64) - 1) * n_parts // max(len(uv), 1)
-    return t.append_column("part", pa.array(part))
+    order = np.argsort(part, kind="stable")
+    ends = np.searchsorted(part[order], np.arange(n_parts + 1))
+    pieces = [t.take(pa.array(order[ends[p]:ends[p + 1]])) for p in range(n_parts)]
+    return pieces[0] if n_parts == 1 else tuple(pieces)
 
 
-def _dedup_group(t: pa.Table) -> pa.Table:
-    # (`part` is a function of the user, so it never tells duplicates apart)
-    return P.drop_duplicates(P.sort_rows(t))[0]
+def _dedup_part(min_rating: float | None, *pieces: pa.Table) -> tuple[pa.Table, tuple[int, int]]:
+    """One user partition's rows, sorted and de-duplicated, then rating-filtered; and the row
+    counts after each of the two."""
+    t = pa.concat_tables(pieces, promote_options="default")
+    if t.num_rows == 0:
+        return t, (0, 0)
+    t = P.drop_duplicates(P.sort_rows(t))[0]
+    n = t.num_rows
+    if min_rating is not None:
+        t = P.rating_filter(t, min_rating)[0]
+    return t, (n, t.num_rows)
 
 
-def _rating_block(t: pa.Table, min_rating: float) -> pa.Table:
-    return P.rating_filter(t, min_rating)[0]
-
-
-def _kcore_block(t: pa.Table, uc, ic, user_core: int, item_core: int) -> pa.Table:
-    uc, ic = _get(uc), _get(ic)
+def _alive(t: pa.Table, ua, ia) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(user ids, item ids, row mask or None) of a partition under k-core masks (None: all alive)."""
     u = F.as_array(t["user"]).to_numpy(zero_copy_only=False)
     i = F.as_array(t["item"]).to_numpy(zero_copy_only=False)
-    return t.filter(pa.array((uc[u] >= user_core) & (ic[i] >= item_core)))
+    if ua is None:
+        return u, i, None
+    ua, ia = _get(ua), _get(ia)
+    return u, i, ua[u] & ia[i]
+
+
+def _count_parts(n_users: int, n_items: int, ua, ia, *parts: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Rows per user id 0..n_users and per item id 0..n_items in `parts`, counting only the rows
+    alive under the k-core masks `ua`, `ia` (bool per user/item; None: every row)."""
+    uc, ic = np.zeros(n_users + 1, np.int64), np.zeros(n_items + 1, np.int64)
+    for t in parts:
+        u, i, keep = _alive(t, ua, ia)
+        if keep is not None:
+            u, i = u[keep], i[keep]
+        uc += np.bincount(u, minlength=n_users + 1)
+        ic += np.bincount(i, minlength=n_items + 1)
+    return uc, ic
+
+
+def _sum_pairs(*pairs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
+
+def _keep_alive(t: pa.Table, ua, ia) -> pa.Table:
+    keep = _alive(t, ua, ia)[2]
+    return t if keep is None else t.filter(pa.array(keep))
 
 
 def _write(t: pa.Table, path: Path, row_group: int | None) -> None:
@@ -228,13 +292,20 @@ def _write(t: pa.Table, path: Path, row_group: int | None) -> None:
     pq.write_table(t, path, use_dictionary=False, row_group_size=row_group)
 
 
-def _finish_group(t: pa.Table, umap, imap, sp, cuts: tuple[int, int] | None, out: str) -> pa.Table:
-    """One user partition: compact ids, sort, split, write its part files; returns its row counts
-    and `order_counts` (one row)."""
+COUNTS_DIR = "_item_counts"   # per-partition item counts, summed into ITEM_COUNTS, then removed
+
+
+def _finish_part(t: pa.Table, part: int, ua, ia, umap, imap, sp, cuts: tuple[int, int] | None, out: str,
+                 n_items: int) -> dict | None:
+    """One user partition: drop the rows the k-core removed, compact ids, sort, split, write its
+    part files and its items' training counts (COUNTS_DIR, the items it has only); returns its
+    row counts and `order_counts` (None when the k-core left it no rows: no files)."""
+    t = _keep_alive(t, ua, ia)
+    if t.num_rows == 0:
+        return None
     umap, imap = _get(umap), _get(imap)
-    part = int(t["part"][0].as_py())
     u = umap[F.as_array(t["user"]).to_numpy(zero_copy_only=False)]
-    t = t.drop_columns(["part"]).set_column(0, "user", pa.array(u, pa.int32()))
+    t = t.set_column(0, "user", pa.array(u, pa.int32()))
     t = t.set_column(1, "item", pa.array(imap[F.as_array(t["item"]).to_numpy(zero_copy_only=False)], pa.int32()))
     t = P.drop_order_columns(P.sort_rows(t))
     # the split functions index users 1..n: run them on partition-local ids, then map back
@@ -243,42 +314,37 @@ def _finish_group(t: pa.Table, umap, imap, sp, cuts: tuple[int, int] | None, out
     ids = users[first]
     local = t.set_column(0, "user", pa.array(np.cumsum(first).astype(np.int32)))
     train, valid, test, cut, oc = P.split_user_tables(local, len(ids), sp, cuts)
-    row = {"part": [part], "order_counts": [json.dumps(oc)]}
+    row = {"part": part, "order_counts": oc}
     name = f"part-{part:05d}.parquet"
+    ct, cv = P.train_item_counts(train, valid, n_items)
+    nz = np.flatnonzero(ct | cv)
+    _write(pa.table({"item": pa.array(nz, pa.int32()), "train": ct[nz], "train_valid": cv[nz]}),
+           Path(out) / COUNTS_DIR / name, None)
     for split, tbl, rg in (("interactions", t, None), ("train", train, P.SPLIT_ROW_GROUP),
                            ("valid", valid, P.SPLIT_ROW_GROUP), ("test", test, P.SPLIT_ROW_GROUP)):
         if split != "interactions":
             glob = ids[tbl["user"].to_numpy() - 1] if tbl.num_rows else np.zeros(0, np.int32)
             tbl = tbl.set_column(0, "user", pa.array(glob, pa.int32()))
         _write(tbl, Path(out) / split / name, rg)
-        row[split] = [tbl.num_rows]
-    return pa.table(row)
+        row[split] = tbl.num_rows
+    return row
 
 
-def _id_counts_block(t: pa.Table) -> pa.Table:
-    """Rows per user id (key = id) and per item id (key = -id) in one block."""
-    u, i = pc.value_counts(t["user"]), pc.value_counts(t["item"])
-    keys = pa.concat_arrays([u.field("values").cast(pa.int64()), pc.negate(i.field("values").cast(pa.int64()))])
-    return pa.table({"key": keys, "n": pa.concat_arrays([u.field("counts"), i.field("counts")])})
+def _sum_item_counts(folder: Path, n_items: int) -> pa.Table:
+    """The partitions' item counts summed into one ITEM_COUNTS table (O(items) on the driver: two
+    int64 arrays plus one partition's file at a time), then their folder removed."""
+    import shutil
 
+    import pyarrow.parquet as pq
 
-def _dense_counts(ds, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows per user id 0..n_users and per item id 0..n_items: one Ray Data aggregation (block
-    counts, then a sum by id); the driver reads one row per id."""
-    c = _collect(ds.map_batches(_id_counts_block, batch_format="pyarrow", batch_size=None)
-                 .groupby("key").sum("n"))
-    uc, ic = np.zeros(n_users + 1, np.int64), np.zeros(n_items + 1, np.int64)
-    if c.num_rows:
-        key = F.as_array(c["key"]).to_numpy(zero_copy_only=False)
-        n = F.as_array(c["sum(n)"]).to_numpy(zero_copy_only=False)
-        uc[key[key > 0]] = n[key > 0]
-        ic[-key[key < 0]] = n[key < 0]
-    return uc, ic
-
-
-def _distinct(ds, col: str) -> pa.Array:
-    """The sorted distinct values of `col` (an aggregation on Ray; one row per value reaches the driver)."""
-    return P.sorted_unique(_collect(ds.select_columns([col]).groupby(col).count())[col])
+    tot = np.zeros((2, n_items + 1), np.int64)
+    for f in sorted(folder.iterdir()):
+        t = pq.read_table(f)
+        i = t["item"].to_numpy()
+        tot[0, i] += t["train"].to_numpy()     # item ids are unique within one partition's file
+        tot[1, i] += t["train_valid"].to_numpy()
+    shutil.rmtree(folder)
+    return P.item_counts_table(tot[0], tot[1])
 
 
 def _temporal_cuts(ds, sp) -> tuple[int, int]:
@@ -302,8 +368,10 @@ def _temporal_cuts(ds, sp) -> tuple[int, int]:
 
 
 def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict):
-    """Steps 1-7 on Ray: (dataset of encoded, filtered rows with a `part` column, the user/item
-    vocabularies, the final per-user/per-item counts)."""
+    """Steps 1-7 on Ray: (refs of the user partitions' encoded, sorted, de-duplicated and
+    rating-filtered rows, the k-core masks (refs of bool per user id / item id; None, None when
+    the k-core removed nothing) that drop the rest, the user/item vocabularies, the final
+    per-user/per-item counts)."""
     import ray
 
     mb = dict(batch_format="pyarrow", batch_size=None)
@@ -325,64 +393,81 @@ def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict):
     if n_ts == 0:
         raise DataError("no interaction has a user id, an item id and a timestamp")
     ds = _number_rows(ds, cfg.split).map_batches(_drop_block, **mb).materialize()
-    uv, iv = _distinct(ds, "user"), _distinct(ds, "item")
-    n_parts = max(1, -(-n_ts // ROWS_PER_PARTITION))
-    ds = ds.map_batches(_encode_block, fn_kwargs={"uv": ray.put(uv), "iv": ray.put(iv), "n_parts": n_parts}, **mb)
-    ds = ds.groupby("part").map_groups(_dedup_group, batch_format="pyarrow").materialize()
-    n = ds.count()
-    counts["dropped_duplicates"] = n_ts - n
     f = cfg.filter
-    if f.min_rating is not None:
-        if "rating" not in ds.schema().names:
-            raise DataError("filter.min_rating is set but columns.rating is not configured")
-        ds = ds.map_batches(_rating_block, fn_kwargs={"min_rating": f.min_rating}, **mb).materialize()
-    n_rated = ds.count()
+    if f.min_rating is not None and "rating" not in ds.schema().names:
+        raise DataError("filter.min_rating is set but columns.rating is not configured")
+    blocks = ds.to_arrow_refs()
+    # From here on Ray tasks on the blocks (not Ray Data operators): the vocabularies by a tree of
+    # distinct-value merges, one hash partition of the rows by user range (each block cut into
+    # n_parts pieces, each partition one task), and the k-core on dense per-id count arrays, so
+    # no step shuffles through Ray Data's aggregations (one shuffle per operator).
+    uv, iv = ray.get(_tree(_remote(_merge_uniques), [_remote(_uniques).remote(b) for b in blocks]))
+    n_parts = max(1, -(-n_ts // ROWS_PER_PARTITION))
+    split = _remote(_partition_block, num_returns=n_parts)
+    uv_ref, iv_ref = ray.put(uv), ray.put(iv)
+    pieces = [split.remote(b, uv_ref, iv_ref, n_parts) for b in blocks]
+    if n_parts == 1:
+        pieces = [[p] for p in pieces]
+    dedup = _remote(_dedup_part, num_returns=2)
+    parts, sizes = zip(*[dedup.remote(f.min_rating, *[bp[p] for bp in pieces]) for p in range(n_parts)])
+    del pieces, blocks, ds
+    sizes = ray.get(list(sizes))
+    n, n_rated = sum(s[0] for s in sizes), sum(s[1] for s in sizes)
+    counts["dropped_duplicates"] = n_ts - n
     counts["dropped_rating_filter"] = n - n_rated
     if n_rated == 0:
         raise DataError(f"filter.min_rating={f.min_rating} leaves no interactions")
-    rounds, n_now = 0, n_rated
-    while True:   # the iterated k-core: counts by aggregation, then one filter pass per round
-        uc, ic = _dense_counts(ds, len(uv), len(iv))
+    count = _remote(_count_parts)
+    merge = _remote(_sum_pairs)
+    masks, rounds = (None, None), 0
+    while True:   # the iterated k-core: each round counts the rows alive under the last masks
+        uc, ic = ray.get(_tree(merge, [count.remote(len(uv), len(iv), *masks, *parts[i:i + 8])
+                                       for i in range(0, len(parts), 8)]))
+        n_now = int(uc.sum())
+        if n_now == 0:
+            raise P._kcore_empty(f.user_core, f.item_core)
         if not ((0 < uc) & (uc < f.user_core)).any() and not ((0 < ic) & (ic < f.item_core)).any():
             break
         rounds += 1
-        ds = ds.map_batches(_kcore_block, fn_kwargs={"uc": ray.put(uc), "ic": ray.put(ic), "user_core": f.user_core,
-                                                     "item_core": f.item_core}, **mb).materialize()
-        n_now = ds.count()
-        if n_now == 0:
-            raise P._kcore_empty(f.user_core, f.item_core)
+        masks = (ray.put(uc >= f.user_core), ray.put(ic >= f.item_core))
     counts["after_kcore"] = {"rows": n_now, "dropped": n_rated - n_now, "iterations": rounds}
-    return ds, uv, iv, uc, ic
+    return list(parts), masks, uv, iv, uc, ic
 
 
-def _write_parts(ds, uv: pa.Array, iv: pa.Array, uc: np.ndarray, ic: np.ndarray, cfg: DatasetConfig,
-                 out: Path) -> tuple[pa.Array, pa.Array, dict, dict, dict, dict | None]:
+def _write_parts(parts: list, masks: tuple, uv: pa.Array, iv: pa.Array, uc: np.ndarray, ic: np.ndarray,
+                 cfg: DatasetConfig, out: Path) -> tuple[pa.Array, pa.Array, dict, dict, dict, dict | None, pa.Table]:
     """Steps 7-8 on Ray: compact ids, split and write every partition's part files into `out`.
-    Returns (user values, item values, parts, part schemas, order counts, temporal cuts or None)."""
+    Returns (user values, item values, parts, part schemas, order counts, temporal cuts or None,
+    the ITEM_COUNTS table)."""
     import pyarrow.parquet as pq
     import ray
+    import ray.data
 
     upresent, ipresent = np.flatnonzero(uc[1:]) + 1, np.flatnonzero(ic[1:]) + 1
     umap, imap = P.compact_mapping(upresent, len(uv)), P.compact_mapping(ipresent, len(iv))
     sp = cfg.split
-    cuts = _temporal_cuts(ds, sp) if sp.protocol == "temporal" else None
-    for name in P.SPLIT_TABLES:
+    cuts = None
+    if sp.protocol == "temporal":
+        keep = _remote(_keep_alive)
+        cuts = _temporal_cuts(ray.data.from_arrow_refs([keep.remote(t, *masks) for t in parts]), sp)
+    for name in (*P.SPLIT_TABLES, COUNTS_DIR):
         (out / name).mkdir()
-    st = _collect(ds.groupby("part").map_groups(
-        _finish_group, batch_format="pyarrow",
-        fn_kwargs={"umap": ray.put(umap), "imap": ray.put(imap), "sp": sp, "cuts": cuts, "out": str(out)}))
-    st = st.sort_by("part")
-    parts = {name: [{"file": f"{name}/part-{p:05d}.parquet", "rows": r}
-                    for p, r in zip(st["part"].to_pylist(), st[name].to_pylist())] for name in P.SPLIT_TABLES}
-    schemas = {name: pq.read_schema(out / parts[name][0]["file"]) for name in P.SPLIT_TABLES}
+    finish = _remote(_finish_part)
+    umap_ref, imap_ref = ray.put(umap), ray.put(imap)
+    rows = [r for r in ray.get([finish.remote(t, k, *masks, umap_ref, imap_ref, sp, cuts, str(out), len(ipresent))
+                                for k, t in enumerate(parts)]) if r is not None]
+    parts_out = {name: [{"file": f"{name}/part-{r['part']:05d}.parquet", "rows": r[name]} for r in rows]
+                 for name in P.SPLIT_TABLES}
+    schemas = {name: pq.read_schema(out / parts_out[name][0]["file"]) for name in P.SPLIT_TABLES}
     oc: dict[str, int] = {}
-    for s in st["order_counts"].to_pylist():
-        oc = P.add_order_counts(oc, json.loads(s))
+    for r in rows:
+        oc = P.add_order_counts(oc, r["order_counts"])
+    item_counts = _sum_item_counts(out / COUNTS_DIR, len(ipresent))
     cut = None
     if cuts is not None:
         c1, c2 = cuts
         cut = {"cut_valid": c2 if sp.valid_fraction == 0 else c1, "cut_test": c2}
-    return uv.take(pa.array(upresent - 1)), iv.take(pa.array(ipresent - 1)), parts, schemas, oc, cut
+    return uv.take(pa.array(upresent - 1)), iv.take(pa.array(ipresent - 1)), parts_out, schemas, oc, cut, item_counts
 
 
 def run_ray(cfg: DatasetConfig, out: Path, ray_address: str | None = None) -> tuple[P.PreparedTables, SourceTables]:
@@ -409,14 +494,14 @@ def run_ray(cfg: DatasetConfig, out: Path, ray_address: str | None = None) -> tu
         ds, src = _read(cfg)
         counts: dict = {}
         where = src.where.get("interactions", "interactions")
-        ds, uv, iv, uc, ic = _clean_encode(ds, cfg, where, counts)
-        uv, iv, parts, schemas, oc, cuts = _write_parts(ds, uv, iv, uc, ic, cfg, Path(out))
+        blocks, masks, uv, iv, uc, ic = _clean_encode(ds, cfg, where, counts)
+        uv, iv, parts, schemas, oc, cuts, item_counts = _write_parts(blocks, masks, uv, iv, uc, ic, cfg, Path(out))
         counts["final"] = sum(p["rows"] for p in parts["interactions"])
         counts["users"], counts["items"] = len(uv), len(iv)
         split = P.split_manifest(cfg, cuts, {k: sum(p["rows"] for p in parts[k]) for k in ("train", "valid", "test")},
                                  oc)
         p = P.side_tables(uv, iv, src, cfg, counts, split)
-        p.parts, p.part_schemas = parts, schemas
+        p.parts, p.part_schemas, p.item_counts = parts, schemas, item_counts
         return p, src
     except Exception as e:
         inner = _unwrap(e)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from unirec_dist.errors import ConfigError
@@ -240,15 +241,48 @@ def plan_sharding(
         storage_reservation=FixedPercentageStorageReservation(0.1),
         debug=False,
     )
+    from torchrec.distributed.planner.types import PlannerError
+
     try:
         if pg is not None:
             return planner.collective_plan(module, sharders, pg)
         return planner.plan(module, sharders)
-    except Exception as e:  # the planner's own error is a wall of text; keep its first line
-        if type(e).__name__ in ("PlannerError",):
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"sharding planner found no feasible plan: {first}") from None
-        raise
+    except PlannerError as e:
+        raise ConfigError(planner_error_line(str(e), topology.world_size)) from None
+
+
+def _storage_bytes(storage: str) -> float:
+    """Bytes of the largest tier of a planner `Storage(hbm = X GB, ddr = Y GB)` (GB: 2**30 bytes,
+    rounded to 3 decimals) or `Storage(hbm=X, ddr=Y, ...)` (bytes) repr."""
+    vals = [float(v) for v in re.findall(r"(?:hbm|ddr)\s*=\s*([0-9.]+)", storage)]
+    big = max(vals, default=0.0)
+    return big * 2**30 if " GB" in storage else big
+
+
+def _human(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def planner_error_line(text: str, world_size: int) -> str:
+    """The planner's no-plan error (a wall of text) as one line with its own estimate: bytes
+    the tables need (weights + fused optimizer state) against bytes the workers have.
+
+    TorchRec's PlannerError carries those figures only in its message, so they are read from it;
+    an error without them keeps its first line."""
+    first = text.strip().splitlines()[0].strip() if text.strip() else "PlannerError"
+    need = re.search(r"Global storage requirement for model parallel: (Storage\([^)]*\))", text)
+    have = re.search(r"Global storage available for model parallel: (Storage\([^)]*\))", text)
+    if not (need and have):
+        return f"sharding planner found no feasible plan: {first}"
+    line = (f"the embedding tables do not fit on {world_size} worker(s): they need {_human(_storage_bytes(need.group(1)))} "
+            f"(weights + fused optimizer state, the sharding planner's estimate) but the workers have "
+            f"{_human(_storage_bytes(have.group(1)))} for them")
+    shard = re.search(r"Shard of size (Storage\([^)]*\)) bytes does not fit on any rank\. "
+                      r"Device memory cap: (Storage\([^)]*\))", text)
+    if shard:
+        line += (f" (a {_human(_storage_bytes(shard.group(1)))} shard finds at most "
+                 f"{_human(_storage_bytes(shard.group(2)))} free on a worker)")
+    return line + "; use more workers, a sharding that splits the big tables (row_wise), or distributed.memory_gb"
 
 
 def plan_summary(plan: Any, tables: dict[str, TableInfo], optimizer: str | None = None) -> dict[str, Any]:

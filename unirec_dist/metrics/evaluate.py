@@ -127,7 +127,8 @@ def evaluate_table(
     if was_training:
         retriever.eval()
     try:
-        with torch.no_grad():
+        # inference_mode: no autograd bookkeeping at all (cheaper than no_grad per op)
+        with torch.inference_mode():
             device = _device(retriever)
             acc = RankingAccumulator(ks, n_items, device=device)
             if per_user:

@@ -51,10 +51,11 @@ class SeqRecModel(nn.Module):
         jt = seq["item"]
         lengths = jt.lengths().long()
         width = max(int(lengths.max()) if lengths.numel() else 1, 1)
-        ids = pad_jagged(jt.values().long(), lengths, width)
-        vecs = self.embedding.item_vectors(ids.reshape(-1)).view(ids.shape[0], width, -1)
-        mask = (torch.arange(width, device=ids.device)[None, :] < lengths[:, None]).unsqueeze(-1)
-        return vecs * mask.to(vecs.dtype), lengths
+        values = jt.values().long()
+        if values.numel() == 0:     # every history empty (an empty lookup is not allowed)
+            return torch.zeros((lengths.shape[0], width, self.embedding.dim), device=values.device), lengths
+        # look up the real items only, then pad: padded slots cost no lookup and stay exactly zero
+        return pad_jagged(self.embedding.item_vectors(values), lengths, width), lengths
 
     def user_vectors(self, users: torch.Tensor | None) -> torch.Tensor | None:
         """users (B,) ids -> (B, D) id vectors for an encoder that reads them, else None."""

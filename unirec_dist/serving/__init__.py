@@ -4,7 +4,8 @@
     rec = Recommender.from_bundle("runs/demo/bundle")
 
 Modules: bundle (format, writer, model builders), recommender, index (exact / HNSW), explain,
-app (FastAPI), server (uvicorn runners), ray_app (Ray Serve), config (serving YAML schema),
+app (FastAPI), batching (micro-batches for /recommend), display (titles and other display
+fields beside ids), server (uvicorn runners), ray_app (Ray Serve), config (serving YAML schema),
 synthetic (catalogues for tests and benchmarks), topn (top-N Parquet for known users).
 """
 from __future__ import annotations

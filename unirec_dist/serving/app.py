@@ -13,8 +13,10 @@ Every client mistake is a 4xx with a JSON body {"detail": "<one line>"} (and "er
 violations): unknown user -> 404; unknown item ids, empty or over-long history, k out of range,
 both or neither of user_id/history, malformed JSON -> 422. A fuzz test against the OpenAPI schema
 (tests/integration/test_serve_fuzz.py) checks that no request yields a 5xx.
-/recommend runs inline on the event loop (about a millisecond of work; FastAPI's thread-pool hops
-cost more than that), /explain in FastAPI's thread pool (it can take tens of milliseconds).
+/recommend is micro-batched (`batching`, default on): requests that arrive together are encoded
+and ranked as one batch in an inference thread, off the event loop (serving/batching.py); with
+`batching=None` each request runs inline on the event loop, one at a time. /explain runs in
+FastAPI's thread pool (it can take tens of milliseconds).
 """
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime,
 # and the request models are local classes (their limits come from the Recommender), which string
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from unirec_dist.serving.config import BatchingConfig
     from unirec_dist.serving.recommender import Recommender
 
 MAX_ID_LEN = 256
@@ -113,7 +116,11 @@ def _message(e: dict[str, Any]) -> str:
 
 
 def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
-               max_body_bytes: int = MAX_BODY_BYTES) -> "FastAPI":
+               max_body_bytes: int = MAX_BODY_BYTES, batching: "BatchingConfig | None" = None,
+               recommend_batched: Any = None) -> "FastAPI":
+    """The app over `rec`. /recommend answers through `recommend_batched` (an async callable
+    Query -> Ranked, e.g. Ray Serve's `@serve.batch` method) when given, else through a
+    MicroBatcher built from `batching`, else inline one request at a time (`batching=None`)."""
     import time
 
     from fastapi import FastAPI, Request, Response
@@ -122,7 +129,8 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
     from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
     from unirec_dist import __version__
-    from unirec_dist.serving.recommender import RequestError
+    from unirec_dist.serving.batching import MicroBatcher
+    from unirec_dist.serving.recommender import Query as RecQuery, RequestError
 
     RawId = Annotated[
         str, BeforeValidator(_coerce_id), StringConstraints(max_length=MAX_ID_LEN),
@@ -161,6 +169,8 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
         item: str
         score: float
         rank: int
+        display: dict[str, str] | None = Field(
+            None, description="the item's display fields (title, genres, ...) when the bundle has them")
 
     class RecommendResponse(BaseModel):
         items: list[ItemScore]
@@ -174,12 +184,16 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
         item: str
         position: int = Field(description="0-based position in the history, oldest first")
         weight: float
+        display: dict[str, str] | None = Field(
+            None, description="the item's display fields (title, genres, ...) when the bundle has them")
 
     class ItemExplanationOut(BaseModel):
         item: str
         score: float
         rank: int
         contributions: list[ContributionOut]
+        display: dict[str, str] | None = Field(
+            None, description="the item's display fields (title, genres, ...) when the bundle has them")
 
     class ExplainResponse(BaseModel):
         method: str = Field(description="occlusion, similarity or attention (see unirec_dist.serving.explain)")
@@ -204,8 +218,14 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
               413: {"model": ErrorResponse, "description": f"body larger than {max_body_bytes} bytes"},
               422: {"model": ErrorResponse, "description": "invalid request"}}
 
+    batcher = None
+    if recommend_batched is None and batching is not None:
+        batcher = MicroBatcher(rec.recommend_many, batching.max_batch_size, batching.max_wait_ms)
+        recommend_batched = batcher.submit
+
     app = FastAPI(title=title, version=__version__,
                   description="Top-K recommendations and explanations from a unirec_dist bundle.")
+    app.state.recommend_batcher = batcher    # its counters (batches, items) tell how requests were grouped
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
@@ -228,23 +248,32 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
     def metadata() -> dict[str, Any]:
         return rec.metadata()
 
-    # `async def`: top-K takes about a millisecond, less than the thread-pool hops FastAPI adds
-    # around a plain `def` endpoint (body, endpoint and response each hop), so it runs inline on the
-    # event loop. /explain (a batched forward per history position) stays in the thread pool.
+    # `async def`: the endpoint only awaits the batcher (inference runs in its thread); unbatched,
+    # top-K takes about a millisecond, less than the thread-pool hops FastAPI adds around a plain
+    # `def` endpoint, so it runs inline on the event loop.
     @app.post("/recommend", response_model=RecommendResponse, responses=errors)
-    async def recommend(req: RecommendRequest, response: Response) -> dict[str, Any]:
+    async def recommend(req: RecommendRequest) -> Response:
         t0 = time.perf_counter()
-        items = rec.recommend(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen)
-        # the model + top-K time, apart from HTTP and JSON (W3C Server-Timing, in ms)
-        response.headers["Server-Timing"] = f"recommend;dur={(time.perf_counter() - t0) * 1000:.3f}"
-        return {
-            "items": [vars(r) for r in items],
+        query = RecQuery(req.user_id, req.history, req.k, req.exclude_seen)
+        if recommend_batched is not None:
+            answer = await recommend_batched(query)
+        else:
+            answer = rec.recommend_many([query])[0]
+        if isinstance(answer, RequestError):
+            raise answer
+        body = {
+            "items": [vars(r) for r in answer.items],
             "user_id": None if req.user_id is None else str(req.user_id),
-            "history_length": len(req.history) if req.history is not None else len(rec.resolve(user_id=req.user_id)[1]),
+            "history_length": answer.history_length,
             "k": req.k,
             "exclude_seen": req.exclude_seen,
             "index": rec.index.kind,
         }
+        # Built here in the RecommendResponse shape and returned as is: FastAPI's re-validation of
+        # the return value through the response model cost more than the batched model work per
+        # request. Server-Timing: the model + top-K time (and, batched, the wait for the batch),
+        # apart from HTTP and JSON, in ms.
+        return JSONResponse(body, headers={"Server-Timing": f"recommend;dur={(time.perf_counter() - t0) * 1000:.3f}"})
 
     @app.post("/explain", response_model=ExplainResponse, responses=errors)
     def explain(req: ExplainRequest, response: Response) -> dict[str, Any]:

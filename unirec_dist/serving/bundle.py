@@ -18,6 +18,10 @@ Layout of a bundle directory (written atomically by `write_bundle`, e.g. via `un
     vocab/user.parquet      raw: string, index: int32 (1..n_users)
     histories.parquet       user: int32, items: list<int32>: each known user's full known
                             sequence (time-ordered, oldest first)
+    display.parquet         optional: item int32 (1..N) + one string column per display field
+                            (title, genres, ...; see serving/display.py), listed in
+                            manifest["display"] = {file, fields}; absent (null) when the
+                            dataset has none
     ann/hnsw.faiss          optional prebuilt faiss HNSW index over rows 1..N (faiss's own
                             binary format, no pickle), with its parameters in manifest["ann"]
 
@@ -59,6 +63,7 @@ ITEM_VOCAB = "vocab/item.parquet"
 USER_VOCAB = "vocab/user.parquet"
 HISTORIES = "histories.parquet"
 HNSW_FILE = "ann/hnsw.faiss"
+DISPLAY = "display.parquet"
 
 
 def _sha256(path: Path) -> str:
@@ -90,12 +95,14 @@ def write_bundle(
     weights: dict[str, "torch.Tensor"] | None = None,
     overwrite: bool = False,
     hnsw: dict[str, Any] | None = None,
+    display: pa.Table | None = None,
 ) -> Path:
     """Write a bundle directory atomically (temp dir + rename); see the module docstring.
 
     item_matrix: (N + 1, D) float32, row 0 = padding; item_vocab/user_vocab: raw, index tables;
     histories: user int32, items list<int32>; weights: a plain state_dict (or None);
-    hnsw: {"M", "ef_construction", "ef_search"} to prebuild and store an HNSW index.
+    hnsw: {"M", "ef_construction", "ef_search"} to prebuild and store an HNSW index;
+    display: item int32 + string columns (serving.display.display_table), or None.
     """
     import torch
     from safetensors.torch import save_file
@@ -120,6 +127,12 @@ def write_bundle(
         pq.write_table(histories.select(["user", "items"]).cast(
             pa.schema([("user", pa.int32()), ("items", pa.list_(pa.int32()))])), tmp / HISTORIES)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        display_entry = None
+        if display is not None:
+            fields = [n for n in display.column_names if n != "item"]
+            pq.write_table(display.select(["item", *fields]).cast(
+                pa.schema([("item", pa.int32())] + [(f, pa.string()) for f in fields])), tmp / DISPLAY)
+            display_entry = {"file": DISPLAY, "fields": fields}
         ann = None
         if hnsw is not None:
             from unirec_dist.serving.index import HNSWIndex
@@ -142,6 +155,7 @@ def write_bundle(
             "counts": {"items": n_items, "users": user_vocab.num_rows, "histories": histories.num_rows},
             "files": files,
             "ann": ann,
+            "display": display_entry,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     log.info("wrote bundle %s (%d items, dim %d)", out, n_items, item_matrix.shape[1])

@@ -13,13 +13,16 @@
     max_history: 2048
     max_body_bytes: 1048576       # larger request bodies get 413 before they are parsed
     threads: null                 # torch intra-op threads per worker/replica
+    batching: {max_batch_size: 64, max_wait_ms: 0.0}
+                                  # /recommend requests that arrive together are encoded and
+                                  # ranked as one batch, off the event loop; null: one at a time
     ray: null                     # or {replicas: 2, cpus_per_replica: 1, address: null}
 
 Command-line flags override the file; key=value overrides work as for every config.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from unirec_dist.errors import ConfigError
@@ -34,6 +37,23 @@ class HNSWConfig:
     def validate(self) -> None:
         if self.M < 2 or self.ef_construction < 1 or self.ef_search < 1:
             raise ConfigError("M must be >= 2, ef_construction and ef_search >= 1")
+
+
+@dataclass
+class BatchingConfig:
+    """Micro-batching of /recommend. A batch starts as soon as the inference thread is free and
+    takes every request queued by then (up to `max_batch_size`): under load, requests queue while
+    the previous batch runs, so batches grow with the load and a lone request never waits.
+    `max_wait_ms` > 0 also holds a batch open that long for more requests (bigger batches, at
+    the cost of that much latency when traffic is light)."""
+    max_batch_size: int = 64
+    max_wait_ms: float = 0.0
+
+    def validate(self) -> None:
+        if not 1 <= self.max_batch_size <= 4096:
+            raise ConfigError(f"batching.max_batch_size: must be in 1..4096, got {self.max_batch_size}")
+        if not 0.0 <= self.max_wait_ms <= 1000.0:
+            raise ConfigError(f"batching.max_wait_ms: must be in 0..1000 (milliseconds), got {self.max_wait_ms}")
 
 
 @dataclass
@@ -62,6 +82,7 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     threads: int | None = None
     access_log: bool = False
+    batching: BatchingConfig | None = field(default_factory=BatchingConfig)
     ray: RayServeConfig | None = None
 
     def validate(self) -> None:

@@ -36,18 +36,32 @@ _PKG_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding un
 
 def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: float = 1.0,
               threads: int | None = None, name: str = "UnirecRecommender", max_body_bytes: int = 1 << 20,
-              **options: Any):
+              batching: Any = "default", **options: Any):
     """A bound Ray Serve application: `replicas` copies of the HTTP app over `bundle`.
 
+    batching: a BatchingConfig (or its keys as a dict) for Ray's `@serve.batch` on /recommend,
+    "default" for BatchingConfig(), None for one request at a time.
     options go to `Recommender.from_bundle` (index, ef_search, max_k, max_history, hnsw).
     """
+    import dataclasses
+
     from ray import serve
 
+    from unirec_dist.serving.config import BatchingConfig
+
     bundle = str(Path(bundle).resolve())
+    if batching == "default":
+        batching = BatchingConfig()
+    elif isinstance(batching, dict):
+        batching = BatchingConfig(**batching)
+    if batching is not None:
+        batching.validate()
+        batching = dataclasses.asdict(batching)   # plain data for the replica's constructor
 
     @serve.ingress()
     class RecommenderDeployment:
-        def __init__(self, bundle: str, threads: int | None, options: dict[str, Any], max_body_bytes: int) -> None:
+        def __init__(self, bundle: str, threads: int | None, options: dict[str, Any], max_body_bytes: int,
+                     batching: dict[str, Any] | None) -> None:
             from unirec_dist.serving.recommender import Recommender
             from unirec_dist.utils.logging import quiet_noisy_loggers
 
@@ -57,11 +71,24 @@ def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: fl
             configure_cpu(int(threads) if threads else None)
             self.rec = Recommender.from_bundle(bundle, **options)
             self.max_body_bytes = max_body_bytes
+            self.batching = batching
+            if batching is not None:
+                self.recommend_batch.set_max_batch_size(int(batching["max_batch_size"]))
+                self.recommend_batch.set_batch_wait_timeout_s(float(batching["max_wait_ms"]) / 1000.0)
+
+        @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
+        async def recommend_batch(self, queries: list[Any]) -> list[Any]:
+            """Ray Serve's micro-batching: the queries that arrived together, answered in one
+            `recommend_many` call in a worker thread (off the replica's event loop)."""
+            import asyncio
+
+            return await asyncio.to_thread(self.rec.recommend_many, queries)
 
         def __serve_build_asgi_app__(self):
             from unirec_dist.serving.app import create_app
 
-            return create_app(self.rec, max_body_bytes=self.max_body_bytes)
+            return create_app(self.rec, max_body_bytes=self.max_body_bytes,
+                              recommend_batched=None if self.batching is None else self.recommend_batch)
 
     deployment = serve.deployment(
         RecommenderDeployment,
@@ -73,7 +100,7 @@ def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: fl
             "runtime_env": {"env_vars": {"PYTHONPATH": _pythonpath()}},
         },
     )
-    return deployment.bind(bundle, threads, dict(options), int(max_body_bytes))
+    return deployment.bind(bundle, threads, dict(options), int(max_body_bytes), batching)
 
 
 def _pythonpath() -> str:
@@ -90,11 +117,17 @@ def app_builder(args: dict[str, Any]):
     if "bundle" not in args:
         raise UnirecError("app_builder needs bundle=<path to a bundle directory>")
     conv = {"replicas": int, "cpus_per_replica": float, "threads": int, "ef_search": int, "max_k": int,
-            "max_history": int, "index": str, "max_body_bytes": int}
-    unknown = set(args) - set(conv) - {"bundle"}
+            "max_history": int, "index": str, "max_body_bytes": int, "max_batch_size": int, "max_wait_ms": float}
+    unknown = set(args) - set(conv) - {"bundle", "batching"}
     if unknown:
-        raise UnirecError(f"app_builder: unknown argument(s) {sorted(unknown)}; known: bundle, {', '.join(sorted(conv))}")
-    kw = {k: conv[k](v) for k, v in args.items() if k != "bundle"}
+        raise UnirecError(f"app_builder: unknown argument(s) {sorted(unknown)}; known: batching, bundle, "
+                          f"{', '.join(sorted(conv))}")
+    kw = {k: conv[k](v) for k, v in args.items() if k in conv}
+    if str(args.get("batching", "on")).lower() in ("off", "none", "false"):    # one request at a time
+        kw.pop("max_batch_size", None), kw.pop("max_wait_ms", None)
+        kw["batching"] = None
+    else:
+        kw["batching"] = {k: kw.pop(k) for k in ("max_batch_size", "max_wait_ms") if k in kw}
     return build_app(args["bundle"], **kw)
 
 

@@ -6,16 +6,19 @@ app and the Ray Serve deployment.
     rec.recommend(user_id="42", k=10)                      # a known user: their full history
     rec.recommend(history=["1193", "661", "914"], k=10)    # a live session, raw item ids
     rec.explain(user_id="42", k=5)                         # + which history items mattered
+    rec.recommend_many([Query(user_id="42"), Query(history=["1193"], k=5)])   # one batch
 
 Queries are encoded by the model (`Retriever.query_embeddings`); candidates are scored against
 the precomputed (N + 1, D) item matrix, exactly (`metrics.topk`) or with an HNSW index.
-Items already in the history are excluded unless `exclude_seen=False`.
+Items already in the history are excluded unless `exclude_seen=False`. Answers carry each item's
+display fields (`display`: title, genres, ...) when the bundle has them.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +88,23 @@ class Recommendation:
     item: str
     score: float
     rank: int
+    display: dict[str, str] | None = None   # title, genres, ... when the bundle has them
+
+
+@dataclass
+class Query:
+    """One /recommend question: a known `user_id` or a live `history` (raw ids, oldest first)."""
+    user_id: Any = None
+    history: list[Any] | None = None
+    k: int = 10
+    exclude_seen: bool = True
+
+
+@dataclass
+class Ranked:
+    """The answer to one Query: its items, best first, and the length of the history used."""
+    items: list[Recommendation]
+    history_length: int
 
 
 @dataclass
@@ -92,6 +112,7 @@ class Contribution:
     item: str
     position: int   # 0-based position in the full history, oldest first
     weight: float
+    display: dict[str, str] | None = None
 
 
 @dataclass
@@ -100,6 +121,7 @@ class ItemExplanation:
     score: float
     rank: int
     contributions: list[Contribution] = field(default_factory=list)
+    display: dict[str, str] | None = None
 
 
 @dataclass
@@ -149,7 +171,8 @@ class Recommender:
 
     model: a Retriever (eval mode); item_matrix: (N + 1, D), default `model.item_embeddings()`;
     item_vocab/user_vocab: (raw, index) tables; histories: (user int32, items list<int32>) with
-    each known user's full sequence; index: "exact" or "hnsw".
+    each known user's full sequence; index: "exact" or "hnsw"; display: item + display field
+    columns (serving/display.py) shown beside raw ids, or None.
     """
 
     def __init__(
@@ -167,9 +190,11 @@ class Recommender:
         hnsw: dict[str, Any] | None = None,
         ann: Any = None,
         recall_queries: int = 256,
+        display: pa.Table | None = None,
     ) -> None:
         import torch
 
+        from unirec_dist.serving.display import ItemDisplay
         from unirec_dist.serving.index import ExactIndex, HNSWIndex, recall_at_k
 
         self.model = model.eval() if hasattr(model, "eval") else model
@@ -182,6 +207,7 @@ class Recommender:
             raise UnirecError(
                 f"item matrix has {self.items.shape[0] - 1} items but the item vocab has {len(self.items_vocab)}"
             )
+        self.display = ItemDisplay(display, len(self.items_vocab))
         self.users_vocab = Vocab(user_vocab if user_vocab is not None else
                                  pa.table({"raw": pa.array([], pa.string()), "index": pa.array([], pa.int32())}), "user")
         self.max_len = int(getattr(model, "max_len", 0) or max_history)
@@ -236,6 +262,8 @@ class Recommender:
         ann = None
         if index == "hnsw":
             ann, hnsw = _bundle_index(path, manifest, int(items.shape[0]) - 1, hnsw, ef_search)
+        shown = manifest.get("display") or {}
+        display = pq.read_table(path / shown["file"]) if shown.get("file") else None
         return cls(
             model,
             pq.read_table(path / B.ITEM_VOCAB),
@@ -246,6 +274,7 @@ class Recommender:
             manifest=manifest,
             hnsw=hnsw,
             ann=ann,
+            display=display,
             **kwargs,
         )
 
@@ -344,11 +373,41 @@ class Recommender:
                   exclude_seen: bool = True) -> list[Recommendation]:
         """Top-k items (raw ids, best first) for a known `user_id` or a live `history` of raw item
         ids (oldest first). Fewer than k come back only if the catalogue runs out."""
-        k = self._check_k(k)
-        user, hist = self.resolve(user_id, history)
-        scores, ids = self._top(user, hist, k, exclude_seen)
-        return [Recommendation(self.items_vocab.raw(int(i)), float(s), r + 1)
-                for r, (s, i) in enumerate(zip(scores, ids))]
+        answer = self.recommend_many([Query(user_id, history, k, exclude_seen)])[0]
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer.items
+
+    def recommend_many(self, queries: Sequence[Query]) -> list[Ranked | RequestError]:
+        """Answer several queries with ONE encoder pass and one top-K pass per distinct k (the
+        micro-batching path of the HTTP app). Each entry is the query's `Ranked` answer or the
+        RequestError it alone raised: a bad query never fails the others. An answer does not
+        depend on the batch it came in (the top-K's tie rule is deterministic, and an HNSW
+        search sees the same k and efSearch as alone); the encoder's padded batch can move a
+        score in its last float bits, never the order of distinct scores."""
+        out: list[Ranked | RequestError | None] = [None] * len(queries)
+        rows: list[tuple[int, int, int, np.ndarray, bool]] = []
+        for i, q in enumerate(queries):
+            try:
+                k = self._check_k(q.k)
+                user, hist = self.resolve(q.user_id, q.history)
+            except RequestError as e:
+                out[i] = e
+                continue
+            rows.append((i, k, user, hist, bool(q.exclude_seen)))
+        if rows:
+            vectors = self._encode([r[2] for r in rows], [r[3] for r in rows])
+            for k in sorted({r[1] for r in rows}):
+                group = [j for j, r in enumerate(rows) if r[1] == k]
+                exclude = [rows[j][3] if rows[j][4] else rows[j][3][:0] for j in group]
+                scores, ids = self.index.search(vectors[group], k, exclude if any(len(e) for e in exclude) else None)
+                for n, j in enumerate(group):
+                    keep = ids[n] > 0
+                    out[rows[j][0]] = Ranked(
+                        [Recommendation(self.items_vocab.raw(int(i)), float(s), r + 1, self.display(int(i)))
+                         for r, (s, i) in enumerate(zip(scores[n][keep], ids[n][keep]))],
+                        int(len(rows[j][3])))
+        return out  # type: ignore[return-value]
 
     def explain(self, user_id: Any = None, history: list[Any] | None = None, k: int = 10,
                 exclude_seen: bool = True, items: list[Any] | None = None, top: int = 5,
@@ -382,8 +441,8 @@ class Recommender:
             w = att.weights[r]
             order = np.argsort(-w, kind="stable")[:top]
             contrib = [Contribution(self.items_vocab.raw(int(hist[att.positions[j]])), int(att.positions[j]),
-                                    float(w[j])) for j in order]
-            out.append(ItemExplanation(self.items_vocab.raw(int(i)), float(s), r + 1, contrib))
+                                    float(w[j]), self.display(int(hist[att.positions[j]]))) for j in order]
+            out.append(ItemExplanation(self.items_vocab.raw(int(i)), float(s), r + 1, contrib, self.display(int(i))))
         return Explanation(method=method, per_item=att.per_item, history_length=int(len(hist)), items=out)
 
     def examples(self) -> list[dict[str, Any]]:
@@ -418,6 +477,7 @@ class Recommender:
             "index": {"kind": self.index.kind, **self.index.params(),
                       f"recall_at_{RECALL_K}": self.index_recall, "source": self.index_source},
             "limits": {"max_k": self.max_k, "max_history": self.max_history},
+            "display_fields": self.display.fields,
             "explain_methods": ["occlusion", "similarity"] + (["attention"] if has_attention(self.model) else []),
             "versions": {"unirec_dist": __version__, "bundle_format": m.get("format_version"),
                          "bundle_created_at": m.get("created_at")},

@@ -1,7 +1,9 @@
 """Top-N lists for known users of a prepared dataset, with raw ids, written as Parquet.
 
-    recommend(retriever, dataset, users, k, exclude_seen=True) -> pa.Table
-        user: string (raw id), rank: int32 (1 = best), item: string (raw id), score: float32
+    recommend(retriever, dataset, users, k, exclude_seen=True, display_fields=None) -> pa.Table
+        user: string (raw id), rank: int32 (1 = best), item: string (raw id), score: float32,
+        then one optional string column per display field of the item (title, genres, ...:
+        `display_fields`, or the default ones the dataset has; see serving/display.py)
 
 A user's query is built from ALL their known interactions (the prepared `interactions` table,
 time-ordered; the model reads the last `max_len`), so the list is "what next after everything we
@@ -87,12 +89,20 @@ def recommend(
     k: int,
     exclude_seen: bool = True,
     batch_size: int = 1024,
+    display_fields: Sequence[str] | None = None,
 ) -> pa.Table:
-    """Top-k per user as a Table (user, rank, item, score) in the order of `users`; see module doc."""
+    """Top-k per user as a Table (user, rank, item, score[, display fields]) in the order of
+    `users`; see module doc. display_fields: [] for none, None for the dataset's defaults."""
     import torch
+
+    from unirec_dist.serving.display import display_table, resolve_fields
 
     if k <= 0:
         raise DataError(f"k must be a positive integer, got {k}")
+    fields = resolve_fields(dataset, display_fields)
+    clash = [f for f in fields if f in SCHEMA.names]
+    if clash:
+        raise DataError(f"display field {clash[0]!r} has the name of an output column ({', '.join(SCHEMA.names)})")
     index = resolve_users(dataset, users)
     raw_items = item_raw_ids(dataset)
     n_items = int(dataset.n_items)
@@ -139,6 +149,15 @@ def recommend(
         },
         schema=SCHEMA,
     )
+    shown = display_table(dataset, fields)
+    if shown is not None:
+        # each listed item's row in the display table (items without one: nulls)
+        row = np.full(n_items + 1, -1, dtype=np.int64)
+        row[shown["item"].to_numpy(zero_copy_only=False).astype(np.int64)] = np.arange(shown.num_rows)
+        at = row[all_ids[keep]]
+        take = pa.array(at, mask=at < 0)
+        for f in fields:
+            table = table.append_column(pa.field(f, pa.string()), shown[f].take(take))
     log.info("top-%d for %d users: %d rows", k, len(index), table.num_rows)
     return table
 

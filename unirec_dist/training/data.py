@@ -22,8 +22,9 @@ when batch_size does not divide R), so collectives stay in step. Rows with fewer
 fill its N batches (a few rows then appear twice in that epoch).
 
 Memory per worker: one buffer of sequences, one row group of the train files (and of
-the valid file or parts for train+valid), the Parquet footers and the (n_items,) item counts; never the
-whole dataset. Below `data.ingest_memory_mb` of train data (`data.ingest: auto`; or always with
+the valid file or parts for train+valid), the Parquet footers and the (n_items,) item counts
+(read from the `item_counts.parquet` prepare writes; counted in one pass over the split for a
+dataset prepared before it existed); never the whole dataset. Below `data.ingest_memory_mb` of train data (`data.ingest: auto`; or always with
 `memory`) a worker reads its train rows once and keeps them instead of re-reading each epoch;
 the units, and so the batches, are the same either way (tested).
 
@@ -88,7 +89,36 @@ def open_prepared(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         split_files(ds.root, name)
     for f in train_files(ds.root):
         open_parquet(f, ("user", "items"))
+    for f in split_files(ds.root, "valid"):
+        open_parquet(f, ("user", "history", "targets"))
+    stored_item_counts(ds.root, ds.manifest, "train", int(ds.manifest["vocab_sizes"]["item"]))
     return ds.root, ds.manifest
+
+
+def stored_item_counts(root: Path, manifest: dict[str, Any], train_on: str, n_items: int) -> np.ndarray | None:
+    """(n_items,) training frequency of every item id as `prepare` wrote it (the manifest's
+    `item_counts` file, its sha256 checked; row 0 = padding, 0), or None for a dataset prepared
+    before prepare wrote it. Raises DataError with one line if the file is missing or altered."""
+    import hashlib
+
+    entry = manifest.get("item_counts")
+    if entry is None:
+        return None
+    path = root / entry["file"]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the item counts the manifest lists ({e.strerror}); "
+                        "re-run prepare") from None
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise DataError(f"{path}: sha256 differs from the manifest's (file changed after prepare); re-run prepare")
+    t = pq.read_table(pa.BufferReader(data))
+    col = "train_valid" if train_on == "train+valid" else "train"
+    if t.num_rows != n_items - 1 or col not in t.column_names:
+        raise DataError(f"{path}: {t.num_rows} rows for {n_items - 1} items (or no {col!r} column); re-run prepare")
+    out = np.zeros(n_items, np.int64)
+    out[1:] = t[col].to_numpy()
+    return out
 
 
 def _flat(lists: pa.ChunkedArray | pa.Array, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -264,6 +294,7 @@ class ParquetSource:
         if ingest not in INGEST_MODES:
             raise ValueError(f"ingest must be one of {INGEST_MODES}, got {ingest!r}")
         self.root = Path(path)
+        self.train_on = train_on
         self.files = train_files(self.root)
         self.pq = [open_parquet(f, ("user", "items")) for f in self.files]
         self.has_ratings = all("ratings" in f.schema_arrow.names for f in self.pq)
@@ -310,7 +341,23 @@ class ParquetSource:
         return seqs.take(np.arange(base + unit.start, base + unit.stop)).trainable()
 
     def item_counts(self, n_items: int) -> np.ndarray:
-        """(n_items,) training frequency of every item id (row 0 = padding, 0): one pass, unit by unit."""
+        """(n_items,) training frequency of every item id (row 0 = padding, 0): the counts `prepare`
+        wrote (O(items) to read), or for a dataset prepared before it wrote them, one pass over
+        the split, unit by unit (O(log) time per worker: minutes at 100M interactions)."""
+        from unirec_dist.data.format import MANIFEST
+        from unirec_dist.utils.jsonfile import load_json_object
+
+        mpath = self.root / MANIFEST   # (a bare folder of train parts, as benchmarks write, has none)
+        manifest = load_json_object(mpath, DataError) if mpath.is_file() else {}
+        stored = stored_item_counts(self.root, manifest, self.train_on, n_items)
+        if stored is not None:
+            return stored
+        log.warning("%s has no item counts (prepared by an older unirec_dist): counting them in one pass over "
+                    "the training split; re-run prepare to skip it", self.root)
+        return self.pass_item_counts(n_items)
+
+    def pass_item_counts(self, n_items: int) -> np.ndarray:
+        """item_counts by one pass over the training rows, unit by unit."""
         return sum((self.read(u).item_counts(n_items) for u in self.units), np.zeros(n_items, np.int64))
 
 

@@ -110,7 +110,7 @@ def worker_loop(config: dict[str, Any]) -> None:
 
         users = config["users"] if config["users"] is not None else all_users(dataset)
         table = recommend(model, dataset, users, config["k"], exclude_seen=config["exclude_seen"],
-                          batch_size=config["batch_size"])
+                          batch_size=config["batch_size"], display_fields=config["display_fields"])
         if rank == 0:
             write_parquet_atomic(table, config["out"])
         out["rows"] = table.num_rows
@@ -204,9 +204,11 @@ def evaluate_sharded(checkpoint: str | os.PathLike, data: str | os.PathLike, wor
 
 def recommend_sharded(checkpoint: str | os.PathLike, data: str | os.PathLike, workers: int, users: list[str] | None,
                       k: int, out: str | os.PathLike, exclude_seen: bool = True, batch_size: int = 1024,
-                      threads: int | None = None, address: str | None = None) -> dict[str, Any]:
+                      threads: int | None = None, address: str | None = None,
+                      display_fields: list[str] | None = None) -> dict[str, Any]:
     """Top-k lists of `users` (None: every user) on `workers` Ray workers, written by rank 0 to
     `out` as `serving.topn.recommend`'s Parquet; returns {rows, users, workers}."""
     return _run({"task": "recommend", "checkpoint": str(Path(checkpoint).resolve()), "data": str(Path(data).resolve()),
                  "users": users, "k": int(k), "exclude_seen": exclude_seen, "batch_size": batch_size,
-                 "out": str(Path(out).resolve()), "threads": threads}, workers, address)
+                 "out": str(Path(out).resolve()), "threads": threads, "display_fields": display_fields},
+                workers, address)

@@ -8,13 +8,20 @@ worker trains on its own disjoint slice of the prepared dataset (`rank`/`world_s
 training/data.py). Checkpoints are DCP directories reported to Ray (every rank reports its
 shards, Ray merges them, keeps the newest `keep_last`); after a worker failure Ray restarts the
 group (`distributed.max_failures`, default 3) and every worker resumes from the latest reported
-checkpoint: model, optimizers, RNG, global step and data position (`training/checkpointing.py`).
+checkpoint: model, optimizers, RNG, global step and data position (`training/checkpointing.py`);
+a lost node's workers are placed again once the cluster has room (Ray Train waits for it). One
+failure more ends the run with one line (`WorkersFailedError`) naming the last good checkpoint,
+published like a final one but with the pointer `last` only. `distributed.placement_strategy`
+spreads or packs the workers over the nodes.
+`distributed.resume_from` (CLI `--resume-from`) starts a run from another run's checkpoint the
+same way, under this run's worker count and sharding plan (DCP reshards on load).
 At the end the final checkpoint is copied to `<out_dir>/checkpoints/step-<N>` with the pointers
 `final` and `last` (the layout every writer uses, `unirec_dist.checkpoint.dcp`).
 
 Everything a user can get wrong is checked in the driver before any worker starts: the dataset,
 the sharding constraints (against the real model's tables, built on the meta device), the table
-optimizer for the device, a Ray address that does not answer (within seconds), and more workers
+optimizer for the device, tables that cannot fit on the workers even sharded (`check_fit`, the
+planner's estimate), a Ray address that does not answer (within seconds), and more workers
 than the cluster's CPUs/GPUs (after `distributed.resource_wait_s`, while the autoscaler is asked
 for them). The workers' device is decided from the cluster's resources, not the driver's.
 """
@@ -29,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unirec_dist.config.distributed import PretrainConfig
-from unirec_dist.errors import ConfigError
+from unirec_dist.config.distributed import DistributedSection, PretrainConfig
+from unirec_dist.errors import ConfigError, UnirecError
 # one implementation of the address check and of the cluster start-up for every command
 from unirec_dist.utils.ray_cluster import ClusterError, check_address, init_ray, shutdown_ray
 
@@ -68,6 +75,63 @@ def check_device(cfg: PretrainConfig, tables: dict[str, Any], device_type: str) 
     validate_table_optimizer(kind, device_type)
 
 
+def check_fit(cfg: PretrainConfig, device_type: str, own_cluster: bool) -> None:
+    """The sharding planner's feasibility check, in the driver on the meta-built model: tables
+    that cannot fit on the workers even sharded (weights + fused optimizer state) are refused in
+    one line with the planner's bytes needed and available, before any worker starts (each worker
+    would otherwise allocate, plan the same and fail). Memory per worker: distributed.memory_gb,
+    else on the embedded cluster this host's RAM (or GPU memory) shared by the workers, as the
+    workers' own planner sees it; a joined cluster's nodes are not known here, so without
+    memory_gb the workers' planner alone decides there."""
+    from unirec_dist.embeddings import sharding as S
+    from unirec_dist.training.build import build_from_config
+    from unirec_dist.training.train import check_inputs
+
+    dist = cfg.distributed
+    if not own_cluster and not dist.memory_gb:
+        return
+    _, ds_manifest = check_inputs(cfg)
+    import torchrec  # noqa: F401  (before the meta-device context, see check_model)
+
+    model = build_from_config(cfg, ds_manifest, device="meta")
+    tables = S.find_tables(model)
+    kind, lr = dist.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
+    S.apply_table_optimizer(model, kind, lr, device_type=device_type)
+    memory = int(dist.memory_gb * 2**30) if dist.memory_gb else None
+    planner_log = logging.getLogger("torchrec.distributed.planner")
+    level = planner_log.level
+    planner_log.setLevel(logging.ERROR)     # its advice on building a Topology, as in the workers
+    try:
+        topo = S.make_topology(dist.workers, device_type, memory, local_world_size=dist.workers)
+        S.plan_sharding(model, topo, S.make_constraints(tables, dist.sharding, device_type),
+                        S.make_sharders(device_type), batch_size=cfg.data.batch_size)
+    finally:
+        planner_log.setLevel(level)
+
+
+def check_resume_from(cfg: PretrainConfig) -> None:
+    """distributed.resume_from: a pretraining checkpoint of this dataset's vocabulary (any worker
+    count and sharding plan: DCP reshards it on load), made absolute for the workers."""
+    from unirec_dist.checkpoint.dcp import check_vocab, read_manifest, resolve_checkpoint
+    from unirec_dist.errors import CheckpointError
+    from unirec_dist.training.train import check_inputs
+
+    dist = cfg.distributed
+    if not dist.resume_from:
+        return
+    src = Path(dist.resume_from).expanduser()
+    if not src.exists():
+        raise ConfigError(f"distributed.resume_from: {src} does not exist")
+    path = resolve_checkpoint(src)
+    manifest = read_manifest(path)
+    if manifest.get("kind") != "pretrain":
+        raise CheckpointError(f"distributed.resume_from: {path} is a {manifest.get('kind')!r} checkpoint, "
+                              "not a pretraining one (fine-tune it with `unirec finetune`)")
+    _, ds_manifest = check_inputs(cfg)
+    check_vocab(manifest, str(ds_manifest.get("vocab_hash")), f"distributed.resume_from {path}")
+    dist.resume_from = str(path.resolve())
+
+
 def resolve_paths(cfg: PretrainConfig) -> None:
     """Make every path of the config absolute, on the driver: a Ray worker runs in another
     folder, where a relative path the driver's checks accepted would name nothing."""
@@ -81,15 +145,23 @@ JOINED_RESOURCE_WAIT_S = 600.0
 
 
 def wait_for_resources(workers: int, cpus_per_worker: int, use_gpu: bool, timeout_s: float,
-                       poll_s: float = 2.0) -> None:
+                       poll_s: float = 2.0, placement_strategy: str = "PACK") -> None:
     """Return once the cluster can place every worker; refuse after `timeout_s` seconds.
 
     Meanwhile the workers' bundles are requested from the autoscaler
     (`ray.autoscaler.sdk.request_resources`; Ray Train's own placement group would ask only inside
     `fit`, which then waits forever on a cluster that cannot grow), and the request is cleared
-    again so idle nodes can scale down after the job. Timeout 0: refuse at once.
+    again so idle nodes can scale down after the job. Timeout 0: refuse at once. The strict
+    placement strategies also need the right nodes: STRICT_SPREAD one node per worker,
+    STRICT_PACK one node for all.
     """
     import ray
+
+    gpus = 1 if use_gpu else 0
+
+    def nodes_fitting(cpus: int, gpu: int) -> int:
+        return sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= cpus
+                   and n["Resources"].get("GPU", 0) >= gpu)
 
     def shortfall() -> str | None:
         res = ray.cluster_resources()
@@ -98,6 +170,15 @@ def wait_for_resources(workers: int, cpus_per_worker: int, use_gpu: bool, timeou
             return f"--workers {workers} needs {need_cpu} CPUs ({cpus_per_worker} per worker) but the Ray cluster has {have_cpu}"
         if use_gpu and workers > int(res.get("GPU", 0)):
             return f"--workers {workers} needs {workers} GPUs but the Ray cluster has {int(res.get('GPU', 0))}"
+        per_node = f"{cpus_per_worker} CPU{'s' if cpus_per_worker > 1 else ''}" + (" and 1 GPU" if use_gpu else "")
+        if placement_strategy == "STRICT_SPREAD" and workers > 1:
+            have = nodes_fitting(cpus_per_worker, gpus)
+            if have < workers:
+                return (f"--workers {workers} with distributed.placement_strategy STRICT_SPREAD needs {workers} "
+                        f"nodes with {per_node} each but the Ray cluster has {have}")
+        if placement_strategy == "STRICT_PACK" and workers > 1 and not nodes_fitting(need_cpu, gpus * workers):
+            return (f"--workers {workers} with distributed.placement_strategy STRICT_PACK needs one node with "
+                    f"{need_cpu} CPUs" + (f" and {workers} GPUs" if use_gpu else "") + " but the Ray cluster has none")
         return None
 
     missing = shortfall()
@@ -143,6 +224,12 @@ def _quiet_worker() -> None:
     warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
+    # Ray Train logs a failing worker's whole traceback ("Error in training function"), which
+    # log_to_driver would print on the terminal of every restart; the driver reports a failure
+    # in one line (`workers_failed`) and the traceback stays in Ray's session log files
+    for h in logging.getLogger("ray.train").handlers:
+        if isinstance(h, logging.StreamHandler):
+            h.addFilter(lambda r: not r.getMessage().startswith("Error in training function"))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -185,7 +272,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         constraints=dict(dist.sharding), table_optimizer=kind, table_lr=lr, table_eps=dist.table_optimizer.eps,
         table_weight_decay=dist.table_optimizer.weight_decay,
         memory_bytes=int(dist.memory_gb * 2**30) if dist.memory_gb else None, batch_size=cfg.data.batch_size,
-        init_seed=cfg.trainer.seed,
+        # the workers on one node share its memory (the planner's default per worker)
+        local_world_size=ctx.get_local_world_size(), init_seed=cfg.trainer.seed,
     )
     strategy = ray_torchrec_strategy(
         sharding=sharding,
@@ -223,7 +311,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         precision=cfg.trainer.precision,
         default_root_dir=config.get("work_dir"),
     )
-    ckpt_path = None
+    # a run continued from another run's checkpoint (distributed.resume_from, any worker count or
+    # plan: DCP reshards on load); Ray's own checkpoint of this run, after a restart, comes first
+    ckpt_path = dist.resume_from
     ckpt = ray.train.get_checkpoint()
     local = None
     if ckpt is not None:
@@ -338,9 +428,10 @@ def _ray_init(address: str | None, num_cpus: int | None) -> bool:
     return init_ray(address, **kw) if address else init_ray(None, num_cpus=num_cpus, **kw)
 
 
-def publish_final(checkpoint: Any, root: Path, keep_last: int) -> tuple[Path, dict[str, Any]]:
-    """Copy Ray's final (merged) checkpoint into `root/step-<N>`, check it against its own
-    manifest, and point `final` and `last` at it (the layout of `unirec_dist.checkpoint.dcp`)."""
+def publish_final(checkpoint: Any, root: Path, keep_last: int,
+                  pointers: tuple[str, ...] = (FINAL, "last")) -> tuple[Path, dict[str, Any]]:
+    """Copy one of Ray's (merged) checkpoints into `root/step-<N>`, check it against its own
+    manifest, and point `pointers` at it (the layout of `unirec_dist.checkpoint.dcp`)."""
     from unirec_dist.checkpoint.dcp import TMP_MARKER, publish_step, remove_stale_temps, step_dir_name, verify_checkpoint
     from unirec_dist.errors import CheckpointError
     from unirec_dist.utils.jsonfile import load_json_object
@@ -359,8 +450,61 @@ def publish_final(checkpoint: Any, root: Path, keep_last: int) -> tuple[Path, di
     else:
         (tmp / TMP_MARKER).unlink()
         os.replace(tmp, final)
-    publish_step(root, final, (FINAL, "last"), keep_last)
+    publish_step(root, final, pointers, keep_last)
     return final, manifest
+
+
+class WorkersFailedError(UnirecError):
+    """The run ended: its workers failed more often than distributed.max_failures allows."""
+
+
+def _worker_death(error: BaseException) -> bool:
+    from ray.exceptions import RayActorError
+
+    return isinstance(getattr(error, "health_check_failure", error), RayActorError)
+
+
+def _last_line(error: BaseException, limit: int = 200) -> str:
+    """The line of a worker's error worth one line: Ray Train hands back a worker's exception as its
+    traceback text, whose last line is `Type: message`."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def workers_failed(error: Exception, dist: DistributedSection, run_dir: Path, root: Path) -> WorkersFailedError:
+    """The one line that ends a failed run: how often the workers failed, the last error, and the
+    last good checkpoint, published as `root/step-<N>` with the pointer `last` so that evaluate,
+    finetune and export read it. Ray keeps its own copy in `run_dir`, from which the same command
+    with --resume continues (Ray Train restores a run from its storage path and name)."""
+    from ray.train import Result, WorkerGroupError
+
+    try:
+        checkpoint = Result.from_path(str(run_dir)).checkpoint
+    except RuntimeError:   # no checkpoint was ever reported (Ray wrote no snapshot)
+        checkpoint = None
+    if checkpoint is None:
+        where = "no checkpoint was written before it"
+    else:
+        path, manifest = publish_final(checkpoint, root, dist.keep_last, pointers=("last",))
+        where = f"last good checkpoint: {path} (step {manifest.get('step')}); the same command with --resume continues from it"
+    if isinstance(error, WorkerGroupError):
+        # the cause rather than its echo: a dead worker (a lost node, a killed process) before
+        # the errors it caused on the others (a collective's "connection reset"), else rank order
+        failures = sorted(error.worker_failures.items(), key=lambda kv: (not _worker_death(kv[1]), kv[0]))
+        if not failures:
+            last = _last_line(error)
+        elif _worker_death(failures[0][1]):
+            rank, e = failures[0]
+            last = f"worker {rank} was lost with its process or node ({type(getattr(e, 'health_check_failure', e)).__name__})"
+        else:
+            last = _last_line(failures[0][1])
+        n = dist.max_failures + 1
+        what = f"the training workers failed {n} time{'s' if n > 1 else ''} (distributed.max_failures: {dist.max_failures})"
+    else:   # the controller's own failure (e.g. the workers never started)
+        last = _last_line(getattr(error, "controller_failure", error))
+        what = "the Ray Train controller failed"
+    return WorkersFailedError(f"{what}; last error: {last}; {where}")
 
 
 def check_out_dir(out: Path, run_storage: Path, overwrite: bool, resume: bool) -> None:
@@ -409,6 +553,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
         check_address(dist.address)      # before any heavy import: seconds, not minutes
     resolve_paths(cfg)
     tables = check_model(cfg)
+    check_resume_from(cfg)
     if dist.device != "auto":            # known before Ray starts: fail before it does
         check_device(cfg, tables, dist.device)
     out = Path(cfg.trainer.out_dir).resolve()
@@ -439,8 +584,10 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
             log.warning("%s", note)
         use_gpu = device_type == "cuda"
         check_device(cfg, tables, device_type)
+        check_fit(cfg, device_type, own)
         wait = dist.resource_wait_s if dist.resource_wait_s is not None else (0.0 if own else JOINED_RESOURCE_WAIT_S)
-        wait_for_resources(dist.workers, dist.cpus_per_worker, use_gpu, wait)
+        wait_for_resources(dist.workers, dist.cpus_per_worker, use_gpu, wait,
+                           placement_strategy=dist.placement_strategy)
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -458,7 +605,8 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
                 "work_dir": str(out),
             },
             scaling_config=ScalingConfig(num_workers=dist.workers, use_gpu=use_gpu,
-                                         resources_per_worker={"CPU": dist.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+                                         resources_per_worker={"CPU": dist.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+                                         placement_strategy=dist.placement_strategy),
             torch_config=TorchConfig(backend=dist_backend("cuda" if use_gpu else "cpu")),
             run_config=RunConfig(
                 name=cfg.name,
@@ -467,9 +615,12 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
                 checkpoint_config=CheckpointConfig(num_to_keep=dist.keep_last),
             ),
         )
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
+        from ray.train import TrainingFailedError
+
+        try:
+            result = trainer.fit()   # raises once the failures exceed distributed.max_failures
+        except TrainingFailedError as e:
+            raise workers_failed(e, dist, storage / cfg.name, out / "checkpoints") from None
         if result.checkpoint is None:
             raise RuntimeError("the run finished without a checkpoint")
         final, manifest = publish_final(result.checkpoint, out / "checkpoints", dist.keep_last)

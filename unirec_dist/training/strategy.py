@@ -61,6 +61,7 @@ class ShardingOptions:
     table_weight_decay: float = 0.0
     memory_bytes: int | None = None        # per device for the planner (None: measured)
     batch_size: int | None = None          # per-rank batch size, a planner hint
+    local_world_size: int | None = None    # workers sharing a node's memory (None: this launcher's)
     module_attr: str = "model"
     keep_init: bool = True                 # copy the model's own table init into the shards
     #: tables built on the meta device get `embeddings.sharding.fill_table_init` with this seed: a
@@ -156,7 +157,7 @@ class TorchRecStrategy(DCPCheckpointing, DDPStrategy):
         on_meta = any(p.device.type == "meta" for p in model.parameters())
         if not on_meta and dtype != "cpu":
             model.to(device)
-        topo = S.make_topology(self.world_size, dtype, opts.memory_bytes, local_world_size=self.num_processes)
+        topo = S.make_topology(self.world_size, dtype, opts.memory_bytes, local_world_size=opts.local_world_size or self.num_processes)
         self.plan = S.plan_sharding(model, topo, constraints, S.make_sharders(dtype), opts.batch_size,
                                     pg=dist.group.WORLD)
         self.plan_summary = S.plan_summary(self.plan, tables, opts.table_optimizer)
@@ -246,7 +247,9 @@ def _tables_on_meta(model: torch.nn.Module) -> bool:
 
 
 def process_memory() -> dict[str, float]:
-    """This process's resident memory now and at its peak, MiB (Linux /proc; {} elsewhere)."""
+    """This process's resident memory now and at its peak, MiB (Linux /proc; {} elsewhere), and,
+    once it has used CUDA, its GPU memory peak (`gpu_peak_mib`: torch's allocator high-water mark
+    on the current device, tables' shards and fused optimizer state included)."""
     out: dict[str, float] = {}
     try:
         with open("/proc/self/status") as f:
@@ -256,6 +259,8 @@ def process_memory() -> dict[str, float]:
                     out["rss_mib" if key == "VmRSS:" else "hwm_mib"] = int(kib) / 1024
     except OSError:
         pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 

@@ -7,6 +7,8 @@ Named points sit at the steps that must survive a crash: each step of publishing
 
     UNIREC_FAULT=<point>[#<n>]   exit (os._exit(137), no cleanup, like kill -9) the n-th time
                                   (default 1st) this process reaches <point>
+    UNIREC_FAULT_ACTION=hang      stop there instead (sleep until killed), like a process whose
+                                  machine stopped answering; the test then kills what it chooses
     UNIREC_FAULT_RANK=<r>         only on the process whose RANK environment variable is r
     UNIREC_FAULT_ONCE=<file>      only if <file> does not exist; it is created first, so a
                                   restarted process passes the point
@@ -18,6 +20,7 @@ library function takes a test-only parameter.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 
 _hits: Counter[str] = Counter()
@@ -49,4 +52,6 @@ def fault_point(name: str) -> None:
         if os.path.exists(once):
             return
         open(once, "w").close()
+    if os.environ.get("UNIREC_FAULT_ACTION") == "hang":
+        threading.Event().wait()
     os._exit(137)

@@ -1,0 +1,89 @@
+"""pretrain's placement check (distributed.placement_strategy against the cluster's nodes, before
+any worker starts) and the one line that ends a run whose workers failed past max_failures.
+End to end on a two-node cluster: tests/integration/test_node_loss.py."""
+from __future__ import annotations
+
+import pytest
+
+from unirec_dist.config.distributed import DistributedSection, load_pretrain_config
+from unirec_dist.errors import ConfigError
+
+
+def _node(cpus: float, gpus: float = 0, alive: bool = True) -> dict:
+    return {"Alive": alive, "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """Set the nodes `ray.nodes()` and `ray.cluster_resources()` describe (no Ray started)."""
+    import ray
+
+    def set_nodes(*nodes: dict) -> None:
+        live = [n for n in nodes if n["Alive"]]
+        total: dict[str, float] = {}
+        for n in live:
+            for k, v in n["Resources"].items():
+                total[k] = total.get(k, 0) + v
+        monkeypatch.setattr(ray, "nodes", lambda: list(nodes))
+        monkeypatch.setattr(ray, "cluster_resources", lambda: dict(total))
+
+    return set_nodes
+
+
+@pytest.mark.parametrize("strategy, nodes, message", [
+    ("STRICT_SPREAD", [_node(2)], "--workers 2 with distributed.placement_strategy STRICT_SPREAD needs 2 nodes with "
+                                  "1 CPU each but the Ray cluster has 1"),
+    # a dead node's CPUs do not count, nor does a node too small for one worker
+    ("STRICT_SPREAD", [_node(2), _node(1, alive=False), _node(0)], "needs 2 nodes with 1 CPU each but the Ray cluster has 1"),
+    ("STRICT_PACK", [_node(1), _node(1)], "--workers 2 with distributed.placement_strategy STRICT_PACK needs one node "
+                                          "with 2 CPUs but the Ray cluster has none"),
+])
+def test_strict_placement_the_cluster_cannot_satisfy_is_refused(cluster, strategy, nodes, message):
+    from unirec_dist.training.pretrain import ClusterError, wait_for_resources
+
+    cluster(*nodes)
+    with pytest.raises(ClusterError) as e:
+        wait_for_resources(2, 1, False, 0, placement_strategy=strategy)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("strategy, nodes", [
+    ("PACK", [_node(1), _node(1)]),
+    ("SPREAD", [_node(2)]),                 # SPREAD prefers, does not require, a node per worker
+    ("STRICT_SPREAD", [_node(1), _node(1)]),
+    ("STRICT_PACK", [_node(2), _node(1)]),
+])
+def test_placement_the_cluster_can_satisfy_passes(cluster, strategy, nodes):
+    from unirec_dist.training.pretrain import wait_for_resources
+
+    cluster(*nodes)
+    wait_for_resources(2, 1, False, 0, placement_strategy=strategy)
+
+
+def test_placement_strategy_is_checked_by_the_config_loader(tmp_path):
+    assert DistributedSection().placement_strategy == "PACK"
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("name: x\n")
+    with pytest.raises(ConfigError, match="placement_strategy.*STRICT_SPREAD"):
+        load_pretrain_config(cfg, ["distributed.placement_strategy=STRICT_SPREADS"])
+
+
+def test_workers_failed_names_the_lost_worker_and_that_no_checkpoint_exists(tmp_path):
+    """The cause, not its echo: the dead worker before the connection reset it caused on the other;
+    no checkpoint reported (Ray wrote no snapshot): said so."""
+    from ray.exceptions import ActorDiedError
+    from ray.train import WorkerGroupError
+
+    from unirec_dist.training.pretrain import workers_failed
+
+    dist = DistributedSection(max_failures=2)
+    error = WorkerGroupError("...", {0: RuntimeError("Traceback ...\nRuntimeError: gloo: Connection reset by peer"),
+                                     1: ActorDiedError()})
+    (tmp_path / "debug").mkdir()
+    e = workers_failed(error, dist, tmp_path / "debug", tmp_path / "checkpoints")
+    assert str(e) == ("the training workers failed 3 times (distributed.max_failures: 2); last error: worker 1 was "
+                      "lost with its process or node (ActorDiedError); no checkpoint was written before it")
+    assert not (tmp_path / "checkpoints").exists()
+    # a worker's own exception: the last line of its traceback
+    error = WorkerGroupError("...", {1: RuntimeError("Traceback ...\n  File x\nValueError: bad batch")})
+    assert "; last error: ValueError: bad batch; " in str(workers_failed(error, dist, tmp_path / "debug", tmp_path / "c"))
