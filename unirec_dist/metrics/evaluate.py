@@ -127,8 +127,9 @@ def evaluate_table(
     if was_training:
         retriever.eval()
     try:
-        # inference_mode: no autograd bookkeeping at all (cheaper than no_grad per op)
-        with torch.inference_mode():
+        # no_grad, not inference_mode: TorchRec's sharded lookups (the DMP model of `--workers N`
+        # and of validation during pretraining) fail under inference_mode (a dispatcher error)
+        with torch.no_grad():
             device = _device(retriever)
             acc = RankingAccumulator(ks, n_items, device=device)
             if per_user:
