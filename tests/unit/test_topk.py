@@ -140,3 +140,60 @@ def test_against_full_stable_sort_with_exclusions_and_ties():
         ref[ref_s == NEG] = 0
         assert torch.equal(ids, ref), k
         assert torch.equal(scores, ref_s), k
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 40])
+def test_blocks_merged_equal_topk(k):
+    """Any split of the catalogue into blocks, each ranked by block_topk with its own part of the
+    mask, merges (merge_topk) into exactly topk's lists: same ids, same scores, same tie order."""
+    from unirec_dist.metrics.topk import block_topk, merge_topk, topk_from_scores
+
+    g = torch.Generator().manual_seed(k)
+    scores = torch.randint(-3, 4, (9, 31), generator=g).float()     # many exact ties
+    scores[2, 5] = float("nan")
+    exclude = torch.randint(0, 31, (9, 6), generator=g)
+    want_s, want_i = topk_from_scores(scores.clone(), k, exclude)
+    for cuts in ([0, 31], [0, 1, 31], [0, 10, 11, 30, 31], [0, 4, 8, 12, 16, 20, 24, 28, 31]):
+        parts = []
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            block = scores[:, lo:hi].clone()
+            rows, cols = torch.nonzero((exclude.unsqueeze(2) == torch.arange(lo, hi)).any(1), as_tuple=True)
+            block[rows, cols] = float("-inf")
+            parts.append(block_topk(block, min(k, 30), lo))
+        got_s, got_i = merge_topk(torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1), min(k, 30))
+        assert torch.equal(got_i, want_i), cuts
+        assert torch.equal(got_s, want_s), cuts
+
+
+def test_ranked_lists_in_small_chunks_equal_topk(monkeypatch):
+    """One process, the item rows computed and scored a few at a time: the lists of `topk`."""
+    import unirec_dist.metrics.sharded as sharded
+    from unirec_dist.data.batch import make_seq_batch
+    from unirec_dist.metrics.topk import topk
+
+    g = torch.Generator().manual_seed(0)
+    users, items = torch.randint(-2, 3, (8, 4), generator=g).float(), torch.randint(-2, 3, (26, 4), generator=g).float()
+
+    class Lookup:
+        max_len = 5
+        num_item_rows = 26
+        calls: list = []
+
+        def item_rows(self, lo, hi):
+            self.calls.append((lo, hi))
+            return items[lo:hi]
+
+        def query_embeddings(self, batch):
+            return users[batch.users]
+
+    import pyarrow as pa
+
+    hist = pa.array([[1, 2], [3], [], [25, 24, 1], [7], [8, 9], [10], [2]], pa.list_(pa.int32()))
+    batch = make_seq_batch(pa.array(range(8), pa.int32()), hist, 5)
+    exclude = make_seq_batch(pa.array(range(8), pa.int32()), hist, None).seq
+    monkeypatch.setattr(sharded, "SCORE_ELEMENTS", 8 * 4)         # 4 item rows per chunk
+    model = Lookup()
+    [(s, i)] = sharded.ranked_lists(model, [batch], [exclude], 25, 10)
+    want_s, want_i = topk(users[:8], items, 10, exclude=exclude)
+    assert torch.equal(i, want_i) and torch.equal(s, want_s)
+    assert model.calls[:2] == [(0, 4), (4, 8)] and len(model.calls) == 7   # never the whole matrix

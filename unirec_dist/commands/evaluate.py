@@ -1,11 +1,13 @@
 """`unirec evaluate`: full-ranking metrics of a checkpoint (or the popularity baseline).
 
     unirec evaluate --checkpoint runs/x/ckpt [--data DIR] [--split test] [--k 10,50,200]
-                    [--mask-seen] [--per-user] [--out results.json] [--overwrite]
+                    [--mask-seen] [--per-user] [--out results.json] [--overwrite] [--workers N]
     unirec evaluate --baseline popularity --data DIR ...
 
 Every input is checked before any work starts (dataset, checkpoint manifest and vocab, K,
-output path); a mistake is one `error: ...` line and exit code 2.
+output path); a mistake is one `error: ...` line and exit code 2. `--workers N` loads the
+checkpoint's item table row-wise sharded over N Ray workers, each scoring its own rows
+(`unirec_dist.training.distributed_eval`); the metrics are identical to one process's.
 """
 from __future__ import annotations
 
@@ -27,9 +29,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--per-user", action="store_true",
                    help="add each query's user, history length and NDCG@10 to --out (for `unirec report`)")
+    add_worker_flags(p)
     p.add_argument("--out", help="also write the report as JSON to this file")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
+
+
+def add_worker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None,
+                   help="score on N Ray workers, the checkpoint's item table row-wise sharded over them "
+                        "(default: this process)")
+    p.add_argument("--address", default=None,
+                   help="with --workers: join this Ray cluster (host:port); default: start a local one")
+
+
+def check_worker_flags(args: argparse.Namespace) -> None:
+    from unirec_dist.errors import UnirecError
+
+    if args.workers is None:
+        if args.address:
+            raise UnirecError("--address needs --workers N")
+        return
+    if args.workers < 1:
+        raise UnirecError(f"--workers must be >= 1, got {args.workers}")
+    if not args.checkpoint:
+        raise UnirecError("--workers shards a checkpoint's tables; give --checkpoint (baselines run in one process)")
 
 
 def parse_ks(text: str) -> list[int]:
@@ -92,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise UnirecError(f"--batch-size must be positive, got {args.batch_size}")
     if args.threads is not None and args.threads <= 0:
         raise UnirecError(f"--threads must be positive, got {args.threads}")
+    check_worker_flags(args)
     if args.out:
         check_output_file(args.out, args.overwrite)
     dataset, manifest = open_inputs(args)
@@ -102,10 +127,17 @@ def run(args: argparse.Namespace) -> int:
     from unirec_dist.metrics.evaluate import evaluate, format_table
     from unirec_dist.utils.device import configure_cpu
 
-    configure_cpu(args.threads)
-    scorer = load_scorer(args, dataset)
-    report = evaluate(scorer, dataset, split=args.split, ks=ks, mask_seen=args.mask_seen, batch_size=args.batch_size,
-                      per_user=args.per_user)
+    if args.workers is not None:
+        from unirec_dist.training.distributed_eval import evaluate_sharded
+
+        report = evaluate_sharded(args.checkpoint, dataset.root, args.workers, split=args.split, ks=ks,
+                                  mask_seen=args.mask_seen, batch_size=args.batch_size, per_user=args.per_user,
+                                  threads=args.threads, address=args.address)
+    else:
+        configure_cpu(args.threads)
+        scorer = load_scorer(args, dataset)
+        report = evaluate(scorer, dataset, split=args.split, ks=ks, mask_seen=args.mask_seen,
+                          batch_size=args.batch_size, per_user=args.per_user)
     report["model"] = (
         {"baseline": args.baseline}
         if args.baseline
@@ -124,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
         print("pointwise (first target per query): " + "  ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in report["pointwise"].items()))
     print(f"({report['seconds']:.2f} s)")
+    for w in report.get("workers", []):
+        print(f"worker {w['rank']}: peak memory {w.get('hwm_mib', float('nan')):,.0f} MiB; table rows held: "
+              + ", ".join(f"{n} {t['rows']:,} from {t['row_offset']:,}" for n, t in sorted(w["tables"].items())))
     if args.out:
         from pathlib import Path
 

@@ -5,6 +5,10 @@ item's display fields, e.g. title and genres, as optional string columns).
     unirec recommend --checkpoint runs/x/ckpt --users @users.txt --k 10 --out recs.parquet
     unirec recommend --checkpoint runs/x/ckpt --all-users --k 50 --out recs.parquet
     unirec recommend --baseline popularity --data DIR --all-users --k 10 --out recs.parquet
+    unirec recommend --checkpoint runs/x/ckpt --all-users --k 10 --out recs.parquet --workers 2
+
+--workers N: the checkpoint's item table row-wise sharded over N Ray workers, each scoring its
+own rows; the lists are identical to one process's and rank 0 writes the file.
 
 Items a user already interacted with are excluded unless --include-seen. Every input is checked
 before any work starts (unknown user ids are listed in one error line, exit code 2).
@@ -15,6 +19,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from unirec_dist.commands.evaluate import add_worker_flags
+
     p = sub.add_parser("recommend", help="top-N items per user (raw ids) as a Parquet file")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint directory (with manifest.json)")
@@ -30,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="query time in seconds since 1970, read by a model with a time bias (default: now)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
+    add_worker_flags(p)
     p.add_argument("--display-fields", default=None, metavar="A,B",
                    help="raw item columns added beside each item (default: title,genres where the dataset "
                         "has them; '' for none)")
@@ -70,7 +77,7 @@ def parse_users(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unirec_dist.commands.evaluate import load_scorer, open_inputs
+    from unirec_dist.commands.evaluate import check_worker_flags, load_scorer, open_inputs
     from unirec_dist.errors import UnirecError
     from unirec_dist.serving.display import parse_fields, resolve_fields
     from unirec_dist.serving.topn import all_users, check_output_file, recommend, resolve_users, write_parquet_atomic
@@ -83,13 +90,25 @@ def run(args: argparse.Namespace) -> int:
     if not args.users and not args.all_users:
         raise UnirecError("give --users ID,ID,... (or @FILE) or --all-users")
     users = parse_users(args.users) if args.users else None
+    check_worker_flags(args)
     check_output_file(args.out, args.overwrite)
     dataset, _ = open_inputs(args)
     fields = resolve_fields(dataset, parse_fields(args.display_fields))   # before the model is loaded
+    if users is not None:
+        resolve_users(dataset, users)  # unknown ids fail here, before the model is loaded
+    seen = "seen items included" if args.include_seen else "seen items excluded"
+    if args.workers is not None:
+        from unirec_dist.training.distributed_eval import recommend_sharded
+
+        # users None: every worker lists the dataset's users itself
+        done = recommend_sharded(args.checkpoint, dataset.root, args.workers, users, k, args.out,
+                                 exclude_seen=not args.include_seen, batch_size=args.batch_size, threads=args.threads,
+                                 address=args.address, display_fields=fields)
+        print(f"wrote {done['rows']:,} rows (top-{k} for {done['users']:,} users, {seen}; "
+              f"{args.workers} workers) to {args.out}")
+        return 0
     if users is None:
         users = all_users(dataset)
-    else:
-        resolve_users(dataset, users)  # unknown ids fail here, before the model is loaded
     from unirec_dist.utils.device import configure_cpu
 
     configure_cpu(args.threads)
@@ -99,6 +118,5 @@ def run(args: argparse.Namespace) -> int:
     table = recommend(scorer, dataset, users, k, exclude_seen=not args.include_seen, batch_size=args.batch_size,
                       display_fields=fields, at=args.at)
     write_parquet_atomic(table, args.out)
-    seen = "seen items included" if args.include_seen else "seen items excluded"
     print(f"wrote {table.num_rows:,} rows (top-{k} for {len(users):,} users, {seen}) to {args.out}")
     return 0

@@ -5,8 +5,9 @@ catalogue (no sampled negatives); `mask_seen` says whether the items of the quer
 are removed from the ranking, and it is reported with every result. Ties: lower item id first
 (`unirec_dist.metrics.topk`). Metric definitions: `unirec_dist.metrics.ranking`.
 
-The same code serves validation during training: `evaluate_table` takes a query table directly
-and shards it over the ranks of an initialised process group (metrics are all-reduced).
+The same code serves validation during training: `evaluate_table` takes a query table directly;
+with an initialised process group each rank scores only its own rows of the catalogue
+(`unirec_dist.metrics.sharded`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import pyarrow.compute as pc
 
 from unirec_dist.data.batch import last_n, query_batch
 from unirec_dist.metrics.ranking import METRICS, RankingAccumulator
-from unirec_dist.metrics.topk import topk
 
 if TYPE_CHECKING:
     import torch
@@ -83,30 +83,6 @@ def history_kjt(histories: pa.ListArray | pa.ChunkedArray) -> "Any":
     )
 
 
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _shard(queries: pa.Table, rank: int, world: int) -> pa.Table:
-    """This rank's rows: every world-th row (after the length sort every rank gets the same mix
-    of long and short histories), padded to ceil(n / world) rows with target-less copies of
-    row 0, which the metrics skip. Equal row counts mean equal batch counts on every rank, so a
-    model whose forward is collective (TorchRec-sharded tables) never waits on a finished rank."""
-    n = queries.num_rows
-    shard = queries.take(np.arange(rank, n, world))
-    missing = -(-n // world) - shard.num_rows
-    if missing and n:
-        pad = queries.take(np.zeros(missing, dtype=np.int64))
-        i = pad.schema.get_field_index("targets")
-        pad = pad.set_column(i, pad.schema.field(i), pa.array([[]] * missing, type=pad.schema.field(i).type))
-        shard = pa.concat_tables([shard, pad])
-    return shard
-
-
 def _by_length(queries: pa.Table, max_len: int | None) -> pa.Table:
     """Queries ordered by (truncated) history length, longest first. Metrics do not depend on
     the order, but an encoder pads each batch to its longest row: grouping equal lengths cuts
@@ -125,39 +101,36 @@ def evaluate_table(
     mask_seen: bool = False,
     batch_size: int = 1024,
     progress: bool | None = None,
-    shard: bool = True,
     per_user: bool = False,
 ) -> dict[str, Any]:
     """Metrics of `retriever` on `queries` (user: int32, history: list<int32>, targets: list<int32>).
 
     Returns the `RankingAccumulator.compute()` dict (metric@K -> value, "queries" -> count).
-    With an initialised process group and `shard`, each rank ranks every world-th query (after
-    ordering by history length; see `_shard`) and the metrics are all-reduced (collective:
-    every rank must call this, and every rank runs the same number of batches).
+    Ranking is `unirec_dist.metrics.sharded.ranked_lists`: with an initialised process group the
+    catalogue's rows are split over the ranks and the per-rank top-K merged, so the lists, and
+    the metrics, are identical to one process's (collective: every rank calls this with the same
+    queries; every rank gets the metrics).
     progress: tqdm bar; None = only on a terminal and when there are several batches.
     per_user: also return "per_user" = {"user", "history_length" (full, untruncated), "NDCG@10"}
-    lists, one entry per counted query of this rank (needs 10 in `ks`).
+    lists, one entry per counted query, on rank 0 (empty on the others; needs 10 in `ks`).
     """
     import torch
+
+    from unirec_dist.metrics.sharded import rank_world, ranked_lists
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     max_len = getattr(retriever, "max_len", None)
     queries = _by_length(queries, max_len)
-    if shard:
-        rank, world = _rank_world()
-        if world > 1:
-            queries = _shard(queries, rank, world)
+    rank = rank_world()[0]
     was_training = getattr(retriever, "training", None)
     if was_training:
         retriever.eval()
     try:
-        # inference_mode: no autograd bookkeeping at all (cheaper than no_grad per op)
-        with torch.inference_mode():
-            items = retriever.item_embeddings()
-            if items.shape[0] != n_items + 1:
-                raise ValueError(f"item_embeddings() has {items.shape[0]} rows, the dataset N + 1 = {n_items + 1}")
-            device = items.device
+        # no_grad, not inference_mode: TorchRec's sharded lookups (the DMP model of `--workers N`
+        # and of validation during pretraining) fail under inference_mode (a dispatcher error)
+        with torch.no_grad():
+            device = _device(retriever)
             acc = RankingAccumulator(ks, n_items, device=device)
             if per_user:
                 if 10 not in acc.ks:
@@ -166,21 +139,24 @@ def evaluate_table(
                 rows: dict[str, list] = {"user": [], "history_length": [], "NDCG@10": []}
             n_batches = -(-queries.num_rows // batch_size)
             bar = _progress(n_batches, progress)
-            for begin in range(0, queries.num_rows, batch_size):
-                part = queries.slice(begin, batch_size)
-                batch = query_batch(part, max_len).to(device)
-                q = retriever.query_embeddings(batch)
-                exclude = history_kjt(part["history"]).to(device) if mask_seen else None
-                _, ids = topk(q, items, acc.max_k, exclude=exclude)
-                done = acc.update(ids, batch.targets)
-                if per_user and done is not None:
-                    values, counted = done[0][:, at10[0], at10[1]].cpu().numpy(), done[1].cpu().numpy()
-                    rows["user"] += part["user"].to_numpy(zero_copy_only=False)[counted].tolist()
-                    lengths = pc.list_value_length(part["history"]).fill_null(0).to_numpy(zero_copy_only=False)
-                    rows["history_length"] += lengths[counted].tolist()
-                    rows["NDCG@10"] += values[counted].tolist()
+            step = batch_size * max(1, QUERY_BLOCK // batch_size)
+            for block in range(0, queries.num_rows, step):
+                parts = [queries.slice(b, batch_size) for b in range(block, min(block + step, queries.num_rows), batch_size)]
+                batches = [query_batch(p, max_len).to(device) for p in parts]
+                excludes = [history_kjt(p["history"]).to(device) for p in parts] if mask_seen else None
+                lists = ranked_lists(retriever, batches, excludes, n_items, acc.max_k)
+                # every rank holds the same lists; rank 0 alone counts them, so compute()'s
+                # all-reduce adds zeros and the sums are bit-identical to one process's
+                for part, batch, (_, ids) in zip(parts, batches, lists):
+                    done = acc.update(ids, batch.targets) if rank == 0 else None
+                    if per_user and done is not None:
+                        values, counted = done[0][:, at10[0], at10[1]].cpu().numpy(), done[1].cpu().numpy()
+                        rows["user"] += part["user"].to_numpy(zero_copy_only=False)[counted].tolist()
+                        lengths = pc.list_value_length(part["history"]).fill_null(0).to_numpy(zero_copy_only=False)
+                        rows["history_length"] += lengths[counted].tolist()
+                        rows["NDCG@10"] += values[counted].tolist()
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(len(parts))
             if bar is not None:
                 bar.close()
             out: dict[str, Any] = acc.compute()
@@ -190,6 +166,22 @@ def evaluate_table(
     finally:
         if was_training:
             retriever.train()
+
+
+#: queries ranked per pass over the item rows (their vectors and running top-K lists are held)
+QUERY_BLOCK = 65536
+
+
+def _device(retriever: "Retriever") -> "torch.device":
+    """Where the retriever computes: a module's first buffer or materialised parameter, else its
+    item matrix's device (a plain retriever holds that matrix anyway)."""
+    import torch
+
+    if isinstance(retriever, torch.nn.Module):
+        for t in (*retriever.buffers(), *retriever.parameters()):
+            if t.device.type != "meta":
+                return t.device
+    return retriever.item_embeddings().device
 
 
 def _progress(total: int, progress: bool | None):

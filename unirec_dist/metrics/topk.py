@@ -70,11 +70,18 @@ def topk_from_scores(
     if exclude is not None:
         rows, cols = exclusion_index(exclude, b)
         scores[rows, cols] = NEG_INF
+    return _ranked(scores, k)
+
+
+def _ranked(scores: "torch.Tensor", k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Top-k (1 <= k < columns) of `scores` (B, C) under the tie rule (equal: lower column
+    first); NaN counts as -inf; slots at -inf get column 0. Modifies `scores` when it holds NaN."""
+    import torch
 
     # One sorted top-(k+1) pass does the heavy work. torch.topk orders ties arbitrarily, so its
     # answer is only trusted as is where no two kept values are equal; the rare rows with a tie
     # (inside the list, or across the boundary between the k-th and (k+1)-th value, where the
-    # SET itself is ambiguous) are redone exactly below. k + 1 <= N + 1 always (padding column).
+    # SET itself is ambiguous) are redone exactly below. k + 1 <= C by the precondition.
     vals, idx = torch.topk(scores, k + 1, dim=1, sorted=True)
     if bool(torch.isnan(vals).any()):  # topk ranks NaN first; NaN means "no score": -inf
         scores.masked_fill_(torch.isnan(scores), NEG_INF)
@@ -96,6 +103,55 @@ def topk_from_scores(
         sub_top, order = torch.sort(sub_top, dim=1, descending=True, stable=True)
         ids[rows] = torch.gather(sub_ids, 1, order)
         top[rows] = sub_top
+    ids.masked_fill_(top == NEG_INF, 0)
+    return top, ids
+
+
+def block_topk(scores: "torch.Tensor", k: int, offset: int = 0) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Top-k of a block of catalogue columns: column j of `scores` (B, C) is item id `offset + j`
+    (the padding id 0, when inside the block, is masked here; the caller masks excluded items
+    with -inf). Modifies `scores` in place.
+
+    Returns (scores (B, k), ids (B, k)) in global ids, best first, ties by lower id; slots beyond
+    the block's size or at -inf hold id 0 and -inf, so blocks of any size merge with `merge_topk`.
+    """
+    import torch
+
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    b, c = scores.shape
+    if offset == 0 and c:
+        scores[:, 0] = NEG_INF
+    kk = min(int(k), c)
+    if b == 0 or kk == 0:
+        top, ids = scores.new_empty((b, 0)), torch.zeros((b, 0), dtype=torch.long, device=scores.device)
+    elif kk == c:   # the whole block: a stable sort keeps lower columns first among equal scores
+        scores.masked_fill_(torch.isnan(scores), NEG_INF)
+        top, ids = torch.sort(scores, dim=1, descending=True, stable=True)
+    else:
+        top, ids = _ranked(scores, kk)
+    ids = ids + offset
+    ids.masked_fill_(top == NEG_INF, 0)
+    if kk < k:
+        top = torch.cat([top, top.new_full((b, k - kk), NEG_INF)], dim=1)
+        ids = torch.cat([ids, ids.new_zeros((b, k - kk))], dim=1)
+    return top, ids
+
+
+def merge_topk(scores: "torch.Tensor", ids: "torch.Tensor", k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The top-k of candidate lists from disjoint blocks of the catalogue (e.g. `block_topk` of
+    each block, concatenated): scores, ids (B, M) -> (B, min(k, M)), under the same order as `topk`
+    (score descending, equal scores: lower id first; -inf slots: id 0). Because that order is a
+    strict total order on items, the top-k of the union of each block's top-k IS the top-k of the
+    whole catalogue: merging is exact, whatever the block boundaries."""
+    import torch
+
+    by_id = torch.argsort(ids, dim=1, stable=True)
+    ids, scores = ids.gather(1, by_id), scores.gather(1, by_id)
+    top, order = torch.sort(scores, dim=1, descending=True, stable=True)
+    k = min(int(k), ids.shape[1])
+    ids = ids.gather(1, order[:, :k])
+    top = top[:, :k]
     ids.masked_fill_(top == NEG_INF, 0)
     return top, ids
 

@@ -171,9 +171,13 @@ class UniversalEmbedding(nn.Module):
 
     def all_item_vectors(self) -> torch.Tensor:
         """(n_items, D) vectors of every item, row 0 = padding."""
+        return self.item_vectors(torch.arange(self.n_items, device=self.device))
+
+    @property
+    def device(self) -> torch.device:
+        """Where lookups run: the buffers' device, else the parameters'."""
         dev = next(self.buffers(), None)
-        device = dev.device if dev is not None else next(self.parameters()).device
-        return self.item_vectors(torch.arange(self.n_items, device=device))
+        return dev.device if dev is not None else next(self.parameters()).device
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         """users (N,) -> (N, D)."""

@@ -85,10 +85,24 @@ class SeqRecModel(nn.Module):
         return times
 
     # -- Retriever --------------------------------------------------------------------------
+    @property
+    def num_item_rows(self) -> int:
+        """Rows of the item matrix: the catalogue N + 1 (row 0 = padding)."""
+        return self.embedding.n_items
+
+    def item_rows(self, lo: int, hi: int) -> torch.Tensor:
+        """(hi - lo, D) vectors of item ids lo..hi-1 (normalised if configured; the padding row 0
+        zeroed): a block of `item_embeddings()` computed without the rest (sharded scoring)."""
+        if not 0 <= lo <= hi <= self.num_item_rows:
+            raise ValueError(f"item rows [{lo}, {hi}) outside the catalogue's {self.num_item_rows}")
+        v = self.norm(self.embedding.item_vectors(torch.arange(lo, hi, device=self.embedding.device)))
+        if lo == 0 and hi > 0:
+            v = torch.cat([torch.zeros_like(v[:1]), v[1:]], dim=0)
+        return v
+
     def item_embeddings(self) -> torch.Tensor:
         """(n_items, D) item vectors (normalised if configured), row 0 (padding) zeroed."""
-        v = self.norm(self.embedding.all_item_vectors())
-        return torch.cat([torch.zeros_like(v[:1]), v[1:]], dim=0)
+        return self.item_rows(0, self.num_item_rows)
 
     def query_embeddings(self, batch) -> torch.Tensor:
         """SeqBatch -> (B, D): the state after the last history item (user vector for MF)."""

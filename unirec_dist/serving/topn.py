@@ -7,8 +7,9 @@
 
 A user's query is built from ALL their known interactions (the prepared `interactions` table,
 time-ordered; the model reads the last `max_len`), so the list is "what next after everything we
-know". Ranking is the project's one exact top-K (`unirec_dist.metrics.topk`): full catalogue,
-padding never returned, ties by lower item index. With `exclude_seen`, items the user already
+know". Ranking is the project's one exact top-K (`unirec_dist.metrics.sharded.ranked_lists`):
+full catalogue, padding never returned, ties by lower item index; with an initialised process
+group each rank scores its own rows of the catalogue and every rank gets the same merged lists. With `exclude_seen`, items the user already
 interacted with are not recommended; a user with fewer than k unseen items gets a shorter list.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ import pyarrow.compute as pc
 
 from unirec_dist.data.batch import last_n, make_seq_batch
 from unirec_dist.errors import DataError
-from unirec_dist.metrics.topk import topk
+from unirec_dist.metrics.evaluate import QUERY_BLOCK, _device
+from unirec_dist.metrics.sharded import ranked_lists
 
 if TYPE_CHECKING:
     from unirec_dist.models.protocol import Retriever
@@ -117,10 +119,7 @@ def recommend(
         retriever.eval()
     try:
         with torch.no_grad():
-            items = retriever.item_embeddings()
-            if items.shape[0] != n_items + 1:
-                raise DataError(f"the model scores {items.shape[0] - 1} items but the dataset has {n_items}")
-            device = items.device
+            device = _device(retriever)
             max_len = getattr(retriever, "max_len", None)
             histories = user_histories(dataset, index)
             encoder = getattr(retriever, "encoder", None)
@@ -132,21 +131,26 @@ def recommend(
             if max_len is not None:
                 lengths = np.minimum(lengths, max_len)
             order = np.argsort(-lengths, kind="stable")
-            for begin in range(0, len(index), batch_size):
-                rows = order[begin : begin + batch_size]
-                idx, hist = index[rows], histories.take(pa.array(rows))
-                if times is None:
-                    batch = make_seq_batch(idx, hist, max_len).to(device)
-                else:
+            step = batch_size * max(1, QUERY_BLOCK // batch_size)
+            for block in range(0, len(index), step):
+                picks = [order[b:b + batch_size] for b in range(block, min(block + step, len(index)), batch_size)]
+                hists = [histories.take(pa.array(rows)) for rows in picks]
+                batches = []
+                for rows, h in zip(picks, hists):
+                    if times is None:
+                        batches.append(make_seq_batch(index[rows], h, max_len).to(device))
+                        continue
                     ts = times.take(pa.array(rows))
                     last_t, n_t = last_n(ts, 1)
                     query = np.full(len(rows), now, np.int64)
                     query[n_t > 0] = np.maximum(now, last_t)
-                    batch = make_seq_batch(idx, hist, max_len, timestamps=ts, query_times=query).to(device)
-                exclude = make_seq_batch(idx, hist, None).seq.to(device) if exclude_seen else None
-                scores, ids = topk(retriever.query_embeddings(batch), items, kk, exclude=exclude)
-                all_ids[rows] = ids.cpu().numpy()
-                all_scores[rows] = scores.float().cpu().numpy()
+                    batches.append(make_seq_batch(index[rows], h, max_len, timestamps=ts, query_times=query).to(device))
+                excludes = ([make_seq_batch(index[rows], h, None).seq.to(device) for rows, h in zip(picks, hists)]
+                            if exclude_seen else None)
+                lists = ranked_lists(retriever, batches, excludes, n_items, kk)
+                for rows, (scores, ids) in zip(picks, lists):
+                    all_ids[rows] = ids.cpu().numpy()
+                    all_scores[rows] = scores.float().cpu().numpy()
     finally:
         if was_training:
             retriever.train()
