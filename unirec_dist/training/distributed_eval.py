@@ -142,7 +142,7 @@ def _run(config: dict[str, Any], workers: int, address: str | None) -> dict[str,
     from unirec_dist.utils.ray_cluster import shutdown_ray
 
     if workers < 1:
-        raise ConfigError(f"--workers: must be >= 1, got {workers}")
+        raise ConfigError(f"the number of evaluation workers must be >= 1, got {workers}")
     own = _ray_init(address, None if address else (os.cpu_count() or 1))
     import ray
 
