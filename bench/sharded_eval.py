@@ -75,7 +75,7 @@ def _save_checkpoint(ds: str, dim: int, out: str) -> None:
     from unirec_dist.checkpoint.dcp import save_checkpoint
     from unirec_dist.config.loader import load_config, to_dict
     from unirec_dist.config.train import TrainConfig
-    from unirec_dist.training.build import MODEL_KEY, build_from_config, dataset_section
+    from unirec_dist.models.factory import MODEL_KEY, build_from_config, dataset_section
 
     cfg = load_config(TrainConfig, CONFIG, overrides(Path(ds), dim))
     man = json.loads((Path(ds) / "manifest.json").read_text())
@@ -88,7 +88,7 @@ def _one_process(ckpt: str, ds: str, k: int, q: mp.Queue) -> None:
     """Child process: `unirec evaluate` without --workers (the whole table in this process)."""
     from unirec_dist.data.dataset import PreparedDataset
     from unirec_dist.metrics.evaluate import evaluate
-    from unirec_dist.training.build import load_retriever
+    from unirec_dist.models.factory import load_retriever
     from unirec_dist.training.strategy import process_memory
 
     t0 = time.perf_counter()

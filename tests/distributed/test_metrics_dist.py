@@ -89,6 +89,9 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         acc.update(ids[part], targets[part])
         result["acc"] = acc.compute()
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+        # leave together: a rank exiting while the other is still inside a gloo collective can
+        # abort (SIGABRT), as seen once in CI
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

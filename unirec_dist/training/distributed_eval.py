@@ -47,7 +47,7 @@ def load_sharded_retriever(checkpoint: str | os.PathLike, device: Any) -> tuple[
     from unirec_dist.embeddings import sharding as S
     from unirec_dist.embeddings.features import ITEM_TABLE
     from unirec_dist.errors import CheckpointError
-    from unirec_dist.training.build import MODEL_KEY, build_from_config
+    from unirec_dist.models.factory import MODEL_KEY, build_from_config
     from unirec_dist.training.checkpointing import ModelState
 
     path = resolve_checkpoint(checkpoint)
