@@ -144,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
         else {"checkpoint": str(args.checkpoint), "step": (manifest or {}).get("step"), "epoch": (manifest or {}).get("epoch")}
     )
     report["dataset"] = {"path": str(dataset.root.resolve()), "name": dataset.name, "vocab_hash": dataset.vocab_hash}
-    if manifest is not None:
+    # a rating or CTR checkpoint's pointwise metrics need the whole model in this process: the
+    # one-process path only (--workers scores retrieval only)
+    if manifest is not None and args.workers is None:
         from unirec_dist.metrics.tasks import checkpoint_pointwise_metrics
 
         pointwise = checkpoint_pointwise_metrics(scorer, manifest, dataset, args.split, args.batch_size)
