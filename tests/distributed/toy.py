@@ -228,6 +228,15 @@ def worker(rank: int, world: int, port: int, actions: list[tuple[str, Any]], out
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    # The work is done and saved. Interpreter teardown of a process that ran TorchRec + gloo still
+    # aborted once in CI after all the above ("terminate called without an active exception": a
+    # C++ thread destroyed while joinable, at exit, not in the code under test), so the worker
+    # leaves without running C++ static destructors; a real failure above still raises first.
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _setup_only(tr, lm) -> None:
