@@ -49,6 +49,15 @@ def make_checkpoint(dataset_dir: Path, out: Path, encoder: dict, seed: int = 0) 
     return save_checkpoint(out, {"model": model.state_dict()}, manifest)
 
 
+def random_model(tmp: Path, encoder: dict, n_users: int, n_items: int) -> tuple[Path, Path]:
+    """(prepared synthetic dataset, checkpoint of a randomly initialised `encoder` model on it)
+    under `tmp`: the starting point of the serving tests that need their own bundle."""
+    from tests.synthetic import prepared_dataset
+
+    ds = prepared_dataset(tmp / "ds", n_users=n_users, n_items=n_items)
+    return ds, make_checkpoint(ds, tmp / "ckpt", encoder)
+
+
 _EXPORTS: dict = {}
 
 

@@ -14,13 +14,11 @@ pytest.importorskip("fastapi")
 @pytest.fixture(scope="module")
 def sasrec_bundle(tmp_path_factory):
     """A SASRec bundle (random weights): histories of different lengths pad differently in a batch."""
-    from tests.integration.test_export import ENCODERS, make_checkpoint
-    from tests.synthetic import prepared_dataset
+    from tests.integration.test_export import ENCODERS, random_model
     from unirec_dist.serving.export import export_bundle
 
     tmp = tmp_path_factory.mktemp("batching")
-    ds = prepared_dataset(tmp / "ds", n_users=30, n_items=40)
-    ckpt = make_checkpoint(ds, tmp / "ckpt", ENCODERS["sasrec"])
+    _, ckpt = random_model(tmp, ENCODERS["sasrec"], n_users=30, n_items=40)
     return export_bundle(ckpt, tmp / "bundle")
 
 

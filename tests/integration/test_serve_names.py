@@ -14,13 +14,12 @@ pytest.importorskip("fastapi")
 @pytest.fixture(scope="module")
 def named(tmp_path_factory):
     """(bundle exported with title + category, raw item id -> {"title", "category"})."""
-    from tests.integration.test_export import ENCODERS, make_checkpoint
-    from tests.synthetic import prepared_dataset, synthetic_tables
+    from tests.integration.test_export import ENCODERS, random_model
+    from tests.synthetic import synthetic_tables
     from unirec_dist.cli import main
 
     tmp = tmp_path_factory.mktemp("names")
-    ds = prepared_dataset(tmp / "ds", n_users=20, n_items=30)
-    ckpt = make_checkpoint(ds, tmp / "ckpt", ENCODERS["sasrec"])
+    _, ckpt = random_model(tmp, ENCODERS["sasrec"], n_users=20, n_items=30)
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp / "bundle"),
                  "--display-fields", "title,category"]) == 0
     items = synthetic_tables(20, 30)[1].to_pylist()

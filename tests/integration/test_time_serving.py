@@ -16,13 +16,11 @@ HSTU_TIME = {"kind": "hstu", "num_blocks": 1, "num_heads": 2, "dqk": 4, "dv": 4,
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
-    from tests.integration.test_export import make_checkpoint
-    from tests.synthetic import prepared_dataset
+    from tests.integration.test_export import random_model
     from unirec_dist.serving.export import export_bundle
 
     tmp = tmp_path_factory.mktemp("time")
-    ds = prepared_dataset(tmp, n_users=20, n_items=30)
-    ckpt = make_checkpoint(ds, tmp / "ckpt", HSTU_TIME)
+    ds, ckpt = random_model(tmp, HSTU_TIME, n_users=20, n_items=30)
     return ds, ckpt, export_bundle(ckpt, tmp / "bundle")
 
 
