@@ -464,6 +464,16 @@ def run_dir_state(out: Path) -> list[str]:
     return sorted(n for n in ("checkpoints", "logs", "metrics.json") if (out / n).exists())
 
 
+def remove_run_paths(paths: list[Path]) -> None:
+    """Remove what a previous run wrote (the `--overwrite` of train, finetune, pretrain): folders
+    (not through a symlink), files and pointer links; a path that is not there is skipped."""
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
 class RunExistsError(CheckpointError):
     """trainer.out_dir already holds a run (the command layer words the way out)."""
 
@@ -509,10 +519,5 @@ def prepare_out_dir(out: str | os.PathLike, overwrite: bool, resume: bool) -> Pa
         return resolve_checkpoint(out / "checkpoints")
     if found and not overwrite:
         raise RunExistsError(out, found)
-    for n in found:
-        p = out / n
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+    remove_run_paths([out / n for n in found])
     return None

@@ -515,7 +515,7 @@ def check_out_dir(out: Path, run_storage: Path, overwrite: bool, resume: bool) -
     pretrain.json, metrics.json and its Ray run folder; nothing else); `resume` keeps it, for Ray
     to continue from."""
     from unirec_dist.errors import CheckpointError
-    from unirec_dist.training.checkpointing import RunExistsError, run_dir_state
+    from unirec_dist.training.checkpointing import RunExistsError, remove_run_paths, run_dir_state
 
     found = run_dir_state(out) + (["pretrain.json"] if (out / "pretrain.json").exists() else [])
     if run_storage.exists():
@@ -527,11 +527,7 @@ def check_out_dir(out: Path, run_storage: Path, overwrite: bool, resume: bool) -
         return
     if found and not overwrite:
         raise RunExistsError(out, sorted(set(found)))
-    for p in [out / n for n in run_dir_state(out)] + [out / "pretrain.json", run_storage]:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+    remove_run_paths([out / n for n in run_dir_state(out)] + [out / "pretrain.json", run_storage])
 
 
 def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | None = None,
