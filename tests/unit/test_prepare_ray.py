@@ -155,12 +155,13 @@ def test_ray_engine_reads_headerless_csv(tmp_path):
     assert a.table("test").equals(b.table("test"))
 
 
-def test_ray_engine_pulls_only_vocabulary_sized_data_to_the_driver(tmp_path, small_parts, monkeypatch):
+def test_ray_engine_pulls_only_partition_sized_data_to_the_driver(tmp_path, small_parts, monkeypatch):
     """Every object the driver gets from Ray (ray.get, which Ray Data's own driver-side reads
-    use too) holds at most about one entry per user/item, never the interactions."""
+    use too) holds at most about one entry per partition or block: never the interactions, nor
+    the user/item vocabularies, counts or masks (they stay in the object store)."""
     import ray
 
-    yml = write_synthetic_log(tmp_path / "raw", n_users=40, n_items=30, n_events=3000)
+    yml = write_synthetic_log(tmp_path / "raw", n_users=400, n_items=300, n_events=3000)
     pulled: list[int] = []
     real_get = ray.get
 
@@ -170,7 +171,9 @@ def test_ray_engine_pulls_only_vocabulary_sized_data_to_the_driver(tmp_path, sma
         if isinstance(x, (np.ndarray, pa.Array, pa.ChunkedArray)):
             return len(x)
         if isinstance(x, (list, tuple)):
-            return max((size(v) for v in x), default=0)
+            return max([len(x)] + [size(v) for v in x])
+        if isinstance(x, dict):
+            return max([len(x)] + [size(v) for v in x.values()])
         return 0
 
     def get(refs, *a, **kw):
@@ -181,5 +184,8 @@ def test_ray_engine_pulls_only_vocabulary_sized_data_to_the_driver(tmp_path, sma
     monkeypatch.setattr(ray, "get", get)
     b = PreparedDataset.open(prepare(load_config(DatasetConfig, yml), tmp_path / "ray", engine="ray"))
     monkeypatch.undo()
-    assert b.manifest["counts"]["final"] == 3000 and pulled
-    assert max(pulled) <= 40 + 30 + 1, max(pulled)   # users + items (+ padding), not 3000 rows
+    c = b.manifest["counts"]
+    assert c["final"] == 3000 and c["users"] > 200 and c["items"] > 200 and pulled
+    n_parts = len(b.manifest["parts"]["interactions"])
+    assert n_parts == 30
+    assert max(pulled) <= n_parts, max(pulled)   # 30 partitions, not ~300 users or items, nor 3000 rows

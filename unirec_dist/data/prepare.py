@@ -758,10 +758,11 @@ def entity_table(raw: pa.Table | None, key: str, vocab_values: pa.Array, feats: 
 @dataclass
 class PreparedTables:
     """What `write_prepared` writes. interactions/train/valid/test are None when the engine wrote
-    them already as part files (`parts`: name -> [{"file", "rows"}], see data/format.py)."""
-    user_vocab: pa.Table
-    item_vocab: pa.Table
-    items: pa.Table
+    them already as part files (`parts`: name -> [{"file", "rows"}], see data/format.py); the
+    vocab and feature tables are None too when the engine wrote them (`written`)."""
+    user_vocab: pa.Table | None
+    item_vocab: pa.Table | None
+    items: pa.Table | None
     users: pa.Table | None
     interactions: pa.Table | None = None
     train: pa.Table | None = None
@@ -776,6 +777,7 @@ class PreparedTables:
     parts: dict = field(default_factory=dict)
     part_schemas: dict = field(default_factory=dict)   # name -> schema of its part files
     item_counts: pa.Table | None = None   # ITEM_COUNTS (train_item_counts)
+    written: dict | None = None   # `write_tables`' result when the engine wrote the tables already
 
 
 def clean_encode_arrow(t: pa.Table, cfg: DatasetConfig, counts: dict, where: str = "interactions"
@@ -1026,10 +1028,13 @@ SPLIT_FILES = ("train.parquet", "valid.parquet", "test.parquet")
 SPLIT_ROW_GROUP = 8192
 
 
-def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine: str) -> dict:
-    """Write every file of the format into `out` (a fresh temp dir) and return the manifest."""
+def write_tables(p: PreparedTables, out: Path) -> dict:
+    """Write every table of `p` into `out` (a fresh temp dir; vocab/ created here) and return what
+    the manifest records of them: {"schema": {file: {column: type}}, "vocab_sizes", "vocab_hash",
+    "item_counts_sha256" (None without ITEM_COUNTS)}."""
     import pyarrow.parquet as pq
 
+    assert p.user_vocab is not None and p.item_vocab is not None and p.items is not None
     (out / "vocab").mkdir()
     files = {f"{name}.parquet": tbl for name in SPLIT_TABLES if (tbl := getattr(p, name)) is not None}
     files.update({"items.parquet": p.items, "vocab/user.parquet": p.user_vocab, "vocab/item.parquet": p.item_vocab})
@@ -1057,6 +1062,15 @@ def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine
             job.result()
     vocab_sizes = {"user": len(p.user_vocab) + 1, "item": len(p.item_vocab) + 1}
     vocab_sizes.update({k: len(v) + 1 for k, v in p.feature_vocabs.items()})
+    return {"schema": {rel: {f.name: str(f.type) for f in tbl.schema} for rel, tbl in files.items()},
+            "vocab_sizes": vocab_sizes, "vocab_hash": vocab_hash(p.user_vocab, p.item_vocab),
+            "item_counts_sha256": sha256_file(out / ITEM_COUNTS) if p.item_counts is not None else None}
+
+
+def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine: str) -> dict:
+    """Write every file of the format into `out` (a fresh temp dir; the tables unless the engine
+    wrote them already, `p.written`) and return the manifest."""
+    w = p.written or write_tables(p, out)
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": cfg.name,
@@ -1065,17 +1079,17 @@ def write_prepared(p: PreparedTables, out: Path, cfg: DatasetConfig, src, engine
         "config": to_dict(cfg),
         "engine": engine,
         "counts": p.counts,
-        "schema": {**{rel: {f.name: str(f.type) for f in tbl.schema} for rel, tbl in files.items()},
+        "schema": {**w["schema"],
                    **{f"{name}/": {f.name: str(f.type) for f in sch} for name, sch in p.part_schemas.items()}},
         **({"parts": p.parts} if p.parts else {}),
-        **({"item_counts": {"file": ITEM_COUNTS, "sha256": sha256_file(out / ITEM_COUNTS)}}
-           if p.item_counts is not None else {}),
+        **({"item_counts": {"file": ITEM_COUNTS, "sha256": w["item_counts_sha256"]}}
+           if w["item_counts_sha256"] is not None else {}),
         "split": p.split,
-        "vocab_sizes": vocab_sizes,
+        "vocab_sizes": w["vocab_sizes"],
         "features": p.features,
         "tables": p.tables,
         "versions": {"unirec_dist": __version__, "pyarrow": pa.__version__},
-        "vocab_hash": vocab_hash(p.user_vocab, p.item_vocab),
+        "vocab_hash": w["vocab_hash"],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return manifest

@@ -15,31 +15,44 @@ What runs where:
       ceil(rows / ROWS_PER_PARTITION) user-id ranges; each partition is one task that runs the
       Arrow engine's `sort_rows` + `drop_duplicates` and the rating filter;
     - the iterated k-core on compact arrays: every round, tasks count the rows per user and per
-      item id alive under the last round's masks (bool per id) and a tree of tasks sums them;
-      the rows themselves are not rewritten until the end;
+      item id alive under the last round's masks (bool per id), a tree of tasks sums them and one
+      task gives the round's verdict and next masks; the rows are not rewritten until the end;
     - per partition, at the end: the k-core masks applied, ids compacted, `sort_rows`, the splits
       (`split_user_tables`, on partition-local user ids), the ordering counts and the items'
       training counts, and its own part files interactions/, train/, valid/, test/
       `part-NNNNN.parquet` (NNNNN = the partition: user ranges ascend with it, so the parts in
-      name order are sorted by user).
+      name order are sorted by user);
+    - one task for the side files (`_side_files`): the final vocabularies, the item/user feature
+      tables, vocab/*.parquet, items.parquet, ITEM_COUNTS (the partitions' item counts summed).
   Ray Data, temporal protocol only: the cut points (a distributed sort of the timestamps; a task
     reads the quantile rows out of their blocks).
-The driver holds only what is O(vocabulary), where encoding needs it:
-  - the sorted user and item vocabularies (the raw values: 8 bytes per integer id, or the string
-    bytes + 4 bytes of offset), put once in the object store for the encoding tasks;
-  - each k-core round's per-user and per-item counts (8 bytes per entry) and masks (1 byte per
-    entry), and the compaction maps old -> new id (4 bytes per entry);
-  - the item/user feature tables (data/prepare.py `entity_table`, one row per item/user);
-  - the items' training counts (ITEM_COUNTS: 2 x 8 bytes per item), summed from the
-    partitions' files one file at a time.
-  plus O(blocks + partitions) statistics. MovieLens and RecBole sources are the exception: their
-  files are parsed on the driver (data/sources.py `load_source`) and handed to Ray as Arrow blocks.
+What each stage holds in memory (bytes per entry):
+  - the driver: O(blocks + partitions) only, never a vocabulary: the block row counts and null
+    statistics (one row per block), one stats row per partition, the vocabulary sizes and each
+    k-core round's verdict (two scalars), the manifest's entries; plus the source's item/user
+    tables read from their files (one row per raw item/user of those input files). The
+    vocabularies, counts, masks and maps below are Ray objects passed by reference to the tasks
+    (tests/unit/test_prepare_ray.py spies every `ray.get`). MovieLens and RecBole sources are the
+    exception: their files are parsed on the driver (data/sources.py `load_source`) and handed
+    to Ray as Arrow blocks.
+  - the object store, O(vocabulary): the sorted user and item vocabularies (raw values: 8 bytes
+    per integer id, or the string bytes + 4 bytes of offset), each k-core round's per-user and
+    per-item counts (8 bytes per entry) and masks (1 byte per entry), the compaction maps old ->
+    new id (4 bytes per entry); O(interactions): the blocks and the partitions' rows (about 45
+    bytes per interaction with the order columns) until the partition tasks have written them.
+  - one task, O(vocabulary): the k-core verdict and compaction tasks hold a round's counts (16
+    bytes per user + 16 per item with their masks); an encoding task the two vocabularies; a
+    partition's final task its maps (4 bytes per user and per item) beside its rows; the side-file
+    task the vocabularies, final counts and vocab tables (about 40 bytes per user and per item
+    with integer ids: values 8, counts 8, the vocab table's string and index ~16, the hash's
+    copy ~12) and ITEM_COUNTS (24 bytes per item). O(ROWS_PER_PARTITION): a partition's task.
 The part files are written by Ray tasks into the output's temp directory, so on a multi-node
 cluster the output must be on storage every node sees. Content is the Arrow engine's
 (tests/unit/test_prepare_ray.py checks it table by table).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import shutil
@@ -231,6 +244,11 @@ def _merge_uniques(*pairs: tuple[pa.Array, pa.Array]) -> tuple[pa.Array, pa.Arra
     return P.sorted_unique([p[0] for p in pairs]), P.sorted_unique([p[1] for p in pairs])
 
 
+def _vocab_sizes(pair: tuple[pa.Array, pa.Array]) -> tuple[pa.Array, pa.Array, int, int]:
+    """The merged (user, item) vocabularies as two objects, and their sizes (all the driver gets)."""
+    return pair[0], pair[1], len(pair[0]), len(pair[1])
+
+
 def _partition_block(t: pa.Table, uv, iv, n_parts: int):
     """Encode one block's ids and cut it into the n_parts user ranges (partition p holds the
     encoded users with (id - 1) * n_parts // n_users == p): one table per partition."""
@@ -284,6 +302,23 @@ def _sum_pairs(*pairs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.nd
     return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
 
 
+def _kcore_step(counts: tuple[np.ndarray, np.ndarray], user_core: int, item_core: int
+                ) -> tuple[int, bool, np.ndarray, np.ndarray]:
+    """One k-core round's verdict from its summed (per-user, per-item) counts: (rows alive,
+    whether no user/item is below its core, the next round's masks: bool per user/item id)."""
+    uc, ic = counts
+    done = not ((0 < uc) & (uc < user_core)).any() and not ((0 < ic) & (ic < item_core)).any()
+    return int(uc.sum()), done, uc >= user_core, ic >= item_core
+
+
+def _compaction(counts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(old -> new user id, old -> new item id, users left, items left) from the final counts."""
+    uc, ic = counts
+    upresent, ipresent = np.flatnonzero(uc[1:]) + 1, np.flatnonzero(ic[1:]) + 1
+    return (P.compact_mapping(upresent, len(uc) - 1), P.compact_mapping(ipresent, len(ic) - 1),
+            len(upresent), len(ipresent))
+
+
 def _keep_alive(t: pa.Table, ua, ia) -> pa.Table:
     keep = _alive(t, ua, ia)[2]
     return t if keep is None else t.filter(pa.array(keep))
@@ -334,8 +369,8 @@ def _finish_part(t: pa.Table, part: int, ua, ia, umap, imap, sp, cuts: tuple[int
 
 
 def _sum_item_counts(folder: Path, n_items: int) -> pa.Table:
-    """The partitions' item counts summed into one ITEM_COUNTS table (O(items) on the driver: two
-    int64 arrays plus one partition's file at a time), then their folder removed."""
+    """The partitions' item counts summed into one ITEM_COUNTS table (in `_side_files`' task: two
+    int64 arrays per item plus one partition's file at a time), then their folder removed."""
     import pyarrow.parquet as pq
 
     tot = np.zeros((2, n_items + 1), np.int64)
@@ -346,6 +381,18 @@ def _sum_item_counts(folder: Path, n_items: int) -> pa.Table:
         tot[1, i] += t["train_valid"].to_numpy()
     shutil.rmtree(folder)
     return P.item_counts_table(tot[0], tot[1])
+
+
+def _side_files(uv: pa.Array, iv: pa.Array, counts: tuple[np.ndarray, np.ndarray], src: SourceTables,
+                cfg: DatasetConfig, out: str) -> dict:
+    """A task: the final vocabularies (the values of the ids the k-core kept), the item/user
+    feature tables, vocab/*.parquet and ITEM_COUNTS written into `out` (`prepare.write_tables`);
+    returns what the manifest needs of them (no table: the driver never holds a vocabulary)."""
+    uc, ic = counts
+    uv, iv = uv.take(pa.array(np.flatnonzero(uc[1:]))), iv.take(pa.array(np.flatnonzero(ic[1:])))
+    p = P.side_tables(uv, iv, src, cfg, {}, {})
+    p.item_counts = _sum_item_counts(Path(out) / COUNTS_DIR, len(iv))
+    return {"written": P.write_tables(p, Path(out)), "features": p.features, "tables": p.tables}
 
 
 def _temporal_cuts(ds, sp) -> tuple[int, int]:
@@ -371,8 +418,8 @@ def _temporal_cuts(ds, sp) -> tuple[int, int]:
 def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict):
     """Steps 1-7 on Ray: (refs of the user partitions' encoded, sorted, de-duplicated and
     rating-filtered rows, the k-core masks (refs of bool per user id / item id; None, None when
-    the k-core removed nothing) that drop the rest, the user/item vocabularies, the final
-    per-user/per-item counts)."""
+    the k-core removed nothing) that drop the rest, refs of the user/item vocabularies and of the
+    final (per-user, per-item) counts)."""
     import ray
 
     mb = dict(batch_format="pyarrow", batch_size=None)
@@ -402,11 +449,14 @@ def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict):
     # distinct-value merges, one hash partition of the rows by user range (each block cut into
     # n_parts pieces, each partition one task), and the k-core on dense per-id count arrays, so
     # no step shuffles through Ray Data's aggregations (one shuffle per operator).
-    uv, iv = ray.get(_tree(_remote(_merge_uniques), [_remote(_uniques).remote(b) for b in blocks]))
+    # The vocabularies, counts and masks stay in the object store as refs passed to tasks: the
+    # driver gets only their sizes and each k-core round's verdict.
+    vocab = _tree(_remote(_merge_uniques), [_remote(_uniques).remote(b) for b in blocks])
+    uv, iv, nu_ref, ni_ref = _remote(_vocab_sizes, num_returns=4).remote(vocab)
+    n_users, n_items = ray.get([nu_ref, ni_ref])
     n_parts = max(1, -(-n_ts // ROWS_PER_PARTITION))
     split = _remote(_partition_block, num_returns=n_parts)
-    uv_ref, iv_ref = ray.put(uv), ray.put(iv)
-    pieces = [split.remote(b, uv_ref, iv_ref, n_parts) for b in blocks]
+    pieces = [split.remote(b, uv, iv, n_parts) for b in blocks]
     if n_parts == 1:
         pieces = [[p] for p in pieces]
     dedup = _remote(_dedup_part, num_returns=2)
@@ -420,32 +470,35 @@ def _clean_encode(ds, cfg: DatasetConfig, where: str, counts: dict):
         raise DataError(f"filter.min_rating={f.min_rating} leaves no interactions")
     count = _remote(_count_parts)
     merge = _remote(_sum_pairs)
-    masks, rounds = (None, None), 0
+    step = _remote(_kcore_step, num_returns=4)
+    masks: tuple = (None, None)
+    rounds = 0
     while True:   # the iterated k-core: each round counts the rows alive under the last masks
-        uc, ic = ray.get(_tree(merge, [count.remote(len(uv), len(iv), *masks, *parts[i:i + 8])
-                                       for i in range(0, len(parts), 8)]))
-        n_now = int(uc.sum())
+        ids = _tree(merge, [count.remote(n_users, n_items, *masks, *parts[i:i + 8]) for i in range(0, len(parts), 8)])
+        n_ref, done_ref, ua, ia = step.remote(ids, f.user_core, f.item_core)
+        n_now, done = ray.get([n_ref, done_ref])
         if n_now == 0:
             raise P._kcore_empty(f.user_core, f.item_core)
-        if not ((0 < uc) & (uc < f.user_core)).any() and not ((0 < ic) & (ic < f.item_core)).any():
+        if done:
             break
         rounds += 1
-        masks = (ray.put(uc >= f.user_core), ray.put(ic >= f.item_core))
+        masks = (ua, ia)
     counts["after_kcore"] = {"rows": n_now, "dropped": n_rated - n_now, "iterations": rounds}
-    return list(parts), masks, uv, iv, uc, ic
+    return list(parts), masks, uv, iv, ids
 
 
-def _write_parts(parts: list, masks: tuple, uv: pa.Array, iv: pa.Array, uc: np.ndarray, ic: np.ndarray,
-                 cfg: DatasetConfig, out: Path) -> tuple[pa.Array, pa.Array, dict, dict, dict, dict | None, pa.Table]:
-    """Steps 7-8 on Ray: compact ids, split and write every partition's part files into `out`.
-    Returns (user values, item values, parts, part schemas, order counts, temporal cuts or None,
-    the ITEM_COUNTS table)."""
+def _write_parts(parts: list, masks: tuple, uv, iv, ids, cfg: DatasetConfig, src: SourceTables, out: Path
+                 ) -> tuple[dict, dict, dict, dict | None, dict, int, int]:
+    """Steps 7-9 on Ray: compact ids, split and write every partition's part files, and the side
+    files (vocabularies, feature tables, ITEM_COUNTS: `_side_files`) into `out`. `uv`, `iv`, `ids`
+    are refs (vocabularies, final counts). Returns (parts, part schemas, order counts, temporal
+    cuts or None, `_side_files`' result, users, items)."""
     import pyarrow.parquet as pq
     import ray
     import ray.data
 
-    upresent, ipresent = np.flatnonzero(uc[1:]) + 1, np.flatnonzero(ic[1:]) + 1
-    umap, imap = P.compact_mapping(upresent, len(uv)), P.compact_mapping(ipresent, len(iv))
+    umap, imap, nu_ref, ni_ref = _remote(_compaction, num_returns=4).remote(ids)
+    n_users, n_items = ray.get([nu_ref, ni_ref])
     sp = cfg.split
     cuts = None
     if sp.protocol == "temporal":
@@ -454,8 +507,7 @@ def _write_parts(parts: list, masks: tuple, uv: pa.Array, iv: pa.Array, uc: np.n
     for name in (*P.SPLIT_TABLES, COUNTS_DIR):
         (out / name).mkdir()
     finish = _remote(_finish_part)
-    umap_ref, imap_ref = ray.put(umap), ray.put(imap)
-    rows = [r for r in ray.get([finish.remote(t, k, *masks, umap_ref, imap_ref, sp, cuts, str(out), len(ipresent))
+    rows = [r for r in ray.get([finish.remote(t, k, *masks, umap, imap, sp, cuts, str(out), n_items)
                                 for k, t in enumerate(parts)]) if r is not None]
     parts_out = {name: [{"file": f"{name}/part-{r['part']:05d}.parquet", "rows": r[name]} for r in rows]
                  for name in P.SPLIT_TABLES}
@@ -463,17 +515,19 @@ def _write_parts(parts: list, masks: tuple, uv: pa.Array, iv: pa.Array, uc: np.n
     oc: dict[str, int] = {}
     for r in rows:
         oc = P.add_order_counts(oc, r["order_counts"])
-    item_counts = _sum_item_counts(out / COUNTS_DIR, len(ipresent))
+    # the source without its interactions (a MovieLens/RecBole source holds the whole log there)
+    side = ray.get(_remote(_side_files).remote(uv, iv, ids, dataclasses.replace(src, interactions=pa.table({})),
+                                               cfg, str(out)))
     cut = None
     if cuts is not None:
         c1, c2 = cuts
         cut = {"cut_valid": c2 if sp.valid_fraction == 0 else c1, "cut_test": c2}
-    return uv.take(pa.array(upresent - 1)), iv.take(pa.array(ipresent - 1)), parts_out, schemas, oc, cut, item_counts
+    return parts_out, schemas, oc, cut, side, n_users, n_items
 
 
 def run_ray(cfg: DatasetConfig, out: Path, ray_address: str | None = None) -> tuple[P.PreparedTables, SourceTables]:
-    """Prepare on Ray: the part files are written into `out` (a fresh temp dir); the returned
-    tables hold the vocabularies, feature tables and the manifest's entries, not the rows."""
+    """Prepare on Ray: every table file is written into `out` (a fresh temp dir) by Ray tasks; the
+    returned PreparedTables holds only the manifest's entries (`written`, parts, counts, split)."""
     try:
         import ray
         import ray.data
@@ -495,14 +549,15 @@ def run_ray(cfg: DatasetConfig, out: Path, ray_address: str | None = None) -> tu
         ds, src = _read(cfg)
         counts: dict = {}
         where = src.where.get("interactions", "interactions")
-        blocks, masks, uv, iv, uc, ic = _clean_encode(ds, cfg, where, counts)
-        uv, iv, parts, schemas, oc, cuts, item_counts = _write_parts(blocks, masks, uv, iv, uc, ic, cfg, Path(out))
+        blocks, masks, uv, iv, ids = _clean_encode(ds, cfg, where, counts)
+        parts, schemas, oc, cuts, side, n_users, n_items = _write_parts(blocks, masks, uv, iv, ids, cfg, src, Path(out))
         counts["final"] = sum(p["rows"] for p in parts["interactions"])
-        counts["users"], counts["items"] = len(uv), len(iv)
+        counts["users"], counts["items"] = n_users, n_items
         split = P.split_manifest(cfg, cuts, {k: sum(p["rows"] for p in parts[k]) for k in ("train", "valid", "test")},
                                  oc)
-        p = P.side_tables(uv, iv, src, cfg, counts, split)
-        p.parts, p.part_schemas, p.item_counts = parts, schemas, item_counts
+        p = P.PreparedTables(user_vocab=None, item_vocab=None, items=None, users=None, counts=counts, split=split,
+                             features=side["features"], tables=side["tables"], parts=parts, part_schemas=schemas,
+                             written=side["written"])
         return p, src
     except Exception as e:
         inner = _unwrap(e)
