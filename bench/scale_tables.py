@@ -116,7 +116,8 @@ def make_dataset(work: Path, users: int, items: int) -> Path:
     import pyarrow.parquet as pq
 
     from tests.synthetic import prepared_dataset
-    from unirec_dist.data.prepare import vocab_hash
+    from unirec_dist.data.prepare import item_counts_table, train_item_counts, vocab_hash
+    from unirec_dist.data.sources import sha256_file
 
     ds = work / f"ds-{users}-{items}" / "ds"
     if (ds / "manifest.json").is_file():
@@ -139,6 +140,10 @@ def make_dataset(work: Path, users: int, items: int) -> Path:
                     t = t.set_column(i, c, spread(t[c].combine_chunks(), n))
         pq.write_table(t, path)
     man["vocab_sizes"]["user"], man["vocab_sizes"]["item"] = users, items
+    if "item_counts" in man:   # the logQ counts, recounted over the spread ids (sha256 in the manifest)
+        train, valid = (pq.read_table(ds / f"{s}.parquet").sort_by("user") for s in ("train", "valid"))
+        pq.write_table(item_counts_table(*train_item_counts(train, valid, items - 1)), ds / man["item_counts"]["file"])
+        man["item_counts"]["sha256"] = sha256_file(ds / man["item_counts"]["file"])
     man["vocab_hash"] = vocab_hash(pq.read_table(ds / "vocab/user.parquet"), pq.read_table(ds / "vocab/item.parquet"))
     man["note"] = f"bench/scale_tables.py: ids spread over {users} users and {items} items"
     (ds / "manifest.json").write_text(json.dumps(man, indent=2))
