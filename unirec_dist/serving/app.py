@@ -108,12 +108,14 @@ class RecommendFastPath:
 
     FIELDS = frozenset(("user_id", "history", "k", "exclude_seen", "timestamps", "at"))
 
-    def __init__(self, app: Any, answer: Any, body: Any, max_k: int, max_history: int) -> None:
+    def __init__(self, app: Any, answer: Any, body: Any, max_k: int, max_history: int,
+                 counts: dict[str, int]) -> None:
         self.app = app
         self.answer = answer
         self.body = body
         self.max_k = int(max_k)
         self.max_history = int(max_history)
+        self.counts = counts        # "answered" here, "replayed" to the route (app.state.fast_path)
 
     def _query(self, data: Any) -> Any:
         """The request as a Query when the schema would take it unchanged (ids: strings, or
@@ -167,7 +169,9 @@ class RecommendFastPath:
                         pass
                 break
         if query is None:
+            self.counts["replayed"] += 1
             return await self._replay(scope, raw, receive, send)
+        self.counts["answered"] += 1
         t0 = time.perf_counter()
         try:
             status, content = 200, self.body(query, await self.answer(query))
@@ -361,9 +365,10 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
                 "history_length": ranked.history_length, "k": query.k, "exclude_seen": query.exclude_seen,
                 "index": rec.index.kind}
 
+    app.state.fast_path = {"answered": 0, "replayed": 0} if fast_path else None
     if fast_path:   # added before BodyLimit, so BodyLimit wraps it: an oversized body is still 413
         app.add_middleware(RecommendFastPath, answer=answer, body=response_body, max_k=max_k,
-                           max_history=max_hist)
+                           max_history=max_hist, counts=app.state.fast_path)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
