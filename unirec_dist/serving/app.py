@@ -21,6 +21,8 @@ backwards, fall before 1970 or more than a day past the server's clock -> 422. A
 and ranked as one batch in an inference thread, off the event loop (serving/batching.py); with
 `batching=None` each request runs inline on the event loop, one at a time. /explain runs in
 FastAPI's thread pool (it can take tens of milliseconds).
+A well-formed /recommend body skips FastAPI's routing and validation (RecommendFastPath, same
+answer byte for byte); any other goes through the FastAPI route.
 """
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime,
 # and the request models are local classes (their limits come from the Recommender), which string
