@@ -50,6 +50,7 @@ def _bodies(rec) -> tuple[list, list]:
         {"history": items * 3}, {"history": [True]}, {"history": ["x" * 300]}, {"history": items[:2], "extra": 1},
         {"user_id": user, "history": items[:1]}, {}, {"user_id": None}, [items[0]], "text", None,
         {"history": items[:2], "timestamps": "now"}, {"user_id": 1.5},
+        {"user_id": 10**300}, {"history": [1, 10**300]},          # over 256 characters as strings
     )] + [b"{", b"", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000]
     routed = [(b, j) for b in routed] + [(json.dumps({"history": items[:2]}).encode(), ct)
                                          for ct in (None, "text/plain", "application/x-www-form-urlencoded")]

@@ -134,15 +134,17 @@ class RecommendFastPath:
         if user is not None:
             if type(user) is int:
                 user = str(user)
-            elif type(user) is not str or len(user) > MAX_ID_LEN:
+            if type(user) is not str or len(user) > MAX_ID_LEN:
                 return None
         else:
             if type(hist) is not list or not 1 <= len(hist) <= self.max_history:
                 return None
             if not all(type(h) is str and len(h) <= MAX_ID_LEN for h in hist):
-                if not all(type(h) is int or (type(h) is str and len(h) <= MAX_ID_LEN) for h in hist):
+                if not all(type(h) is int or type(h) is str for h in hist):
                     return None
                 hist = [str(h) for h in hist]
+                if not all(len(h) <= MAX_ID_LEN for h in hist):
+                    return None
         return Query(user, hist, k, seen, ts, data.get("at"))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
