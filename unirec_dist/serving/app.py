@@ -118,12 +118,13 @@ class RecommendFastPath:
         self.max_k = int(max_k)
         self.max_history = int(max_history)
         self.counts = counts        # "answered" here, "replayed" to the route (app.state.fast_path)
+        from unirec_dist.serving.recommender import Query, RequestError
+
+        self.query_type, self.request_error = Query, RequestError
 
     def _query(self, data: Any) -> Any:
         """The request as a Query when the schema would take it unchanged (ids: strings, or
         integers read as their decimal string), else None."""
-        from unirec_dist.serving.recommender import Query
-
         if type(data) is not dict or not self.FIELDS.issuperset(data):
             return None
         user, hist = data.get("user_id"), data.get("history")
@@ -145,15 +146,13 @@ class RecommendFastPath:
                 hist = [str(h) for h in hist]
                 if not all(len(h) <= MAX_ID_LEN for h in hist):
                     return None
-        return Query(user, hist, k, seen, ts, data.get("at"))
+        return self.query_type(user, hist, k, seen, ts, data.get("at"))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != "/recommend" or scope["method"] != "POST" \
                 or scope.get("root_path"):
             await self.app(scope, receive, send)
             return
-        from unirec_dist.serving.recommender import RequestError
-
         chunks = []
         more = True
         while more:
@@ -179,7 +178,7 @@ class RecommendFastPath:
         t0 = time.perf_counter()
         try:
             status, content = 200, self.body(query, await self.answer(query))
-        except RequestError as e:
+        except self.request_error as e:
             status, content = e.status, {"detail": str(e)}
         # the bytes and headers of the route's JSONResponse
         out = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
