@@ -89,9 +89,18 @@ class Client:
         self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
 
     def post(self, path: str, body: dict) -> tuple[int, dict, dict]:
+        import http.client
+
         data = json.dumps(body).encode()
-        self.conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
-        r = self.conn.getresponse()
+        try:
+            self.conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+            r = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closed an idle keep-alive connection (uvicorn: after 5 s, which a
+            # slow server under 128 clients reaches): reconnect once, the time counts
+            self.conn.close()
+            self.conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+            r = self.conn.getresponse()
         payload = json.loads(r.read())
         return r.status, payload, {k.lower(): v for k, v in r.getheaders()}
 
