@@ -311,3 +311,14 @@ def test_sort_rows_packed_key_matches_multikey_sort():
     t = pa.table({**base, "timestamp": pa.array(rng.integers(-(2**62), 2**62, n))})
     assert P._packed_key(t, ["user", "timestamp", "item"]) is None
     assert P._packed_key(t, ["user", "item"]) is not None
+
+
+def test_sort_rows_orders_ties_by_the_row_column_not_by_position():
+    """(user, timestamp) ties are ordered by the `row` order column (the Ray engine's source row),
+    also when the keys do not fit one packed integer and the ties are sorted apart."""
+    from unirec_dist.data.prepare import sort_rows
+
+    t = pa.table({"user": pa.array([1, 1, 1, 1], pa.int32()),
+                  "timestamp": pa.array([0, 2**40, 0, 0], pa.int64()),   # user + time + row: > 63 bits
+                  "row": pa.array([2**30, 5, 2**25, 7], pa.int64())})
+    assert sort_rows(t)["row"].to_pylist() == [7, 2**25, 2**30, 5]

@@ -356,9 +356,11 @@ def _sort_order(key: np.ndarray, bits: int, t: pa.Table, rest: list[str]) -> np.
     pos = np.flatnonzero(in_run)                       # sorted positions inside a run
     run = np.cumsum(np.r_[True, ~tie[pos[1:] - 1]])    # run id per position (runs are contiguous)
     rows = order[pos]
-    sub = pa.table({"run": run, "key": key[rows], **{k: F.as_array(t[k]).take(pa.array(rows)) for k in rest},
-                    "row": rows})
-    sub_order = pc.sort_indices(sub, sort_keys=[(k, "ascending") for k in ["run", "key", *rest, "row"]])
+    # the position column's name differs from every order column's: the Ray engine's `row` (the
+    # source row) is one of `rest`, and a same-named position would replace it in the dict
+    sub = pa.table({"_run": run, "_key": key[rows], **{k: F.as_array(t[k]).take(pa.array(rows)) for k in rest},
+                    "_pos": rows})
+    sub_order = pc.sort_indices(sub, sort_keys=[(k, "ascending") for k in ["_run", "_key", *rest, "_pos"]])
     order[pos] = rows[sub_order.to_numpy()]
     return order
 
