@@ -30,10 +30,10 @@ FORBIDDEN = {
     "checkpoint": _TOP | {"serving", "models", "tasks", "metrics", "data"},
     "data": _TOP | {"serving", "checkpoint", "models", "tasks", "metrics"},
     "models": _TOP | {"serving", "tasks", "metrics"},
-    "tasks": _TOP | {"serving", "checkpoint", "metrics"},
+    "tasks": _TOP | {"serving", "checkpoint", "config"},
     "metrics": _TOP | {"serving", "checkpoint", "tasks"},
     "serving": _TOP,
-    "config": _TOP | {"serving", "checkpoint", "tasks", "metrics", "data"},
+    "config": _TOP | {"serving", "checkpoint", "metrics", "data"},
 }
 
 
