@@ -252,7 +252,9 @@ def parse_inner(command: list[str]) -> argparse.Namespace:
     """Parse the inner command with the real parser, so a typo fails here and not on the cluster."""
     name = " ".join(command[:1])
     parser = _InnerParser(prog="unirec", command=name)
-    sub = parser.add_subparsers(dest="command", parser_class=functools.partial(_InnerParser, command=name))
+    # each command's own parser raises with the command's name too (argparse calls parser_class(**kwargs))
+    inner: Any = functools.partial(_InnerParser, command=name)
+    sub = parser.add_subparsers(dest="command", parser_class=inner)
     importlib.import_module(f"unirec_dist.commands.{command[0]}").register(sub)
     return parser.parse_args(command)
 
@@ -350,7 +352,7 @@ def logs(client, job_id: str) -> str:
     return _call(client, "logs", job_id, lambda: client.get_job_logs(job_id))
 
 
-def follow(client, job_id: str, write: Callable[[str], None], poll_s: float = 1.0) -> str:
+def follow(client, job_id: str, write: Callable[[str], object], poll_s: float = 1.0) -> str:
     """Stream the job's output to `write` until it ends; returns the final status."""
     info(client, job_id)
 

@@ -118,7 +118,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix:
         _fail(where, prefix, f"expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]  # cls: a dataclass
-    registered: dict[str, type] = cls.registered_sections() if hasattr(cls, "registered_sections") else {}
+    sections_of = getattr(cls, "registered_sections", None)
+    registered: dict[str, type] = sections_of() if sections_of is not None else {}
     if registered:
         fields.pop(SECTIONS)
     kwargs: dict[str, Any] = {}

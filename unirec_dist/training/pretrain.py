@@ -211,16 +211,8 @@ def wait_for_resources(workers: int, cpus_per_worker: int, use_gpu: bool, timeou
 
 
 # -- the worker -------------------------------------------------------------------------------
-def _lightning_callback_base():
-    from lightning.pytorch.callbacks import Callback
-
-    return Callback
-
-
 def _quiet_worker() -> None:
-
     logging.getLogger().setLevel(logging.WARNING)   # fbgemm's "Successfully loaded" lines are INFO
-
     quiet_noisy_loggers()
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -249,13 +241,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from unirec_dist.training.checkpointing import CheckpointCallback
     from unirec_dist.training.ray_strategy import RayTorchRecStrategy
     from unirec_dist.training.strategy import ShardingOptions
+    from unirec_dist.training.throughput import TrainThroughput
     from unirec_dist.training.train import make_loggers, setup_training
 
     logging.getLogger("unirec_dist").setLevel(logging.INFO if config.get("verbose") else logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     os.environ["RANK"] = str(rank)      # rank-0 log filter
-
     for h in logging.getLogger().handlers:
         h.addFilter(RankZeroFilter())
     cfg = from_dict(PretrainConfig, config["cfg"], where="pretrain config")
@@ -263,7 +255,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device_type = config["device_type"]   # decided from the cluster's resources (utils/device.py)
     if device_type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"the workers run on cuda but worker {rank} on {socket.gethostname()} sees no GPU")
-
     configure_cpu(cfg.trainer.threads if device_type == "cpu" else None)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     # tables on the meta device: each rank allocates only its own shards (a 20M-row table is never
@@ -322,7 +313,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     local = None
     if ckpt is not None:
         # a restarted worker group: continue from the latest reported checkpoint
-
         local = Path(tempfile.mkdtemp(prefix="unirec-resume-"))
         ckpt.to_directory(str(local))
         ckpt_path = str(local)
@@ -335,39 +325,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     finally:
         if local is not None:
             shutil.rmtree(local, ignore_errors=True)
-
-
-class TrainThroughput(_lightning_callback_base()):
-    """Per worker: target positions trained and the wall/CPU seconds of the steps after `warmup`
-    (published in the strategy's `extra_stats`, so they reach pretrain.json's worker_stats).
-
-    A target position is every position of a sequence that predicts a next item (length - 1).
-    """
-
-    def __init__(self, warmup: int = 3) -> None:
-        self.warmup = warmup
-        self.positions = 0
-        self.steps = 0
-        self._t0: float | None = None
-        self._c0 = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._t0 is None and trainer.global_step >= self.warmup:
-            self._t0, self._c0 = time.perf_counter(), time.process_time()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._t0 is None:
-            return
-        seq = getattr(batch, "seq", None)
-        if seq is not None:
-            self.positions += int((seq["item"].lengths() - 1).clamp(min=0).sum())
-        self.steps += 1
-        stats = getattr(trainer.strategy, "extra_stats", None)
-        if stats is not None:
-            stats.update(timed_steps=self.steps, positions=self.positions,
-                         train_s=time.perf_counter() - self._t0, train_cpu_s=time.process_time() - self._c0)
-
-
 
 
 def worker_stats_from_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -560,7 +517,6 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
     try:   # a read-only or full out_dir: one line now, not a traceback from every worker later
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-
         raise output_error(out, e) from None
     check_out_dir(out, storage / cfg.name, overwrite, resume)
     # the embedded cluster gets this machine's real CPU count, so too many workers is refused
@@ -570,7 +526,6 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
 
     try:
         # the workers' device comes from the cluster's resources, not this driver's hardware
-
         resources = ray.cluster_resources()
         if own:   # the embedded cluster is this machine with this torch build (a CPU build sees no GPU)
             import torch
