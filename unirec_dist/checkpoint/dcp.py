@@ -62,9 +62,10 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+import torch.distributed.checkpoint.metadata as md
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
-from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import SavePlan, TensorWriteData, WriteItem, WriteItemType
 
 from unirec_dist.errors import CheckpointError
@@ -108,8 +109,6 @@ def step_dir_name(step: int) -> str:
 
 # -- reading DCP without running code from it --------------------------------------------------
 def _metadata_classes() -> dict[tuple[str, str], Any]:
-    import torch.distributed.checkpoint.metadata as md
-
     from unirec_dist.compat.torch_api import dcp_metadata_globals
 
     allowed: dict[tuple[str, str], Any] = {
@@ -147,8 +146,6 @@ class SafeFileSystemReader(FileSystemReader):
     """
 
     def read_metadata(self, *args: Any, **kwargs: Any):
-        from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
-
         path = Path(self._get_metadata_path(kwargs.get("rank")))
         if not _MetadataUnpickler.allowed:
             _MetadataUnpickler.allowed = _metadata_classes()
