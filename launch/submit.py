@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 from urllib.parse import urlparse
 
 from unirec_dist.errors import UnirecError
@@ -241,10 +241,10 @@ class _InnerParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.command = command
 
-    def error(self, message: str):   # type: ignore[override]  # argparse hook: raises instead of exiting
+    def error(self, message: str) -> NoReturn:   # argparse hook: raises instead of exiting
         raise JobsError(f"{self.command}: {message}")
 
-    def exit(self, status: int = 0, message: str | None = None):   # type: ignore[override]  # same
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         raise JobsError(f"{self.command}: {message or 'invalid arguments'}")
 
 
