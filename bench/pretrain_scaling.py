@@ -8,7 +8,7 @@ Per arm it prints: target positions/s (wall: all workers' positions over the tim
 per worker: each worker's own), positions per CPU-second, per-worker peak memory (VmHWM), and
 the whole job's wall time (Ray start, data, sharding, training, checkpoint). A target position is
 every position of a training sequence that predicts a next item; timing covers the steps after the
-first 3 (warm-up), measured inside each worker (pretrain.py's TrainThroughput callback).
+first 3 (warm-up), measured inside each worker (the TrainThroughput callback, training/throughput.py).
 
 Default work: one epoch per arm (48 steps of 128 sequences for 1 worker, 24 steps of 2 x 128
 for 2 workers: the same sequences). The batches are length-grouped, so a few steps are a poor
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CONFIG = ROOT / "configs/pretrain/ml-1m-sasrec.yaml"
-WARMUP = 3            # steps not timed (pretrain.py TrainThroughput default)
+WARMUP = 3            # steps not timed (TrainThroughput default, training/throughput.py)
 CANDIDATES = ("data/prepared/ml-1m",)   # the README's location; anything else via --data
 
 

@@ -21,6 +21,10 @@ commands). `--pip` / `--requirements` add extra packages on top of that image.
 """
 from __future__ import annotations
 
+import argparse
+import asyncio
+import functools
+import importlib
 import json
 import logging
 import os
@@ -29,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 from urllib.parse import urlparse
 
 from unirec_dist.errors import UnirecError
@@ -170,7 +174,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     for p in pairs:
         key, sep, value = p.partition("=")
         if not sep or not key:
-            raise JobsError(f"--env {p!r}: expected KEY=VALUE")
+            raise JobsError(f"environment variable {p!r}: expected KEY=VALUE")
         env[key] = value
     return env
 
@@ -178,7 +182,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 def read_requirements(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
-        raise JobsError(f"--requirements {path}: no such file")
+        raise JobsError(f"requirements file {path}: no such file")
     lines = [ln.split("#", 1)[0].strip() for ln in p.read_text().splitlines()]
     return [ln for ln in lines if ln]
 
@@ -198,15 +202,15 @@ def build_runtime_env(working_dir: str | Path | None = "auto", env: dict[str, st
     if working_dir is not None:
         wd = Path(working_dir).expanduser().resolve()
         if not wd.is_dir():
-            raise JobsError(f"--working-dir {working_dir}: not a directory")
+            raise JobsError(f"working dir {working_dir}: not a directory")
         renv["working_dir"] = str(wd)
         renv["excludes"] = list(EXCLUDES)
     packages = list(pip or []) + (read_requirements(requirements) if requirements else [])
     bad = [p for p in packages if p.lower().replace("_", "-").split("=")[0].split("<")[0].split(">")[0].strip()
            in ("torchrec", "torch", "fbgemm-gpu", "fbgemm-gpu-cpu")]
     if bad:
-        raise JobsError(f"--pip/--requirements: {', '.join(bad)} must be baked into the cluster image "
-                        "(torch/FBGEMM pairing, torchrec with --no-deps; see cluster/Dockerfile), not installed per job")
+        raise JobsError(f"extra packages {', '.join(bad)}: must be baked into the cluster image (torch/FBGEMM "
+                        "pairing, torchrec installed without its dependencies; see cluster/Dockerfile), not installed per job")
     if packages:
         renv["pip"] = {"packages": packages, "pip_check": False}
     renv["env_vars"] = {"PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", **(env or {})}
@@ -217,7 +221,7 @@ def entrypoint_for(command: list[str]) -> str:
     """The shell command the job runs: `pretrain` through its driver (joins the cluster), any
     other subcommand through `python -m unirec_dist`. Validates the inner command first."""
     if not command:
-        raise JobsError("nothing to submit: give a unirec command after --, e.g. `unirec submit -- pretrain --config ...`")
+        raise JobsError("nothing to submit: the job's unirec command is empty")
     from unirec_dist.cli import COMMANDS
 
     name = command[0]
@@ -230,21 +234,27 @@ def entrypoint_for(command: list[str]) -> str:
     return shlex.join(["python", "-m", "unirec_dist", *command])
 
 
-def parse_inner(command: list[str]):
+class _InnerParser(argparse.ArgumentParser):
+    """The real parser of a job's command, raising JobsError("<command>: ...") instead of exiting."""
+
+    def __init__(self, *args: Any, command: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.command = command
+
+    def error(self, message: str) -> NoReturn:   # argparse hook: raises instead of exiting
+        raise JobsError(f"{self.command}: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise JobsError(f"{self.command}: {message or 'invalid arguments'}")
+
+
+def parse_inner(command: list[str]) -> argparse.Namespace:
     """Parse the inner command with the real parser, so a typo fails here and not on the cluster."""
-    import argparse
-
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str):   # noqa: D401 - argparse hook
-            raise JobsError(f"{' '.join(command[:1])}: {message}")
-
-        def exit(self, status: int = 0, message: str | None = None):
-            raise JobsError(f"{' '.join(command[:1])}: {message or 'invalid arguments'}")
-
-    import importlib
-
-    parser = _Parser(prog="unirec")
-    sub = parser.add_subparsers(dest="command")
+    name = " ".join(command[:1])
+    parser = _InnerParser(prog="unirec", command=name)
+    # each command's own parser raises with the command's name too (argparse calls parser_class(**kwargs))
+    inner: Any = functools.partial(_InnerParser, command=name)
+    sub = parser.add_subparsers(dest="command", parser_class=inner)
     importlib.import_module(f"unirec_dist.commands.{command[0]}").register(sub)
     return parser.parse_args(command)
 
@@ -285,13 +295,13 @@ def check_inner_config(command: list[str], working_dir: Path | None) -> None:
             return
         config = working_dir / config
         if not config.is_file():
-            raise JobsError(f"--config {args.config}: no such file in the uploaded working dir {working_dir}")
+            raise JobsError(f"{command[0]}: config {args.config}: no such file in the uploaded working dir {working_dir}")
     elif not config.is_file():
         log.info("not checking %s: not visible from this machine", config)
         return
     cfg = loader(config, list(getattr(args, "overrides", None) or []))
     if getattr(args, "workers", None) is not None and args.workers < 1:
-        raise JobsError(f"--workers: must be >= 1, got {args.workers}")
+        raise JobsError(f"{command[0]}: workers must be >= 1, got {args.workers}")
     data = getattr(getattr(cfg, "data", None), "path", None)
     if command[0] not in ("pretrain", "train") or not data:
         return
@@ -342,10 +352,8 @@ def logs(client, job_id: str) -> str:
     return _call(client, "logs", job_id, lambda: client.get_job_logs(job_id))
 
 
-def follow(client, job_id: str, write: Callable[[str], None], poll_s: float = 1.0) -> str:
+def follow(client, job_id: str, write: Callable[[str], object], poll_s: float = 1.0) -> str:
     """Stream the job's output to `write` until it ends; returns the final status."""
-    import asyncio
-
     info(client, job_id)
 
     async def tail() -> None:

@@ -20,6 +20,13 @@ class ConfigError(UnirecError):
     """A config file, key or value is wrong."""
 
 
+def check(cond: bool, key: str, msg: str) -> None:
+    """A config section's check, in the loader's style: `key` is the dotted name (task.ctr.X); the
+    loader adds the file."""
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
 class DataError(UnirecError):
     """An input file, column or value is wrong, or a dataset is unusable."""
 

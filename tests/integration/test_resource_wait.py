@@ -45,7 +45,7 @@ def test_cuda_on_a_driver_without_cuda_is_decided_by_the_cluster(joined_cluster,
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = _cfg(dataset, tmp_path / "run", "distributed.device=cuda", "distributed.resource_wait_s=0")
-    with pytest.raises(ClusterError, match=r"^--workers 1 needs 1 GPUs but the Ray cluster has 0$"):
+    with pytest.raises(ClusterError, match=r"^distributed\.workers 1 needs 1 GPUs but the Ray cluster has 0$"):
         pretrain(cfg, workers=1, progress=False)
 
 
@@ -53,7 +53,7 @@ def test_a_cluster_that_does_not_grow_is_refused_after_the_wait(joined_cluster, 
     from unirec_dist.training.pretrain import ClusterError, pretrain
 
     cfg = _cfg(dataset, tmp_path / "run", "distributed.device=cpu", "distributed.resource_wait_s=3")
-    with pytest.raises(ClusterError, match=r"^--workers 4 needs 4 CPUs \(1 per worker\) but the Ray cluster has 1 "
+    with pytest.raises(ClusterError, match=r"^distributed\.workers 4 needs 4 CPUs \(1 per worker\) but the Ray cluster has 1 "
                                            r"\(after waiting 3 s, distributed.resource_wait_s\)$"):
         pretrain(cfg, workers=4, progress=False)
     assert not (tmp_path / "run" / "ray").exists()

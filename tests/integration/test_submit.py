@@ -155,7 +155,7 @@ def test_cluster_readme_submit_on_a_cpu_only_head_waits_for_a_node_and_finishes(
     captured = capsys.readouterr()
     assert rc == 0, captured.out[-3000:] + captured.err[-2000:]
     if grow_later:
-        assert "--workers 1 needs 1 CPUs (1 per worker) but the Ray cluster has 0: waiting up to 300 s" in captured.out
+        assert "distributed.workers 1 needs 1 CPUs (1 per worker) but the Ray cluster has 0: waiting up to 300 s" in captured.out
     final = out / "checkpoints" / "final"
     assert f"checkpoint: {final}" in captured.out
     summary = json.loads((out / "pretrain.json").read_text())
@@ -291,7 +291,7 @@ def test_address_from_ray_address_env(monkeypatch, capsys):
     (["jobs", "list"], "'jobs' is not a unirec command that can run as a job"),
     (["pretrain"], "pretrain: the following arguments are required: --config"),
     # the inner command's config and dataset are loaded and checked before anything is uploaded
-    (["pretrain", "--config", "configs/pretrain/nope.yaml"], "--config configs/pretrain/nope.yaml: no such file"),
+    (["pretrain", "--config", "configs/pretrain/nope.yaml"], "pretrain: config configs/pretrain/nope.yaml: no such file"),
     (["pretrain", "--config", CONFIG, "model.embedding.dimm=8"], "model.embedding.dimm"),
     (["pretrain", "--config", CONFIG, "distributed.workers=0"], "distributed.workers: must be >= 1"),
     (["pretrain", "--config", CONFIG], "data.path=data/prepared/ml-100k is relative"),

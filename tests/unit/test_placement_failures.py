@@ -31,11 +31,11 @@ def cluster(monkeypatch):
 
 
 @pytest.mark.parametrize("strategy, nodes, message", [
-    ("STRICT_SPREAD", [_node(2)], "--workers 2 with distributed.placement_strategy STRICT_SPREAD needs 2 nodes with "
+    ("STRICT_SPREAD", [_node(2)], "distributed.workers 2 with distributed.placement_strategy STRICT_SPREAD needs 2 nodes with "
                                   "1 CPU each but the Ray cluster has 1"),
     # a dead node's CPUs do not count, nor does a node too small for one worker
     ("STRICT_SPREAD", [_node(2), _node(1, alive=False), _node(0)], "needs 2 nodes with 1 CPU each but the Ray cluster has 1"),
-    ("STRICT_PACK", [_node(1), _node(1)], "--workers 2 with distributed.placement_strategy STRICT_PACK needs one node "
+    ("STRICT_PACK", [_node(1), _node(1)], "distributed.workers 2 with distributed.placement_strategy STRICT_PACK needs one node "
                                           "with 2 CPUs but the Ray cluster has none"),
 ])
 def test_strict_placement_the_cluster_cannot_satisfy_is_refused(cluster, strategy, nodes, message):
@@ -87,3 +87,24 @@ def test_workers_failed_names_the_lost_worker_and_that_no_checkpoint_exists(tmp_
     # a worker's own exception: the last line of its traceback
     error = WorkerGroupError("...", {1: RuntimeError("Traceback ...\n  File x\nValueError: bad batch")})
     assert "; last error: ValueError: bad batch; " in str(workers_failed(error, dist, tmp_path / "debug", tmp_path / "c"))
+
+
+def test_the_commands_layer_words_the_flags(tmp_path, capsys, monkeypatch):
+    """The library names the config key or says what to do; `unirec pretrain` names its flags:
+    --workers for a bad count, --resume for a run that ended with a checkpoint to continue from."""
+    from unirec_dist.cli import main
+    from unirec_dist.training import pretrain as P
+
+    debug = "configs/pretrain/debug.yaml"
+    assert main(["pretrain", "--config", debug, "--workers", "0", f"trainer.out_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --workers: must be >= 1, got 0"
+    with pytest.raises(ConfigError, match=r"^distributed\.workers: must be >= 1, got 0$"):
+        P.pretrain(load_pretrain_config(debug, [f"trainer.out_dir={tmp_path}"]), workers=0)
+
+    for resumable, tail in ((True, "; the same command with --resume continues from it"), (False, "")):
+        def fail(*args, resumable=resumable, **kwargs):
+            raise P.WorkersFailedError("the training workers failed; last good checkpoint: c", resumable=resumable)
+
+        monkeypatch.setattr(P, "pretrain", fail)
+        assert main(["pretrain", "--config", debug, f"trainer.out_dir={tmp_path}"]) == 2
+        assert capsys.readouterr().err.strip() == f"error: the training workers failed; last good checkpoint: c{tail}"

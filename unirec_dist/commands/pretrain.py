@@ -24,18 +24,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unirec_dist.config.distributed import load_pretrain_config
+    from unirec_dist.errors import ConfigError, UnirecError
 
     cfg = load_pretrain_config(args.config, args.overrides)
     if args.resume_from:
         cfg.distributed.resume_from = args.resume_from
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
     from unirec_dist.commands.train import run_exists_hint
     from unirec_dist.training.checkpointing import RunExistsError
-    from unirec_dist.training.pretrain import pretrain
+    from unirec_dist.training.pretrain import WorkersFailedError, pretrain
 
     try:
         path = pretrain(cfg, workers=args.workers, address=args.address, progress=not args.no_progress,
                         verbose=getattr(args, "verbose", False), overwrite=args.overwrite, resume=args.resume)
     except RunExistsError as e:
         raise run_exists_hint(e) from None
+    except WorkersFailedError as e:
+        if not e.resumable:
+            raise
+        raise UnirecError(f"{e}; the same command with --resume continues from it") from None
     print(f"checkpoint: {path}")
     return 0

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     inner = list(args.inner)
     if inner and inner[0] == "--":
         inner = inner[1:]
+    if not inner:
+        raise js.JobsError("nothing to submit: give a unirec command after --, e.g. `unirec submit -- pretrain --config ...`")
     js.entrypoint_for(inner)   # validate before touching the network
     if args.working_dir and args.no_upload:
         raise js.JobsError("--working-dir and --no-upload exclude each other")

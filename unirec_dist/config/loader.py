@@ -3,6 +3,11 @@
 A field may be typed with a base class that has a `resolve_variant(mapping) -> (dataclass,
 mapping)` classmethod (the encoder section: models/encoders/base.py): the mapping then picks the
 dataclass it is built as (by its `kind`), and that dataclass's fields are checked strictly.
+
+A dataclass with a `registered_sections() -> {name: dataclass}` classmethod (the task section:
+config/train.py) also takes one key per registered component, built as that component's config
+dataclass and passed to it together as its `sections` field (which is not a key of its own);
+`to_dict` writes them back as keys beside the other fields.
 """
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ import yaml
 from unirec_dist.errors import ConfigError
 
 T = TypeVar("T")
+
+# the field of a dataclass with registered sections that holds them (see the module docstring)
+SECTIONS = "sections"
 
 
 def _fail(where: str, key: str, msg: str) -> typing.NoReturn:
@@ -110,13 +118,21 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix:
         _fail(where, prefix, f"expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]  # cls: a dataclass
-    kwargs = {}
+    sections_of = getattr(cls, "registered_sections", None)
+    registered: dict[str, type] = sections_of() if sections_of is not None else {}
+    if registered:
+        fields.pop(SECTIONS)
+    kwargs: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     for k, v in data.items():
         dotted = f"{prefix}.{k}" if prefix else str(k)
+        if k in registered:
+            sections[k] = _convert(v, registered[k], where, dotted)
+            continue
         if k not in fields:
-            close = difflib.get_close_matches(str(k), list(fields), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(str(k), [*fields, *registered], n=1, cutoff=0.6)
             hint = f" (did you mean {(prefix + '.' if prefix else '') + close[0]!r}?)" if close else ""
-            valid = ", ".join(sorted(fields))
+            valid = ", ".join(sorted([*fields, *registered]))
             _fail(where, dotted, f"unknown key{hint}; valid keys here: {valid}")
         kwargs[k] = _convert(v, hints[k], where, dotted)
     missing = [
@@ -125,6 +141,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix:
     ]
     if missing:
         _fail(where, f"{prefix}.{missing[0]}" if prefix else missing[0], "required key is missing")
+    if registered:
+        kwargs[SECTIONS] = sections
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
@@ -139,7 +157,14 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix:
 def to_dict(obj: Any) -> Any:
     """The resolved config as plain data (for manifests and reproducibility)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = to_dict(getattr(obj, f.name))
+            if f.name == SECTIONS and hasattr(obj, "registered_sections"):
+                out.update(value)           # each registered section under its own key
+            else:
+                out[f.name] = value
+        return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

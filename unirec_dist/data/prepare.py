@@ -34,6 +34,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -728,7 +729,7 @@ def entity_table(raw: pa.Table | None, key: str, vocab_values: pa.Array, feats: 
     for f in feats:
         col = F.as_array(aligned[f.column])
         fwhere = f"{where}: column {f.column!r}"
-        m = {"name": f.feature_name, "table": f"{entity}s", "kind": f.kind, "column": f.column}
+        m: dict[str, Any] = {"name": f.feature_name, "table": f"{entity}s", "kind": f.kind, "column": f.column}
         if f.kind == "categorical":
             vals = id_column(col, where, f.column, f"{entity} feature") if col.null_count < len(col) else col.cast(pa.string())
             vocab = sorted_unique(vals)
@@ -933,7 +934,7 @@ def split_manifest(cfg: DatasetConfig, cuts: dict | None, users: dict[str, int],
     warns when the tie-break decides many targets."""
     sp = cfg.split
     if cuts is None:
-        split = {"protocol": "leave_one_out", "max_history": sp.max_history}
+        split: dict[str, Any] = {"protocol": "leave_one_out", "max_history": sp.max_history}
     else:
         split = {"protocol": "temporal", "valid_fraction": sp.valid_fraction,
                  "test_fraction": sp.test_fraction, "max_history": sp.max_history, **cuts}
@@ -945,21 +946,25 @@ def split_manifest(cfg: DatasetConfig, cuts: dict | None, users: dict[str, int],
     return split
 
 
-def side_tables(uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, counts: dict, split: dict,
-                **splits: pa.Table | None) -> PreparedTables:
+def side_tables(uv: pa.Array, iv: pa.Array, src, cfg: DatasetConfig, counts: dict, split: dict, *,
+                interactions: pa.Table | None = None, train: pa.Table | None = None,
+                valid: pa.Table | None = None, test: pa.Table | None = None) -> PreparedTables:
     """Step 9 (item/user feature tables, vocab tables) around the split tables."""
     iwhere = src.where.get("items", "items")
     items, ivocabs, imeta, istats = entity_table(src.items, cfg.columns.item, iv, cfg.item_features, iwhere, "item")
     items_raw = raw_item_table(src.items, cfg.columns.item, iv, iwhere)
     users = None
-    uvocabs, umeta, ustats = {}, [], {}
+    uvocabs: dict[str, pa.Table] = {}
+    umeta: list[dict] = []
+    ustats: dict = {}
     if cfg.user_features:
         users, uvocabs, umeta, ustats = entity_table(src.users, cfg.columns.user, uv, cfg.user_features,
                                                      src.where.get("users", "users"), "user")
     return PreparedTables(
         user_vocab=vocab_table(uv), item_vocab=vocab_table(iv), items=items, users=users, items_raw=items_raw,
         feature_vocabs={**ivocabs, **uvocabs}, features=imeta + umeta, counts=counts, split=split,
-        tables={k: v for k, v in (("items", istats), ("users", ustats)) if v}, **splits,
+        tables={k: v for k, v in (("items", istats), ("users", ustats)) if v},
+        interactions=interactions, train=train, valid=valid, test=test,
     )
 
 
@@ -1118,6 +1123,7 @@ def input_paths(cfg: DatasetConfig) -> dict[str, Path]:
     MovieLens cache dir."""
     s = cfg.source
     if s.kind == "recbole":
+        assert s.path is not None, "source.kind recbole without source.path"   # refused by SourceConfig.validate
         return {"source.path": Path(s.path)}
     if s.kind != "table":
         from unirec_dist.data.movielens import data_dir

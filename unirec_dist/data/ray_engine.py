@@ -57,6 +57,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -77,6 +78,9 @@ from unirec_dist.data.sources import (
 )
 from unirec_dist.errors import DataError, UnirecError
 
+if TYPE_CHECKING:
+    import ray.data
+
 log = logging.getLogger(__name__)
 
 # interactions per user partition: one task holds a partition's rows while it sorts and splits
@@ -94,7 +98,7 @@ def _unwrap(e: BaseException) -> BaseException | None:
     from unirec_dist import errors
 
     seen = set()
-    stack = [e]
+    stack: list[BaseException | None] = [e]
     while stack:
         x = stack.pop()
         if x is None or id(x) in seen:
@@ -128,6 +132,7 @@ def _read(cfg: DatasetConfig):
     if s.kind != "table":
         src = P_load_source(cfg)
         return ray.data.from_arrow(src.interactions), src
+    assert s.interactions is not None, "source.kind table without source.interactions"   # refused by SourceConfig.validate
     p = check_file(s.interactions, "interactions")
     fmt = detect_format(p, s.format)
     if fmt in ("csv", "tsv"):
@@ -197,7 +202,7 @@ def _block_rows(refs: list) -> list[int]:
     return ray.get([num_rows.remote(r) for r in refs])
 
 
-def _number_rows(ds, split) -> "ray.data.Dataset":  # noqa: F821 (ray is imported inside)
+def _number_rows(ds, split) -> ray.data.Dataset:
     """`order_keys` on every block with its global row offset (blocks in source order)."""
     import ray
 
@@ -299,7 +304,7 @@ def _count_parts(n_users: int, n_items: int, ua, ia, *parts: pa.Table) -> tuple[
 
 
 def _sum_pairs(*pairs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    return np.add.reduce([p[0] for p in pairs]), np.add.reduce([p[1] for p in pairs])
 
 
 def _kcore_step(counts: tuple[np.ndarray, np.ndarray], user_core: int, item_core: int

@@ -241,6 +241,7 @@ def load_recbole(cfg: DatasetConfig) -> SourceTables:
     same name in NAME.inter). Other atomic files (.kg, .link, .net) are not read."""
     import pyarrow.compute as pc
 
+    assert cfg.source.path is not None, "source.kind recbole without source.path"   # refused by SourceConfig.validate
     d = Path(cfg.source.path).expanduser()
     if not d.is_dir():
         raise DataError(f"source.path {d}: not a folder (a RecBole dataset folder NAME/ holding NAME.inter)")

@@ -306,7 +306,7 @@ def plan_summary(plan: Any, tables: dict[str, TableInfo], optimizer: str | None 
                 "shards": shards,
             }
     opt_factor = {"sgd": 0.0, "adagrad": 1.0, "adam": 2.0}.get(optimizer or "", 0.0)
-    summary = {
+    summary: dict[str, Any] = {
         "tables": out_tables,
         "weights_bytes_per_rank": {str(r): b for r, b in sorted(per_rank.items())},
     }

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -124,8 +124,9 @@ def evaluate_table(
     queries = _by_length(queries, max_len)
     rank = rank_world()[0]
     was_training = getattr(retriever, "training", None)
+    module = cast("torch.nn.Module", retriever)    # one with a training mode is an nn.Module
     if was_training:
-        retriever.eval()
+        module.eval()
     try:
         # no_grad, not inference_mode: TorchRec's sharded lookups (the DMP model of `--workers N`
         # and of validation during pretraining) fail under inference_mode (a dispatcher error)
@@ -165,7 +166,7 @@ def evaluate_table(
             return out
     finally:
         if was_training:
-            retriever.train()
+            module.train()
 
 
 #: queries ranked per pass over the item rows (their vectors and running top-K lists are held)

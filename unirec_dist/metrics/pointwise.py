@@ -5,11 +5,40 @@
     log_loss(probs, labels, eps=1e-7)          mean binary cross-entropy, probs clipped to [eps, 1-eps]
 
 All take 1-d array-likes of equal length; empty inputs give nan (and AUC with only one class
-present gives nan: it is undefined).
+present gives nan: it is undefined). The tasks' heads are scored on a query table with
+
+    first_values(list column) -> (Q,)          each query's first target (rating), nan if none
+    pointwise_states(model, queries, ...)      per batch: the history and the state after it
 """
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from unirec_dist.data.batch import iter_query_batches
+
+
+def first_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """(Q,) float64: each list's first value, nan for an empty or null list."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+    firsts = pc.list_flatten(pc.list_slice(col, 0, 1)).to_numpy(zero_copy_only=False).astype(np.float64)
+    out = np.full(len(lengths), np.nan)
+    out[lengths > 0] = firsts
+    return out
+
+
+@torch.no_grad()
+def pointwise_states(model, queries, batch_size: int, max_len: int):
+    """Per query: (hist (B, L, D), lengths (B,), state after the history (B, D), first target (B,))."""
+    for b in iter_query_batches(queries, batch_size, max_len):
+        items, lengths = model.embed_sequences(b.seq)
+        states = model.encode(items, lengths.clamp(min=1), b.users)
+        h = states[torch.arange(states.shape[0]), (lengths - 1).clamp(min=0)]
+        yield items, lengths, h, b.targets[:, 0]
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:

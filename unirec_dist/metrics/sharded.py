@@ -64,7 +64,7 @@ def item_block(n_rows: int, rank: int, world: int) -> tuple[int, int]:
 def _item_source(retriever: "Retriever", n_rows: int) -> Callable[[int, int], "torch.Tensor"]:
     rows = getattr(retriever, "item_rows", None)
     if rows is not None:
-        got = int(retriever.num_item_rows)
+        got = int(getattr(retriever, "num_item_rows"))   # beside item_rows: a sharded model's row count
     else:
         full = retriever.item_embeddings()
         got = full.shape[0]
@@ -153,8 +153,9 @@ def ranked_lists(
         items = rows_of(start, end)
         for j, q in enumerate(queries):
             scores = q @ items.T
-            if masks[j] is not None:
-                rows, ids = masks[j]
+            mask = masks[j]
+            if mask is not None:
+                rows, ids = mask
                 a, b = torch.searchsorted(ids, torch.tensor([start, end], device=ids.device)).tolist()
                 scores[rows[a:b], ids[a:b] - start] = NEG_INF
             top, top_ids = block_topk(scores, kk, start)

@@ -4,7 +4,8 @@
     load_retriever(checkpoint, dataset=None) -> (model (eval, CPU), manifest)
 
 Components are picked by name from small explicit maps (the encoder registry in
-models/encoders/registry.py, HEADS); no import paths in YAML. `device="meta"` builds without
+models/encoders/registry.py; the task registry in tasks/registry.py, whose objectives build their
+heads); no import paths in YAML. `device="meta"` builds without
 allocating (for DMP to materialise and shard). It lives in models/ so that serving/ and
 checkpoint/ rebuild a trained model without importing training/ (tests/unit/test_layers.py).
 """
@@ -25,8 +26,6 @@ from unirec_dist.embeddings.features import FeatureSpec
 from unirec_dist.errors import CheckpointError
 from unirec_dist.models.embedding import UniversalEmbedding
 from unirec_dist.models.encoders.registry import build_encoder
-from unirec_dist.models.heads.ctr import CTRHead
-from unirec_dist.models.heads.rating import RatingHead
 from unirec_dist.models.seqrec import SeqRecModel
 
 log = logging.getLogger(__name__)
@@ -35,24 +34,13 @@ log = logging.getLogger(__name__)
 MODEL_KEY = "model"
 
 
-def _rating_head(task: TaskSection, dim: int) -> nn.Module:
-    return RatingHead(dim, task.rating.hidden)
-
-
-def _ctr_head(task: TaskSection, dim: int) -> nn.Module:
-    return CTRHead(dim, task.ctr.hidden)
-
-
-HEADS = {"rating": _rating_head, "ctr": _ctr_head}
-
-
 def build_model(model_cfg: ModelSection, dataset_manifest: dict[str, Any], task_cfg: TaskSection | None = None,
                 max_len: int = 200, device: str | torch.device | None = None,
                 table_device: str | torch.device | None = None) -> nn.Module:
     """A SeqRecModel for the dataset described by `dataset_manifest` (prepared-dataset manifest, or
     a checkpoint manifest's "dataset" section, which carries the same vocab_sizes and features).
 
-    Heads are added for the tasks in `task_cfg` that need parameters (rating, ctr). Content
+    Heads are added for the active tasks in `task_cfg` whose objective builds one (rating, ctr). Content
     buffers are zeros until `model.embedding.set_item_features(items_table)` or a checkpoint load.
 
     `table_device="meta"` leaves only the TorchRec tables unallocated (the distributed path: DMP
@@ -70,9 +58,10 @@ def build_model(model_cfg: ModelSection, dataset_manifest: dict[str, Any], task_
         encoder = build_encoder(enc_cfg, emb_cfg.dim, max_len)
         heads = {}
         if task_cfg is not None:
-            for name in task_cfg.active_tasks:
-                if name in HEADS:
-                    heads[name] = HEADS[name](task_cfg, emb_cfg.dim)
+            for name, objective in task_cfg.objectives().items():
+                head = objective.build_head(task_cfg.config(name), emb_cfg.dim)
+                if head is not None:
+                    heads[name] = head
         model = SeqRecModel(embedding, encoder, max_len, model_cfg.normalize, heads)
     return model
 

@@ -25,20 +25,38 @@ A well-formed /recommend body skips FastAPI's routing and validation (RecommendF
 answer byte for byte); any other goes through the FastAPI route.
 """
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime,
-# and the request models are local classes (their limits come from the Recommender), which string
-# annotations could not resolve.
+# and the request models an app uses are made in `create_app` (their limits come from the
+# Recommender), which string annotations could not resolve.
 import json
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar, Union
 
-if TYPE_CHECKING:
-    from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
+from starlette.exceptions import HTTPException
 
-    from unirec_dist.serving.config import BatchingConfig
-    from unirec_dist.serving.recommender import Recommender
+from unirec_dist import __version__
+from unirec_dist.serving.batching import MicroBatcher
+from unirec_dist.serving.config import BatchingConfig
+from unirec_dist.serving.recommender import Query as RecQuery
+from unirec_dist.serving.recommender import Recommender, RequestError
 
 MAX_ID_LEN = 256
 MAX_BODY_BYTES = 1 << 20
+
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 
 
 class BodyLimit:
@@ -67,8 +85,6 @@ class BodyLimit:
             if k == b"content-length" and v.strip().isdigit() and int(v) > self.limit:
                 await self._refuse(send)
                 return
-        from starlette.exceptions import HTTPException
-
         seen = 0
         started = False
 
@@ -118,9 +134,7 @@ class RecommendFastPath:
         self.max_k = int(max_k)
         self.max_history = int(max_history)
         self.counts = counts        # "answered" here, "replayed" to the route (app.state.fast_path)
-        from unirec_dist.serving.recommender import Query, RequestError
-
-        self.query_type, self.request_error = Query, RequestError
+        self.query_type, self.request_error = RecQuery, RequestError
 
     def _query(self, data: Any) -> Any:
         """The request as a Query when the schema would take it unchanged (ids: strings, or
@@ -223,119 +237,152 @@ def _message(e: dict[str, Any]) -> str:
     return " ".join(f"{where}: {msg}".split()) if where else " ".join(msg.split())
 
 
-def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
-               max_body_bytes: int = MAX_BODY_BYTES, batching: "BatchingConfig | None" = None,
-               recommend_batched: Any = None, fast_path: bool = True) -> "FastAPI":
+RawId = Annotated[
+    str, BeforeValidator(_coerce_id), StringConstraints(max_length=MAX_ID_LEN),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": MAX_ID_LEN}, {"type": "integer"}],
+                    "description": "a raw id as in the dataset (integers are read as strings)"}),
+]
+
+
+class QueryBody(BaseModel):
+    """The request fields of /recommend and /explain. The limits that come from the Recommender
+    (max_k, max_history) and its examples are set per app by `_with_limits`."""
+    model_config = ConfigDict(extra="forbid")
+    user_id: RawId | None = Field(None, description="a known user's raw id (their full known history is used)")
+    history: list[RawId] | None = Field(
+        None, min_length=1, description="raw item ids of a live session, oldest first (used instead of user_id)")
+    k: int = Field(10, ge=1, description="number of items to return")
+    exclude_seen: bool = Field(True, description="leave out items already in the history")
+    # checked by Recommender.resolve_times (one rule for HTTP, Ray Serve and Python callers)
+    timestamps: list[Any] | None = Field(
+        None, json_schema_extra={"items": {"type": "number"}},
+        description="with history: each item's time in seconds since 1970, oldest first (read by models "
+                    "with a time bias; required by them)")
+    at: Any = Field(None, json_schema_extra={"type": "number"},
+                    description="query time in seconds since 1970 (default: now)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.user_id is None) == (self.history is None):
+            raise ValueError("give exactly one of user_id or history")
+        return self
+
+
+class RecommendRequestBase(QueryBody):
+    pass
+
+
+class ExplainRequestBase(QueryBody):
+    top: int = Field(5, ge=1, le=100, description="history items listed per recommended item")
+    method: Literal["auto", "occlusion", "similarity", "attention"] = Field(
+        "auto", description="auto: attention rollout when the model exposes attention, else occlusion")
+    items: list[RawId] | None = Field(
+        None, min_length=1, description="explain these items instead of the top-k")
+
+
+# field -> (its type, the Recommender limit that bounds it, the constraint): see _with_limits
+_LIMITED = {
+    "history": (list[RawId] | None, "max_history", "max_length"),
+    "timestamps": (list[Any] | None, "max_history", "max_length"),
+    "k": (int, "max_k", "le"),
+    "items": (list[RawId] | None, "max_k", "max_length"),
+}
+
+
+def _with_limits(base: type[QueryBody], max_k: int, max_history: int,
+                 examples: list[dict[str, Any]]) -> type[QueryBody]:
+    """`base` with its fields bounded by one Recommender's limits (k <= max_k, at most max_history
+    history items and timestamps, at most max_k items to explain) and its examples, so the OpenAPI
+    schema states them. pydantic's `create_model` derives it: constraints are fixed per model class,
+    and each app (each Recommender) has its own."""
+    limits = {"max_k": max_k, "max_history": max_history}
+    fields: dict[str, Any] = {
+        name: (Annotated[tp, Field(**{constraint: limits[limit]})], base.model_fields[name])
+        for name, (tp, limit, constraint) in _LIMITED.items() if name in base.model_fields
+    }
+    model = create_model(base.__name__.removesuffix("Base"), __base__=base, **fields)
+    model.model_config["json_schema_extra"] = {"examples": examples}
+    model.model_rebuild(force=True)
+    return model
+
+
+def _body(model: type[QueryBody]) -> Callable[[_Endpoint], _Endpoint]:
+    """Make `model` (one app's `_with_limits` class) the body model FastAPI reads from the
+    endpoint's `req` annotation; the annotation written in the code is its base class, the one
+    type checkers know."""
+    def apply(endpoint: _Endpoint) -> _Endpoint:
+        endpoint.__annotations__["req"] = model
+        return endpoint
+    return apply
+
+
+class ItemScore(BaseModel):
+    item: str
+    score: float
+    rank: int
+    display: dict[str, str] | None = Field(
+        None, description="the item's display fields (title, genres, ...) when the bundle has them")
+
+
+class RecommendResponse(BaseModel):
+    items: list[ItemScore]
+    user_id: str | None
+    history_length: int
+    k: int
+    exclude_seen: bool
+    index: str
+
+
+class ContributionOut(BaseModel):
+    item: str
+    position: int = Field(description="0-based position in the history, oldest first")
+    weight: float
+    display: dict[str, str] | None = Field(
+        None, description="the item's display fields (title, genres, ...) when the bundle has them")
+
+
+class ItemExplanationOut(BaseModel):
+    item: str
+    score: float
+    rank: int
+    contributions: list[ContributionOut]
+    display: dict[str, str] | None = Field(
+        None, description="the item's display fields (title, genres, ...) when the bundle has them")
+
+
+class ExplainResponse(BaseModel):
+    method: str = Field(description="occlusion, similarity or attention (see unirec_dist.serving.explain)")
+    per_item: bool
+    history_length: int
+    items: list[ItemExplanationOut]
+
+
+class ErrorItem(BaseModel):
+    loc: list[Union[str, int]]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    errors: list[ErrorItem] | None = None
+
+
+class Health(BaseModel):
+    status: str
+
+
+def create_app(rec: Recommender, title: str = "unirec_dist recommender",
+               max_body_bytes: int = MAX_BODY_BYTES, batching: BatchingConfig | None = None,
+               recommend_batched: Any = None, fast_path: bool = True) -> FastAPI:
     """The app over `rec`. /recommend answers through `recommend_batched` (an async callable
     Query -> Ranked, e.g. Ray Serve's `@serve.batch` method) when given, else through a
     MicroBatcher built from `batching`, else inline one request at a time (`batching=None`).
     `fast_path`: well-formed /recommend bodies skip FastAPI (RecommendFastPath); False sends every
     request through the FastAPI route (the reference the fast path is tested and benchmarked against)."""
-    from fastapi import FastAPI, Request, Response
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from pydantic import (
-        BaseModel,
-        BeforeValidator,
-        ConfigDict,
-        Field,
-        StringConstraints,
-        WithJsonSchema,
-        model_validator,
-    )
-
-    from unirec_dist import __version__
-    from unirec_dist.serving.batching import MicroBatcher
-    from unirec_dist.serving.recommender import Query as RecQuery
-    from unirec_dist.serving.recommender import RequestError
-
-    RawId = Annotated[
-        str, BeforeValidator(_coerce_id), StringConstraints(max_length=MAX_ID_LEN),
-        WithJsonSchema({"anyOf": [{"type": "string", "maxLength": MAX_ID_LEN}, {"type": "integer"}],
-                        "description": "a raw id as in the dataset (integers are read as strings)"}),
-    ]
     max_k, max_hist = rec.max_k, rec.max_history
-    examples = rec.examples()
-
-    class Query(BaseModel):
-        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": examples})
-        user_id: RawId | None = Field(None, description="a known user's raw id (their full known history is used)")
-        history: list[RawId] | None = Field(
-            None, min_length=1, max_length=max_hist,
-            description="raw item ids of a live session, oldest first (used instead of user_id)")
-        k: int = Field(10, ge=1, le=max_k, description="number of items to return")
-        exclude_seen: bool = Field(True, description="leave out items already in the history")
-        # checked by Recommender.resolve_times (one rule for HTTP, Ray Serve and Python callers)
-        timestamps: list[Any] | None = Field(
-            None, max_length=max_hist, json_schema_extra={"items": {"type": "number"}},
-            description="with history: each item's time in seconds since 1970, oldest first (read by models "
-                        "with a time bias; required by them)")
-        at: Any = Field(None, json_schema_extra={"type": "number"},
-                        description="query time in seconds since 1970 (default: now)")
-
-        @model_validator(mode="after")
-        def _one_source(self):
-            if (self.user_id is None) == (self.history is None):
-                raise ValueError("give exactly one of user_id or history")
-            return self
-
-    class RecommendRequest(Query):
-        pass
-
-    class ExplainRequest(Query):
-        top: int = Field(5, ge=1, le=100, description="history items listed per recommended item")
-        method: Literal["auto", "occlusion", "similarity", "attention"] = Field(
-            "auto", description="auto: attention rollout when the model exposes attention, else occlusion")
-        items: list[RawId] | None = Field(
-            None, min_length=1, max_length=max_k, description="explain these items instead of the top-k")
-
-    class ItemScore(BaseModel):
-        item: str
-        score: float
-        rank: int
-        display: dict[str, str] | None = Field(
-            None, description="the item's display fields (title, genres, ...) when the bundle has them")
-
-    class RecommendResponse(BaseModel):
-        items: list[ItemScore]
-        user_id: str | None
-        history_length: int
-        k: int
-        exclude_seen: bool
-        index: str
-
-    class ContributionOut(BaseModel):
-        item: str
-        position: int = Field(description="0-based position in the history, oldest first")
-        weight: float
-        display: dict[str, str] | None = Field(
-            None, description="the item's display fields (title, genres, ...) when the bundle has them")
-
-    class ItemExplanationOut(BaseModel):
-        item: str
-        score: float
-        rank: int
-        contributions: list[ContributionOut]
-        display: dict[str, str] | None = Field(
-            None, description="the item's display fields (title, genres, ...) when the bundle has them")
-
-    class ExplainResponse(BaseModel):
-        method: str = Field(description="occlusion, similarity or attention (see unirec_dist.serving.explain)")
-        per_item: bool
-        history_length: int
-        items: list[ItemExplanationOut]
-
-    class ErrorItem(BaseModel):
-        loc: list[Union[str, int]]
-        msg: str
-        type: str
-
-    class ErrorResponse(BaseModel):
-        detail: str
-        errors: list[ErrorItem] | None = None
-
-    class Health(BaseModel):
-        status: str
+    RecommendRequest, ExplainRequest = (_with_limits(m, max_k, max_hist, rec.examples())
+                                        for m in (RecommendRequestBase, ExplainRequestBase))
 
     errors = {400: {"model": ErrorResponse, "description": "unreadable body (e.g. not UTF-8)"},
               404: {"model": ErrorResponse, "description": "unknown user id"},
@@ -398,7 +445,8 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
     # top-K takes about a millisecond, less than the thread-pool hops FastAPI adds around a plain
     # `def` endpoint, so it runs inline on the event loop.
     @app.post("/recommend", response_model=RecommendResponse, responses=errors)
-    async def recommend(req: RecommendRequest) -> Response:
+    @_body(RecommendRequest)
+    async def recommend(req: RecommendRequestBase) -> Response:
         t0 = time.perf_counter()
         query = RecQuery(req.user_id, req.history, req.k, req.exclude_seen, req.timestamps, req.at)
         body = response_body(query, await answer(query))
@@ -409,7 +457,8 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
         return JSONResponse(body, headers={"Server-Timing": f"recommend;dur={(time.perf_counter() - t0) * 1000:.3f}"})
 
     @app.post("/explain", response_model=ExplainResponse, responses=errors)
-    def explain(req: ExplainRequest, response: Response) -> dict[str, Any]:
+    @_body(ExplainRequest)
+    def explain(req: ExplainRequestBase, response: Response) -> dict[str, Any]:
         t0 = time.perf_counter()
         ex = rec.explain(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen,
                          items=req.items, top=req.top, method=req.method, timestamps=req.timestamps, at=req.at)

@@ -49,6 +49,7 @@ class MicroBatcher:
         if self._worker is None or self._worker.done():
             self._arrived = asyncio.Event()
             self._worker = loop.create_task(self._run())
+        assert self._arrived is not None      # made with the worker above
         fut = loop.create_future()
         self._queue.append((item, fut))
         self._arrived.set()

@@ -23,7 +23,7 @@ Command-line flags override the file; key=value overrides work as for every conf
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from unirec_dist.errors import ConfigError
 
@@ -99,7 +99,7 @@ class ServeConfig:
 
     def recommender_options(self) -> dict:
         """Keyword arguments for `Recommender.from_bundle`."""
-        opts = {"index": self.index, "max_k": self.max_k, "max_history": self.max_history,
+        opts: dict[str, Any] = {"index": self.index, "max_k": self.max_k, "max_history": self.max_history,
                 "ef_search": self.ef_search}
         if self.index == "hnsw" and self.hnsw is not None:
             opts["hnsw"] = {"M": self.hnsw.M, "ef_construction": self.hnsw.ef_construction,

@@ -91,7 +91,7 @@ class ItemDisplay:
     def __call__(self, index: int) -> dict[str, str] | None:
         if not self.fields:
             return None
-        out = {f: col[index] for f, col in zip(self.fields, self._values) if col[index] is not None}
+        out = {f: v for f, col in zip(self.fields, self._values) if (v := col[index]) is not None}
         return out or None
 
 

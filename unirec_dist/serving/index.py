@@ -31,7 +31,7 @@ def _exclusion_matrix(exclude: list[np.ndarray] | None, batch: int) -> "torch.Te
     width = max((len(e) for e in exclude), default=0)
     if width == 0:
         return None
-    out = np.zeros((batch, width), dtype=np.int64)
+    out: np.ndarray = np.zeros((batch, width), dtype=np.int64)
     for i, e in enumerate(exclude):
         out[i, : len(e)] = e
     return torch.from_numpy(out)

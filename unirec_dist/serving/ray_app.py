@@ -31,9 +31,55 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import serve
+
+from unirec_dist.errors import UnirecError
+from unirec_dist.serving.config import BatchingConfig
+from unirec_dist.utils.device import configure_cpu
+from unirec_dist.utils.logging import quiet_noisy_loggers
+from unirec_dist.utils.ray_cluster import init_ray, shutdown_ray
+
 log = logging.getLogger(__name__)
 
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding unirec_dist/
+
+
+@serve.ingress()
+class RecommenderReplica:
+    """One replica: the bundle's Recommender and the HTTP app of unirec_dist.serving.app over it."""
+
+    def __init__(self, bundle: str, threads: int | None, options: dict[str, Any], max_body_bytes: int,
+                 batching: dict[str, Any] | None) -> None:
+        # the replica's own imports: the driver that builds the application needs no torch
+        from unirec_dist.serving.recommender import Recommender
+
+        quiet_noisy_loggers()
+        configure_cpu(int(threads) if threads else None)
+        self.rec = Recommender.from_bundle(bundle, **options)
+        self.max_body_bytes = max_body_bytes
+        self.batching = batching
+        if batching is not None:
+            self.recommend_batch.set_max_batch_size(int(batching["max_batch_size"]))
+            self.recommend_batch.set_batch_wait_timeout_s(float(batching["max_wait_ms"]) / 1000.0)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
+    async def recommend_batch(self, queries: list[Any]) -> list[Any]:
+        """Ray Serve's micro-batching: the queries that arrived together, answered in one
+        `recommend_many` call in a worker thread (off the replica's event loop)."""
+        return await asyncio.to_thread(self.rec.recommend_many, queries)
+
+    def __serve_build_asgi_app__(self):
+        from unirec_dist.serving.app import create_app
+
+        return create_app(self.rec, max_body_bytes=self.max_body_bytes,
+                          recommend_batched=None if self.batching is None else self.recommend_batch)
+
+
+# The deployment, declared once; `build_app` sets its name, replicas and resources per application
+# with `.options(...)` and binds the bundle. The FastAPI app is built in each replica
+# (`__serve_build_asgi_app__`), over the Recommender its constructor loaded.
+RecommenderDeployment = serve.deployment(RecommenderReplica, name="UnirecRecommender")
 
 
 def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: float = 1.0,
@@ -45,10 +91,6 @@ def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: fl
     "default" for BatchingConfig(), None for one request at a time.
     options go to `Recommender.from_bundle` (index, ef_search, max_k, max_history, hnsw).
     """
-    from ray import serve
-
-    from unirec_dist.serving.config import BatchingConfig
-
     bundle = str(Path(bundle).resolve())
     if batching == "default":
         batching = BatchingConfig()
@@ -58,38 +100,7 @@ def build_app(bundle: str | os.PathLike, replicas: int = 1, cpus_per_replica: fl
         batching.validate()
         batching = dataclasses.asdict(batching)   # plain data for the replica's constructor
 
-    @serve.ingress()
-    class RecommenderDeployment:
-        def __init__(self, bundle: str, threads: int | None, options: dict[str, Any], max_body_bytes: int,
-                     batching: dict[str, Any] | None) -> None:
-            from unirec_dist.serving.recommender import Recommender
-            from unirec_dist.utils.logging import quiet_noisy_loggers
-
-            quiet_noisy_loggers()
-            from unirec_dist.utils.device import configure_cpu
-
-            configure_cpu(int(threads) if threads else None)
-            self.rec = Recommender.from_bundle(bundle, **options)
-            self.max_body_bytes = max_body_bytes
-            self.batching = batching
-            if batching is not None:
-                self.recommend_batch.set_max_batch_size(int(batching["max_batch_size"]))
-                self.recommend_batch.set_batch_wait_timeout_s(float(batching["max_wait_ms"]) / 1000.0)
-
-        @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
-        async def recommend_batch(self, queries: list[Any]) -> list[Any]:
-            """Ray Serve's micro-batching: the queries that arrived together, answered in one
-            `recommend_many` call in a worker thread (off the replica's event loop)."""
-            return await asyncio.to_thread(self.rec.recommend_many, queries)
-
-        def __serve_build_asgi_app__(self):
-            from unirec_dist.serving.app import create_app
-
-            return create_app(self.rec, max_body_bytes=self.max_body_bytes,
-                              recommend_batched=None if self.batching is None else self.recommend_batch)
-
-    deployment = serve.deployment(
-        RecommenderDeployment,
+    deployment = RecommenderDeployment.options(
         name=name,
         num_replicas=int(replicas),
         ray_actor_options={
@@ -109,8 +120,6 @@ def _pythonpath() -> str:
 def app_builder(args: dict[str, Any]):
     """Entry point for `serve run unirec_dist.serving.ray_app:app_builder bundle=... replicas=...`
     and Serve config files (`import_path` + `args`)."""
-    from unirec_dist.errors import UnirecError
-
     args = dict(args)
     if "bundle" not in args:
         raise UnirecError("app_builder needs bundle=<path to a bundle directory>")
@@ -132,10 +141,6 @@ def app_builder(args: dict[str, Any]):
 def start(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
           address: str | None = None, num_cpus: int | None = None, **kw: Any) -> str:
     """Start (or attach to) Ray, start Serve's HTTP proxy on host:port and deploy; returns the URL."""
-    from ray import serve
-
-    from unirec_dist.utils.ray_cluster import init_ray
-
     if address:
         init_ray(address, log_to_driver=False, logging_level=logging.WARNING)
     else:
@@ -146,11 +151,6 @@ def start(bundle: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
 
 
 def stop() -> None:
-    import ray
-    from ray import serve
-
-    from unirec_dist.utils.ray_cluster import shutdown_ray
-
     try:
         serve.shutdown()
     finally:

@@ -65,6 +65,7 @@ def _bundle_index(path: Path, manifest: dict[str, Any], n_items: int, hnsw: dict
                  stored.get("ef_construction"))
         return ann, None
     if have:
+        assert hnsw is not None     # without asked-for parameters the stored index was used above
         log.info("hnsw: the bundle's index has M=%s, ef_construction=%s but M=%s, ef_construction=%s was "
                  "asked for: building a new one", stored.get("M"), stored.get("ef_construction"),
                  hnsw["M"], hnsw["ef_construction"])
@@ -240,7 +241,7 @@ class Recommender:
         # at load time, not in the first request.
         self._warm_query = self._sample_queries(1)
         if index == "exact":
-            self.index = self.exact
+            self.index: ExactIndex | HNSWIndex = self.exact
         elif index == "hnsw":
             t0 = time.perf_counter()
             self.index = ann if ann is not None else HNSWIndex.build(self.items, **(hnsw or {}))
@@ -326,8 +327,8 @@ class Recommender:
     def _sample_queries(self, n: int) -> "torch.Tensor":
         """Query vectors of up to n known users (or random history-like queries without users)."""
 
-        rows = np.flatnonzero(self._hist_row >= 0)[:n]
-        rows = [int(u) for u in rows if len(self._user_history(int(u)))]
+        known = np.flatnonzero(self._hist_row >= 0)[:n]
+        rows = [int(u) for u in known if len(self._user_history(int(u)))]
         hists = [self._user_history(u) for u in rows]
         times = [self.resolve_times(u, h, None, None) for u, h in zip(rows, hists)]
         if not hists:

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,8 @@ from unirec_dist.metrics.evaluate import QUERY_BLOCK, _device
 from unirec_dist.metrics.sharded import ranked_lists
 
 if TYPE_CHECKING:
+    import torch
+
     from unirec_dist.models.protocol import Retriever
 
 log = logging.getLogger(__name__)
@@ -115,8 +117,9 @@ def recommend(
     all_ids = np.zeros((len(index), kk), dtype=np.int64)
     all_scores = np.zeros((len(index), kk), dtype=np.float32)
     was_training = getattr(retriever, "training", None)
+    module = cast("torch.nn.Module", retriever)    # one with a training mode is an nn.Module
     if was_training:
-        retriever.eval()
+        module.eval()
     try:
         with torch.no_grad():
             device = _device(retriever)
@@ -153,7 +156,7 @@ def recommend(
                     all_scores[rows] = scores.float().cpu().numpy()
     finally:
         if was_training:
-            retriever.train()
+            module.train()
     keep = all_ids != 0  # fewer than k unseen items: a shorter list
     user_pos, rank0 = np.nonzero(keep)
     users_arr = np.asarray([str(u) for u in users], dtype=object)

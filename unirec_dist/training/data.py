@@ -224,7 +224,7 @@ class ValidTargets:
         if with_times:
             self.columns.append("target_timestamps")
         self.groups = [(fi, g) for fi, f in enumerate(self.files) for g in range(f.metadata.num_row_groups)]
-        self.ranges = []
+        self.ranges: list[tuple[int, int]] | None = []
         for fi, g in self.groups:
             f = self.files[fi]
             st = f.metadata.row_group(g).column(f.schema_arrow.get_field_index("user")).statistics
@@ -232,7 +232,8 @@ class ValidTargets:
                 self.ranges = None            # no statistics: read every row group (still one at a time)
                 break
             self.ranges.append((int(st.min), int(st.max)))
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        # row group -> (users, first targets, their ratings or None, their timestamps or None)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
 
     def _group(self, g: int):
         if g not in self._cache:

@@ -396,8 +396,9 @@ def _finetune(cfg: FinetuneConfig, plan: Plan, resume_from: Path | None, t0: flo
     eff, target = plan.train_cfg, plan.target
     apply_val_mask_seen(eff, target.manifest)
     seqs = TrainSequences.from_dir(target.root, eff.data.train_on)
-    if "rating" in eff.task.active_tasks and seqs.ratings is None:
-        raise ConfigError(f"task.kind: the rating task needs ratings, but {target.root}/train.parquet has none")
+    for name, objective in eff.task.objectives().items():
+        if objective.needs_ratings and seqs.ratings is None:
+            raise ConfigError(f"task.kind: the {name} task needs ratings, but {target.root}/train.parquet has none")
     device = resolve_device(eff.trainer.device)
     configure_cpu(eff.trainer.threads if device.type == "cpu" else None)
     L.seed_everything(eff.trainer.seed, workers=True, verbose=False)

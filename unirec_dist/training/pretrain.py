@@ -32,12 +32,20 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+from unirec_dist.compat.ray_api import replace_print_worker_logs
 from unirec_dist.config.distributed import DistributedSection, PretrainConfig
-from unirec_dist.errors import ConfigError, UnirecError
+from unirec_dist.config.loader import from_dict, to_dict
+from unirec_dist.errors import CheckpointError, ConfigError, UnirecError
+from unirec_dist.utils.atomic import output_error
+from unirec_dist.utils.device import configure_cpu, dist_backend, worker_device
+from unirec_dist.utils.jsonfile import load_json_object
+from unirec_dist.utils.logging import RankZeroFilter, quiet_noisy_loggers
 
 # one implementation of the address check and of the cluster start-up for every command
 from unirec_dist.utils.ray_cluster import ClusterError, check_address, init_ray, shutdown_ray
@@ -114,7 +122,6 @@ def check_resume_from(cfg: PretrainConfig) -> None:
     """distributed.resume_from: a pretraining checkpoint of this dataset's vocabulary (any worker
     count and sharding plan: DCP reshards it on load), made absolute for the workers."""
     from unirec_dist.checkpoint.dcp import check_vocab, read_manifest, resolve_checkpoint
-    from unirec_dist.errors import CheckpointError
     from unirec_dist.training.train import check_inputs
 
     dist = cfg.distributed
@@ -168,17 +175,17 @@ def wait_for_resources(workers: int, cpus_per_worker: int, use_gpu: bool, timeou
         res = ray.cluster_resources()
         need_cpu, have_cpu = workers * cpus_per_worker, int(res.get("CPU", 0))
         if need_cpu > have_cpu:
-            return f"--workers {workers} needs {need_cpu} CPUs ({cpus_per_worker} per worker) but the Ray cluster has {have_cpu}"
+            return f"distributed.workers {workers} needs {need_cpu} CPUs ({cpus_per_worker} per worker) but the Ray cluster has {have_cpu}"
         if use_gpu and workers > int(res.get("GPU", 0)):
-            return f"--workers {workers} needs {workers} GPUs but the Ray cluster has {int(res.get('GPU', 0))}"
+            return f"distributed.workers {workers} needs {workers} GPUs but the Ray cluster has {int(res.get('GPU', 0))}"
         per_node = f"{cpus_per_worker} CPU{'s' if cpus_per_worker > 1 else ''}" + (" and 1 GPU" if use_gpu else "")
         if placement_strategy == "STRICT_SPREAD" and workers > 1:
             have = nodes_fitting(cpus_per_worker, gpus)
             if have < workers:
-                return (f"--workers {workers} with distributed.placement_strategy STRICT_SPREAD needs {workers} "
+                return (f"distributed.workers {workers} with distributed.placement_strategy STRICT_SPREAD needs {workers} "
                         f"nodes with {per_node} each but the Ray cluster has {have}")
         if placement_strategy == "STRICT_PACK" and workers > 1 and not nodes_fitting(need_cpu, gpus * workers):
-            return (f"--workers {workers} with distributed.placement_strategy STRICT_PACK needs one node with "
+            return (f"distributed.workers {workers} with distributed.placement_strategy STRICT_PACK needs one node with "
                     f"{need_cpu} CPUs" + (f" and {workers} GPUs" if use_gpu else "") + " but the Ray cluster has none")
         return None
 
@@ -204,18 +211,8 @@ def wait_for_resources(workers: int, cpus_per_worker: int, use_gpu: bool, timeou
 
 
 # -- the worker -------------------------------------------------------------------------------
-def _lightning_callback_base():
-    from lightning.pytorch.callbacks import Callback
-
-    return Callback
-
-
 def _quiet_worker() -> None:
-    import warnings
-
     logging.getLogger().setLevel(logging.WARNING)   # fbgemm's "Successfully loaded" lines are INFO
-    from unirec_dist.utils.logging import quiet_noisy_loggers
-
     quiet_noisy_loggers()
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -241,18 +238,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
     from ray.train.lightning import RayLightningEnvironment
 
-    from unirec_dist.config.loader import from_dict, to_dict
     from unirec_dist.training.checkpointing import CheckpointCallback
     from unirec_dist.training.ray_strategy import RayTorchRecStrategy
     from unirec_dist.training.strategy import ShardingOptions
+    from unirec_dist.training.throughput import TrainThroughput
     from unirec_dist.training.train import make_loggers, setup_training
 
     logging.getLogger("unirec_dist").setLevel(logging.INFO if config.get("verbose") else logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     os.environ["RANK"] = str(rank)      # rank-0 log filter
-    from unirec_dist.utils.logging import RankZeroFilter
-
     for h in logging.getLogger().handlers:
         h.addFilter(RankZeroFilter())
     cfg = from_dict(PretrainConfig, config["cfg"], where="pretrain config")
@@ -260,8 +255,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device_type = config["device_type"]   # decided from the cluster's resources (utils/device.py)
     if device_type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"the workers run on cuda but worker {rank} on {socket.gethostname()} sees no GPU")
-    from unirec_dist.utils.device import configure_cpu
-
     configure_cpu(cfg.trainer.threads if device_type == "cpu" else None)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     # tables on the meta device: each rank allocates only its own shards (a 20M-row table is never
@@ -320,8 +313,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     local = None
     if ckpt is not None:
         # a restarted worker group: continue from the latest reported checkpoint
-        import tempfile
-
         local = Path(tempfile.mkdtemp(prefix="unirec-resume-"))
         ckpt.to_directory(str(local))
         ckpt_path = str(local)
@@ -334,39 +325,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     finally:
         if local is not None:
             shutil.rmtree(local, ignore_errors=True)
-
-
-class TrainThroughput(_lightning_callback_base()):
-    """Per worker: target positions trained and the wall/CPU seconds of the steps after `warmup`
-    (published in the strategy's `extra_stats`, so they reach pretrain.json's worker_stats).
-
-    A target position is every position of a sequence that predicts a next item (length - 1).
-    """
-
-    def __init__(self, warmup: int = 3) -> None:
-        self.warmup = warmup
-        self.positions = 0
-        self.steps = 0
-        self._t0: float | None = None
-        self._c0 = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._t0 is None and trainer.global_step >= self.warmup:
-            self._t0, self._c0 = time.perf_counter(), time.process_time()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._t0 is None:
-            return
-        seq = getattr(batch, "seq", None)
-        if seq is not None:
-            self.positions += int((seq["item"].lengths() - 1).clamp(min=0).sum())
-        self.steps += 1
-        stats = getattr(trainer.strategy, "extra_stats", None)
-        if stats is not None:
-            stats.update(timed_steps=self.steps, positions=self.positions,
-                         train_s=time.perf_counter() - self._t0, train_cpu_s=time.process_time() - self._c0)
-
-
 
 
 def worker_stats_from_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -395,7 +353,6 @@ def filter_worker_logs() -> None:
     """Forward only the training workers' own output (rank 0's progress bar, our log lines) to
     the terminal, without Ray's "(RayTrainWorker pid=...)" prefix; Ray's controller/cleaner
     chatter and known library noise stay in Ray's log files (/tmp/ray/session_latest/logs)."""
-    from unirec_dist.compat.ray_api import replace_print_worker_logs
 
     def print_worker_logs(data, print_file, ignore_prefix: bool = False):
         name = str(data.get("actor_name") or data.get("task_name") or "")
@@ -433,8 +390,6 @@ def publish_final(checkpoint: Any, root: Path, keep_last: int,
         step_dir_name,
         verify_checkpoint,
     )
-    from unirec_dist.errors import CheckpointError
-    from unirec_dist.utils.jsonfile import load_json_object
 
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(root)
@@ -455,7 +410,13 @@ def publish_final(checkpoint: Any, root: Path, keep_last: int,
 
 
 class WorkersFailedError(UnirecError):
-    """The run ended: its workers failed more often than distributed.max_failures allows."""
+    """The run ended: its workers failed more often than distributed.max_failures allows.
+    `resumable`: a checkpoint was reported, from which resuming the run continues (the command
+    layer words how)."""
+
+    def __init__(self, message: str, resumable: bool = False) -> None:
+        super().__init__(message)
+        self.resumable = resumable
 
 
 def _worker_death(error: BaseException) -> bool:
@@ -475,8 +436,8 @@ def _last_line(error: BaseException, limit: int = 200) -> str:
 def workers_failed(error: Exception, dist: DistributedSection, run_dir: Path, root: Path) -> WorkersFailedError:
     """The one line that ends a failed run: how often the workers failed, the last error, and the
     last good checkpoint, published as `root/step-<N>` with the pointer `last` so that evaluate,
-    finetune and export read it. Ray keeps its own copy in `run_dir`, from which the same command
-    with --resume continues (Ray Train restores a run from its storage path and name)."""
+    finetune and export read it. Ray keeps its own copy in `run_dir`, from which resuming the run
+    (`pretrain(..., resume=True)`) continues (Ray Train restores a run from its storage path and name)."""
     from ray.train import Result, WorkerGroupError
 
     try:
@@ -487,7 +448,7 @@ def workers_failed(error: Exception, dist: DistributedSection, run_dir: Path, ro
         where = "no checkpoint was written before it"
     else:
         path, manifest = publish_final(checkpoint, root, dist.keep_last, pointers=("last",))
-        where = f"last good checkpoint: {path} (step {manifest.get('step')}); the same command with --resume continues from it"
+        where = f"last good checkpoint: {path} (step {manifest.get('step')})"
     if isinstance(error, WorkerGroupError):
         # the cause rather than its echo: a dead worker (a lost node, a killed process) before
         # the errors it caused on the others (a collective's "connection reset"), else rank order
@@ -504,7 +465,7 @@ def workers_failed(error: Exception, dist: DistributedSection, run_dir: Path, ro
     else:   # the controller's own failure (e.g. the workers never started)
         last = _last_line(getattr(error, "controller_failure", error))
         what = "the Ray Train controller failed"
-    return WorkersFailedError(f"{what}; last error: {last}; {where}")
+    return WorkersFailedError(f"{what}; last error: {last}; {where}", resumable=checkpoint is not None)
 
 
 def check_out_dir(out: Path, run_storage: Path, overwrite: bool, resume: bool) -> None:
@@ -514,7 +475,6 @@ def check_out_dir(out: Path, run_storage: Path, overwrite: bool, resume: bool) -
     first, and its logs would be replaced. `overwrite` removes that run (its checkpoints/, logs/,
     pretrain.json, metrics.json and its Ray run folder; nothing else); `resume` keeps it, for Ray
     to continue from."""
-    from unirec_dist.errors import CheckpointError
     from unirec_dist.training.checkpointing import RunExistsError, remove_run_paths, run_dir_state
 
     found = run_dir_state(out) + (["pretrain.json"] if (out / "pretrain.json").exists() else [])
@@ -541,7 +501,7 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
     dist = cfg.distributed
     if workers is not None:
         if workers < 1:
-            raise ConfigError(f"--workers: must be >= 1, got {workers}")
+            raise ConfigError(f"distributed.workers: must be >= 1, got {workers}")
         dist.workers = workers
     if address is not None:
         dist.address = address
@@ -557,8 +517,6 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
     try:   # a read-only or full out_dir: one line now, not a traceback from every worker later
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        from unirec_dist.utils.atomic import output_error
-
         raise output_error(out, e) from None
     check_out_dir(out, storage / cfg.name, overwrite, resume)
     # the embedded cluster gets this machine's real CPU count, so too many workers is refused
@@ -568,8 +526,6 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
 
     try:
         # the workers' device comes from the cluster's resources, not this driver's hardware
-        from unirec_dist.utils.device import dist_backend, worker_device
-
         resources = ray.cluster_resources()
         if own:   # the embedded cluster is this machine with this torch build (a CPU build sees no GPU)
             import torch
@@ -586,8 +542,6 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
                            placement_strategy=dist.placement_strategy)
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
-
-        from unirec_dist.config.loader import to_dict
 
         kind, lr = dist.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
         log.info("pretraining %s on %d %s worker(s); tables: %s; table optimizer: fused %s lr %g (optim.tables: %s), "

@@ -102,10 +102,11 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
     path, ds_manifest = check_inputs(cfg)
     apply_val_mask_seen(cfg, ds_manifest)
     source = train_source(path, cfg.data, with_times=cfg.model.encoder.uses_times)
-    if "rating" in cfg.task.active_tasks and not source.has_ratings:
-        from unirec_dist.errors import ConfigError
+    for name, objective in cfg.task.objectives().items():
+        if objective.needs_ratings and not source.has_ratings:
+            from unirec_dist.errors import ConfigError
 
-        raise ConfigError(f"task.kind: the rating task needs ratings, but {path}/train.parquet has none")
+            raise ConfigError(f"task.kind: the {name} task needs ratings, but {path}/train.parquet has none")
     n_vocab = int(ds_manifest["vocab_sizes"]["item"])
     batches = SequenceBatches(source, cfg.data.batch_size, cfg.data.max_len, seed=cfg.trainer.seed,
                               length_grouped=cfg.data.length_grouped, rank=rank, world_size=world_size,

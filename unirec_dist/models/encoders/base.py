@@ -15,19 +15,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
-from unirec_dist.errors import ConfigError
-
-
-def check(cond: bool, key: str, msg: str) -> None:
-    """A config check in the loader's style: `key` is the dotted name (model.encoder.X)."""
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
+from unirec_dist.errors import check
 
 
 def check_dropout(cfg: Any, *names: str) -> None:
@@ -68,10 +61,7 @@ class EncoderConfig:
         # imported here: registry.py imports every encoder module, and they import this one
         from unirec_dist.models.encoders.registry import DEFAULT_ENCODER, ENCODERS, LEGACY_FLAT_KEYS
 
-        kind = data.get("kind", DEFAULT_ENCODER)
-        if kind not in ENCODERS:
-            raise ConfigError(f"kind: {_unknown(kind, ENCODERS)}")
-        config = ENCODERS[kind].config
+        config = ENCODERS.lookup(data.get("kind", DEFAULT_ENCODER), "kind").config
         if set(data) == LEGACY_FLAT_KEYS:
             # a resolved config saved by a checkpoint before each encoder had its own section:
             # it lists every encoder's fields; keep this encoder's
@@ -80,19 +70,11 @@ class EncoderConfig:
         return config, data
 
 
-def _unknown(kind: Any, registered: dict[str, Any]) -> str:
-    close = difflib.get_close_matches(str(kind), list(registered), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown encoder {kind!r}{hint}; registered: {', '.join(sorted(registered))}"
-
-
 def registered(kind: str) -> EncoderEntry:
     """The registry entry (config, encoder) for `kind` (ConfigError when there is none)."""
     from unirec_dist.models.encoders.registry import ENCODERS
 
-    if kind not in ENCODERS:
-        raise ConfigError(f"model.encoder.kind: {_unknown(kind, ENCODERS)}")
-    return ENCODERS[kind]
+    return ENCODERS.lookup(kind, "model.encoder.kind")
 
 
 class SequenceEncoder(nn.Module, abc.ABC):

@@ -11,14 +11,15 @@ from unirec_dist.models.encoders.gru4rec import GRU4RecConfig, GRU4RecEncoder
 from unirec_dist.models.encoders.hstu import HSTUConfig, HSTUEncoder
 from unirec_dist.models.encoders.pooling import MeanPoolConfig, MeanPoolEncoder, MFConfig, MFEncoder
 from unirec_dist.models.encoders.sasrec import SASRecConfig, SASRecEncoder
+from unirec_dist.utils.registry import Registry
 
-ENCODERS: dict[str, EncoderEntry] = {
+ENCODERS: Registry[EncoderEntry] = Registry("encoder", {
     "sasrec": EncoderEntry(SASRecConfig, SASRecEncoder),
     "hstu": EncoderEntry(HSTUConfig, HSTUEncoder),
     "mean_pool": EncoderEntry(MeanPoolConfig, MeanPoolEncoder),
     "mf": EncoderEntry(MFConfig, MFEncoder),
     "gru4rec": EncoderEntry(GRU4RecConfig, GRU4RecEncoder),
-}
+})
 
 DEFAULT_ENCODER = "sasrec"      # model.encoder without a kind
 

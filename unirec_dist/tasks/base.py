@@ -1,0 +1,126 @@
+"""The task interface: what every training objective takes, returns and declares.
+
+A task is two classes in one file of this package, registered by name in registry.py:
+
+* a config dataclass (subclass of `TaskConfig`): the keys of `task.<name>` in a training YAML,
+  with a `validate()` that names the dotted key it refuses;
+* an `Objective` built by `from_config(cfg, n_items, item_counts)`, called on the shared forward
+  pass of a batch (`SeqForward`) to give its scalar loss.
+
+`task.kind` picks one registered task (or `multi`: a weighted sum of several, `task.weights`).
+The trainer, the model factory (heads), the data checks and the metrics ask the objective's
+class attributes, never a task's name. A task defined outside the package registers with
+`TASKS.register(name, TaskEntry(Config, Objective))` before its config is loaded.
+
+A training SeqBatch holds each user's last max_len + 1 items in `seq` (key "item"); position t
+of the encoder reads items 0..t and predicts item t + 1, so one causal pass trains every
+position. `batch.extra["ratings"]` (T,) float, aligned with seq values, feeds the rating task;
+`batch.extra["timestamps"]` (T,) int64, aligned likewise, feeds an encoder with a time bias.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from unirec_dist.models.seqrec import SeqRecModel, pad_jagged
+
+
+@dataclass
+class SeqForward:
+    """Shared forward of one training batch.
+
+    states  (B, L, D) encoder states at input positions (un-normalised)
+    items   (B, L + 1, D) raw item vectors of the whole sequence
+    ids     (B, L + 1) item ids, 0 = padding/masked
+    valid   (B, L) bool: position t has a real next item ids[:, t + 1]
+    ratings (B, L + 1) float or None
+    """
+
+    states: torch.Tensor
+    items: torch.Tensor
+    ids: torch.Tensor
+    valid: torch.Tensor
+    ratings: torch.Tensor | None
+
+
+def forward_sequences(model: SeqRecModel, batch, values: torch.Tensor | None = None,
+                      lengths: torch.Tensor | None = None) -> SeqForward:
+    jt = batch.seq["item"]
+    if values is None:
+        values, lengths = jt.values().long(), jt.lengths().long()
+    assert lengths is not None, "values without lengths"
+    # pad_width: the ranks' common width (training/strategy.common_pad_width), when distributed
+    width = max(int(lengths.max()), 2, int(batch.extra.get("pad_width", 0)))
+    ids = pad_jagged(values, lengths, width)                   # (B, L+1)
+    # look up the padded id grid (pads hit row 0 and are masked downstream): cheaper on CPU than
+    # scattering jagged vectors into a padded tensor and back in backward
+    items = model.embedding.item_vectors(ids.reshape(-1)).view(ids.shape[0], width, -1)   # (B, L+1, D)
+    in_len = (lengths - 1).clamp(min=0)
+    times = None
+    if model.encoder.uses_times:
+        # (B, L + 1): input position t's time, and at t + 1 its target's (the query time)
+        times = pad_jagged(batch.extra["timestamps"].long(), lengths, width)
+    states = model.encode(items[:, :-1], in_len, batch.users, times)
+    L = width - 1
+    valid = (torch.arange(L, device=ids.device)[None, :] < in_len[:, None]) & (ids[:, 1:] > 0)
+    ratings = None
+    if "ratings" in batch.extra and batch.extra["ratings"] is not None and batch.extra["ratings"].numel() == values.numel():
+        ratings = pad_jagged(batch.extra["ratings"].float(), lengths, width)
+    return SeqForward(states, items, ids, valid, ratings)
+
+
+class TaskConfig:
+    """Base of the tasks' config dataclasses (`task.<name>` in a training YAML)."""
+
+    def validate(self) -> None:
+        """Checks of this section alone (sizes >= 1, ...), raising ConfigError("task.<name>.key: ...")."""
+
+
+class Objective(abc.ABC):
+    """One task's loss over the shared forward pass, and what it needs and reports.
+
+    Capabilities (class attributes; the trainer, config checks and metrics read them instead of
+    the task's name):
+      needs_ratings: training rows must carry ratings (train.parquet has a rating column).
+      reads_history: the encoder's states must depend on the history items (not MF).
+      ranks_items: its validation metrics are the full-ranking HR/NDCG@K (retrieval).
+      monitor: (metric, "max" or "min"), the validation metric that ranks checkpoints when this
+        is the first active task in registration order.
+    """
+
+    needs_ratings: ClassVar[bool] = False
+    reads_history: ClassVar[bool] = False
+    ranks_items: ClassVar[bool] = False
+    monitor: ClassVar[tuple[str, str]] = ("NDCG@10", "max")
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, cfg: Any, n_items: int, item_counts: torch.Tensor | None) -> Objective:
+        """Build from the task's config dataclass, the vocabulary size N + 1 (row 0 = padding)
+        and the training frequency of each item id (N + 1,), or None."""
+
+    @abc.abstractmethod
+    def __call__(self, model: SeqRecModel, f: SeqForward) -> torch.Tensor:
+        """The scalar loss of this task on one batch's forward pass."""
+
+    @classmethod
+    def build_head(cls, cfg: Any, dim: int) -> nn.Module | None:
+        """The parameters the task adds to the model (`model.heads[name]`), or None."""
+        return None
+
+    @classmethod
+    def metrics(cls, cfg: Any, model: SeqRecModel, queries: Any, n_items: int, batch_size: int,
+                seed: int) -> dict[str, float]:
+        """Validation/test metrics of this task's head on a query table (history, targets,
+        target_ratings: a prepared split); {} when the task has none of its own."""
+        return {}
+
+
+class TaskEntry(NamedTuple):
+    """One registered task: its config dataclass and its objective (built by from_config)."""
+    config: type[TaskConfig]
+    objective: type[Objective]

@@ -1,0 +1,64 @@
+"""Next-item retrieval: sampled softmax (uniform per-position + in-batch negatives, logQ
+correction) or full softmax over the catalogue. Its metrics are the full-ranking HR/NDCG@K.
+
+YAML: `task: {kind: retrieval, retrieval: {loss: sampled_softmax, num_negatives: 128, temperature: 0.05}}`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from unirec_dist.errors import check
+from unirec_dist.models.heads.retrieval import full_softmax_loss, sampled_softmax_loss
+from unirec_dist.models.seqrec import SeqRecModel
+from unirec_dist.tasks.base import Objective, SeqForward, TaskConfig
+
+
+@dataclass
+class RetrievalConfig(TaskConfig):
+    loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
+    num_negatives: int = 128                    # uniform negatives drawn per position
+    negatives_group: int = 1                    # random positions sharing one draw (1: per position)
+    in_batch_negatives: int = 0                 # batch positives shared as negatives (logQ-corrected)
+    temperature: float = 0.05
+
+    def validate(self) -> None:
+        check(self.num_negatives >= 0, "task.retrieval.num_negatives", f"must be >= 0, got {self.num_negatives}")
+        check(self.in_batch_negatives >= 0, "task.retrieval.in_batch_negatives",
+              f"must be >= 0, got {self.in_batch_negatives}")
+        check(self.negatives_group >= 1, "task.retrieval.negatives_group",
+              f"must be >= 1, got {self.negatives_group}")
+        check(self.temperature > 0, "task.retrieval.temperature", f"must be > 0, got {self.temperature}")
+        if self.loss == "sampled_softmax":
+            check(self.num_negatives + self.in_batch_negatives >= 1, "task.retrieval.num_negatives",
+                  "sampled_softmax needs at least one negative")
+
+
+class RetrievalObjective(Objective):
+    """Sampled softmax (uniform per-position + in-batch negatives, logQ) or full softmax."""
+
+    ranks_items = True
+    monitor = ("NDCG@10", "max")
+
+    def __init__(self, cfg: RetrievalConfig, item_counts: torch.Tensor | None = None) -> None:
+        self.cfg = cfg
+        self.log_pop = None
+        if cfg.in_batch_negatives > 0 and item_counts is not None:
+            c = item_counts.double().clamp(min=1)
+            self.log_pop = (c / c.sum()).log().float()
+
+    @classmethod
+    def from_config(cls, cfg: RetrievalConfig, n_items: int, item_counts: torch.Tensor | None) -> RetrievalObjective:
+        return cls(cfg, item_counts)
+
+    def __call__(self, model: SeqRecModel, f: SeqForward) -> torch.Tensor:
+        q = model.norm(f.states[f.valid])                      # (P, D)
+        pos = f.ids[:, 1:][f.valid]                            # (P,)
+        all_items = model.norm(model.embedding.all_item_vectors())
+        if self.cfg.loss == "full_softmax":
+            return full_softmax_loss(q, pos, all_items, self.cfg.temperature)
+        lp = None if self.log_pop is None else self.log_pop.to(q.device)
+        return sampled_softmax_loss(q, pos, all_items, self.cfg.temperature, self.cfg.num_negatives,
+                                    self.cfg.in_batch_negatives, lp, group=self.cfg.negatives_group)
