@@ -71,7 +71,7 @@ def main() -> int:
     task = build_task(cfg.task, man, source.item_counts(n_vocab))
     o = cfg.optim
     opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    valid = read_valid(path)
+    valid = read_valid(path, times=cfg.model.encoder.uses_times)
     model.train()
 
     def step(b) -> int:

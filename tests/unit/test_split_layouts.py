@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -88,3 +89,66 @@ def test_a_split_folder_without_parts_is_one_line_error(layouts, tmp_path):
     with pytest.raises(DataError, match="valid"):
         PreparedDataset.open(broken).table("valid")
     assert pc.sum(pc.list_value_length(PreparedDataset.open(broken).table("test")["targets"])).as_py() > 0
+
+
+# -- the valid split's queries: a fixed random subset without reading the whole split ------------
+def _valid_dirs(tmp_path):
+    """The same 200 valid rows (every 5th without a target) as one file and as 3 part files,
+    with different row-group sizes."""
+    rng = np.random.default_rng(0)
+    n = 200
+    hist = [rng.integers(1, 50, rng.integers(1, 6)).tolist() for _ in range(n)]
+    t = pa.table({"user": pa.array(np.arange(1, n + 1), pa.int32()),
+                  "history": pa.array(hist, pa.list_(pa.int32())),
+                  "targets": pa.array([[] if u % 5 == 0 else [u % 50 + 1] for u in range(n)], pa.list_(pa.int32())),
+                  "target_ratings": pa.array([[] if u % 5 == 0 else [4.0] for u in range(n)], pa.list_(pa.float32()))})
+    single, parts = tmp_path / "single", tmp_path / "parts"
+    single.mkdir()
+    (parts / "valid").mkdir(parents=True)
+    pq.write_table(t, single / "valid.parquet", row_group_size=13)
+    for k, (a, b) in enumerate([(0, 70), (70, 71), (71, 200)]):
+        pq.write_table(t.slice(a, b - a), parts / "valid" / f"part-{k:05d}.parquet", row_group_size=7)
+    return t, single, parts
+
+
+def _whole_table_subset(t, max_users, seed):
+    """The subset as read_valid chose it by reading the whole split (the reference)."""
+    t = t.filter(pc.greater(pc.list_value_length(t["targets"]), 0)).select(["user", "history", "targets"])
+    if max_users is not None and t.num_rows > max_users:
+        t = t.take(np.sort(np.random.default_rng(seed).choice(t.num_rows, max_users, replace=False)))
+    return t
+
+
+@pytest.mark.parametrize("max_users,seed", [(None, 0), (1, 0), (37, 0), (37, 1), (159, 3), (160, 0), (500, 0)])
+def test_valid_subset_is_the_whole_table_one_in_either_layout(tmp_path, max_users, seed):
+    t, single, parts = _valid_dirs(tmp_path)
+    want = _whole_table_subset(t, max_users, seed)
+    for root in (single, parts):
+        got = read_valid(root, max_users, seed=seed)
+        assert got.column_names == ["user", "history", "targets"]
+        assert got.equals(want), (root.name, max_users, seed)
+    assert read_valid(parts, max_users, seed=seed, ratings=True).column_names[-1] == "target_ratings"
+
+
+def test_valid_subset_reads_only_targets_and_the_chosen_row_groups(tmp_path, monkeypatch):
+    """Choosing 3 queries out of 160 reads the `targets` column of every row group and the
+    other columns of at most 3 row groups; never a whole file."""
+    _, _, parts = _valid_dirs(tmp_path)
+    reads = []
+    real = pq.ParquetFile.read_row_group
+
+    def spy(self, i, columns=None, **kw):
+        reads.append(tuple(columns or ()))
+        return real(self, i, columns=columns, **kw)
+
+    def whole(*a, **kw):
+        raise AssertionError("read a whole file")
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    monkeypatch.setattr(pq.ParquetFile, "read", whole)
+    monkeypatch.setattr(pq, "read_table", whole)
+    got = read_valid(parts, 3, seed=0)
+    assert got.num_rows == 3
+    n_groups = sum(pq.ParquetFile(f).metadata.num_row_groups for f in sorted((parts / "valid").iterdir()))
+    assert reads.count(("targets",)) == n_groups
+    assert 1 <= len([c for c in reads if c != ("targets",)]) <= 3

@@ -228,3 +228,29 @@ def test_validation_masks_seen_items_when_configured(ds, tmp_path):
         other = evaluate_table(model, valid, n_items, ks=(10,), mask_seen=not mask, progress=False)
         assert logged and logged[-1] == pytest.approx(float(same["NDCG@10"]), abs=1e-6)
         assert abs(logged[-1] - float(other["NDCG@10"])) > 1e-6
+
+
+def test_valid_split_is_read_only_when_validation_runs(ds, tmp_path, monkeypatch):
+    """The valid queries are read the first time validation runs, once: a run that stops before
+    any validation reads none of the valid split (and does not need it readable)."""
+    import unirec_dist.training.data as data
+    from unirec_dist.training.train import train
+
+    calls = []
+    real = data.read_valid
+
+    def spy(*a, **kw):
+        calls.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(data, "read_valid", spy)
+    # 2 epochs, validation every 2nd: max_steps stops the run inside epoch 0, before any validation
+    train(_debug_cfg(ds, tmp_path / "none", "trainer.max_epochs=2", "trainer.val_every_n_epochs=2",
+                     "trainer.max_steps=1", "trainer.checkpoint_every_n_epochs=0"))
+    assert calls == []
+    # 2 validations (every epoch): one read
+    train(_debug_cfg(ds, tmp_path / "two", "trainer.max_epochs=2", "trainer.val_every_n_epochs=1",
+                     "trainer.checkpoint_every_n_epochs=0"))
+    assert len(calls) == 1
+    with open(tmp_path / "two" / "logs" / "metrics.csv") as f:
+        assert sum(1 for r in __import__("csv").DictReader(f) if r.get("val/NDCG@10")) == 2

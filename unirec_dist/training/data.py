@@ -567,14 +567,53 @@ class SequenceBatches:
                 yield self.make_batch(buf, rows)
 
 
-def read_valid(path: str | os.PathLike, max_users: int | None = None, seed: int = 0) -> pa.Table:
-    """The valid split's queries with at least one target (optionally a fixed random subset)."""
-    t = read_split(path, "valid")
-    for col in ("user", "history", "targets"):
-        if col not in t.column_names:
-            raise DataError(f"{split_files(path, 'valid')[0]}: missing column {col!r}")
-    t = t.filter(pc.greater(pc.list_value_length(t["targets"]), 0))
-    if max_users is not None and t.num_rows > max_users:
-        rng = np.random.default_rng(seed)
-        t = t.take(np.sort(rng.choice(t.num_rows, max_users, replace=False)))
-    return t
+def read_valid(path: str | os.PathLike, max_users: int | None = None, seed: int = 0,
+               times: bool = False, ratings: bool = False) -> pa.Table:
+    """The valid split's queries with at least one target (user, history, targets; plus
+    history_timestamps/target_timestamps with `times` and target_ratings with `ratings`, where
+    the files have them), in user order; with `max_users`, a fixed random subset of them.
+
+    Read one row group at a time, only those columns. The subset is the one a whole-table read
+    would give: `max_users` sorted positions drawn by `default_rng(seed).choice` among all the
+    queries of the split in file order, so it depends only on (files' rows, max_users, seed),
+    not on the layout (one file or part files) nor on the rank (every rank picks the same
+    queries: validation is collective). Choosing it reads only the `targets` column (to count
+    the queries of each row group); then only the row groups holding a chosen query are read in
+    full and the chosen rows taken. Memory: the subset, one row group, and the draw (numpy's
+    `choice` without replacement holds a permutation of all queries, 8 bytes each, when
+    max_users is over 1/50 of them)."""
+    cols = ["user", "history", "targets"]
+    paths = split_files(path, "valid")
+    files = [open_parquet(f, tuple(cols)) for f in paths]
+    names = set.intersection(*(set(f.schema_arrow.names) for f in files))
+    if times and {"history_timestamps", "target_timestamps"} <= names:
+        cols += ["history_timestamps", "target_timestamps"]
+    if ratings and "target_ratings" in names:
+        cols.append("target_ratings")
+    groups = [(i, g) for i, f in enumerate(files) for g in range(f.metadata.num_row_groups)]
+
+    def queries(i: int, g: int, columns: list[str]) -> pa.Table:
+        try:
+            t = files[i].read_row_group(g, columns=columns)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{paths[i]}: row group {g} is not readable ({' '.join(str(e).split())[:160]})") from None
+        return t.filter(pc.greater(pc.list_value_length(t["targets"]), 0))
+
+    chosen: list[np.ndarray | None] = [None] * len(groups)   # per row group: local query positions
+    if max_users is not None:
+        counts = np.array([queries(i, g, ["targets"]).num_rows for i, g in groups], dtype=np.int64)
+        total = int(counts.sum())
+        if total > max_users:
+            picks = np.sort(np.random.default_rng(seed).choice(total, max_users, replace=False))
+            starts = np.r_[0, np.cumsum(counts)]
+            cut = np.searchsorted(picks, starts)
+            chosen = [picks[cut[i]:cut[i + 1]] - starts[i] for i in range(len(groups))]
+    parts = []
+    for (i, g), local in zip(groups, chosen):
+        if local is None:
+            parts.append(queries(i, g, cols))
+        elif len(local):
+            parts.append(queries(i, g, cols).take(local))
+    if not parts:
+        return files[0].schema_arrow.empty_table().select(cols)
+    return pa.concat_tables(parts)

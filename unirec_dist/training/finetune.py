@@ -37,6 +37,7 @@ logs/, metrics.json (best/last validation and test metrics of the returned check
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import time
@@ -323,8 +324,8 @@ def apply_freeze(model: torch.nn.Module, cfg: FinetuneConfig, maps: dict[str, np
 class FinetuneModule(RecModule):
     """RecModule with the task's own validation metrics and per-group learning rates."""
 
-    def __init__(self, cfg: TrainConfig, model, task, valid, n_items: int, ft: FinetuneConfig) -> None:
-        super().__init__(cfg, model, task, valid, n_items=n_items)
+    def __init__(self, cfg: TrainConfig, model, task, load_valid, n_items: int, ft: FinetuneConfig) -> None:
+        super().__init__(cfg, model, task, load_valid, n_items=n_items)
         self.ft = ft
         self.monitor, self.mode = monitor_of(cfg)
 
@@ -413,8 +414,9 @@ def _finetune(cfg: FinetuneConfig, plan: Plan, resume_from: Path | None, t0: flo
     init_info = {"scratch": True} if cfg.init.scratch else init_from_pretrained(model, plan)
     freeze_info = apply_freeze(model, cfg, plan.maps)
     task = build_task(eff.task, target.manifest, seqs.item_counts(n_vocab))
-    valid = read_valid(target.root, eff.data.valid_max_users, seed=eff.trainer.seed)
-    module = FinetuneModule(eff, model, task, valid, n_vocab - 1, cfg)
+    load_valid = functools.partial(read_valid, target.root, eff.data.valid_max_users, seed=eff.trainer.seed,
+                                   times=True, ratings=True)
+    module = FinetuneModule(eff, model, task, load_valid, n_vocab - 1, cfg)
     log.info("fine-tuning %s on %s from %s: %d sequences (fraction %.2f), %d items, %d trainable parameters",
              cfg.name, target.root, plan.ckpt, len(seqs), cfg.data.fraction, n_vocab - 1,
              sum(p.numel() for p in model.parameters() if p.requires_grad))

@@ -3,7 +3,9 @@
 training_step: task.loss(model, batch). Validation: full-ranking HR@10 / NDCG@10 on the
 validation queries (all items ranked; history items masked only with trainer.val_mask_seen),
 computed once per validation epoch with `unirec_dist.metrics.evaluate_table` over the whole
-query table (sharded over ranks and all-reduced when a process group exists). The distributed
+query table (sharded over ranks and all-reduced when a process group exists). The queries are
+read the first time validation runs (`load_valid`), so a run whose validation never comes
+reads nothing of the valid split and holds none of it. The distributed
 strategy may replace `self.model` with a sharded wrapper in `configure_model`; nothing here
 assumes a plain module.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import pyarrow as pa
@@ -27,18 +29,26 @@ VAL_KS = (10,)
 class RecModule(L.LightningModule):
     """LightningModule over (model, task); logs train/loss, val/HR@10, val/NDCG@10."""
 
-    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, task, valid: pa.Table | None = None,
-                 n_items: int | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, task,
+                 load_valid: Callable[[], pa.Table] | None = None, n_items: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.model = model
         self.task = task
-        self.valid = valid
+        self._load_valid = load_valid
+        self._valid: pa.Table | None = None
         self.n_items = n_items           # catalogue size N (ids 1..N)
         self.best_ndcg = float("-inf")
         self.last_metrics: dict[str, float] = {}
         self._validated_epoch = -1
         self._t0: float | None = None
+
+    @property
+    def valid(self) -> pa.Table | None:
+        """The validation queries, read by `load_valid` on first use and kept (None: none)."""
+        if self._valid is None and self._load_valid is not None:
+            self._valid = self._load_valid()
+        return self._valid
 
     def forward(self, batch):
         return self.model.query_embeddings(batch)

@@ -20,6 +20,7 @@ optimizer, RNG and loop state, so 2 + 2 epochs equal 4 straight epochs).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import time
@@ -115,8 +116,10 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
     if model_device != "meta":
         model.embedding.set_item_features(pq.read_table(path / "items.parquet"))
     task = build_task(cfg.task, ds_manifest, source.item_counts(n_vocab))
-    valid = read_valid(path, cfg.data.valid_max_users, seed=cfg.trainer.seed)
-    module = RecModule(cfg, model, task, valid, n_items=n_vocab - 1)
+    # read when validation first runs: a run that never validates holds none of the valid split
+    load_valid = functools.partial(read_valid, path, cfg.data.valid_max_users, seed=cfg.trainer.seed,
+                                   times=cfg.model.encoder.uses_times)
+    module = RecModule(cfg, model, task, load_valid, n_items=n_vocab - 1)
     log.info("training %s on %s: %d sequences (%s), %d items, %d parameters, %d batches/epoch",
              cfg.name, path, source.n_rows, "in memory" if source.in_memory else "streamed", n_vocab - 1, sum(p.numel() for p in model.parameters()), len(batches))
     return TrainingSetup(cfg, path, ds_manifest, module, batches, dataset_section(path, ds_manifest))
