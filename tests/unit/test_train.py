@@ -233,6 +233,8 @@ def test_validation_masks_seen_items_when_configured(ds, tmp_path):
 def test_valid_split_is_read_only_when_validation_runs(ds, tmp_path, monkeypatch):
     """The valid queries are read the first time validation runs, once: a run that stops before
     any validation reads none of the valid split (and does not need it readable)."""
+    import csv
+
     import unirec_dist.training.data as data
     from unirec_dist.training.train import train
 
@@ -253,4 +255,4 @@ def test_valid_split_is_read_only_when_validation_runs(ds, tmp_path, monkeypatch
                      "trainer.checkpoint_every_n_epochs=0"))
     assert len(calls) == 1
     with open(tmp_path / "two" / "logs" / "metrics.csv") as f:
-        assert sum(1 for r in __import__("csv").DictReader(f) if r.get("val/NDCG@10")) == 2
+        assert sum(1 for r in csv.DictReader(f) if r.get("val/NDCG@10")) == 2

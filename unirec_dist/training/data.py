@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from unirec_dist.data.batch import ITEM_KEY, SeqBatch
-from unirec_dist.data.dataset import PreparedDataset, read_split, split_files
+from unirec_dist.data.dataset import PreparedDataset, split_files
 from unirec_dist.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -605,7 +605,7 @@ def read_valid(path: str | os.PathLike, max_users: int | None = None, seed: int 
         total = int(counts.sum())
         if total > max_users:
             picks = np.sort(np.random.default_rng(seed).choice(total, max_users, replace=False))
-            starts = np.r_[0, np.cumsum(counts)]
+            starts = np.concatenate([[0], np.cumsum(counts)])
             cut = np.searchsorted(picks, starts)
             chosen = [picks[cut[i]:cut[i + 1]] - starts[i] for i in range(len(groups))]
     parts = []
