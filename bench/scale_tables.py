@@ -59,6 +59,9 @@ FINETUNE = ROOT / "configs/finetune/debug.yaml"
 GIB = 2**30
 
 
+DOG: Watchdog | None = None   # the running bench's watchdog (samples the workers' RSS too)
+
+
 def mem_available() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -75,6 +78,13 @@ class Watchdog(threading.Thread):
         super().__init__(daemon=True)
         self.floor, self.stop = floor, threading.Event()
         self.low = mem_available()
+        #: largest sampled RSS of each Ray train worker process (pid -> bytes), training and checkpointing
+        self.peaks: dict[int, int] = {}
+
+    def take_peaks(self) -> list[float]:
+        """The sampled peaks (GiB) since the last call, largest first."""
+        got, self.peaks = sorted(self.peaks.values(), reverse=True), {}
+        return [round(v / GIB, 2) for v in got]
 
     def run(self) -> None:
         import psutil
@@ -82,6 +92,12 @@ class Watchdog(threading.Thread):
         while not self.stop.wait(0.5):
             avail = mem_available()
             self.low = min(self.low, avail)
+            for p in psutil.Process().children(recursive=True):   # Ray train workers' RSS, sampled
+                try:
+                    if "RayTrainWorker" in " ".join(p.cmdline()):
+                        self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), p.memory_info().rss)
+                except psutil.Error:
+                    pass
             if avail < self.floor:
                 print(f"\nwatchdog: MemAvailable {avail / GIB:.1f} GiB < floor {self.floor / GIB:.1f} GiB: "
                       "killing this bench's processes", flush=True)
@@ -116,7 +132,8 @@ def make_dataset(work: Path, users: int, items: int) -> Path:
     import pyarrow.parquet as pq
 
     from tests.synthetic import prepared_dataset
-    from unirec_dist.data.prepare import vocab_hash
+    from unirec_dist.data.prepare import item_counts_table, train_item_counts, vocab_hash
+    from unirec_dist.data.sources import sha256_file
 
     ds = work / f"ds-{users}-{items}" / "ds"
     if (ds / "manifest.json").is_file():
@@ -139,6 +156,10 @@ def make_dataset(work: Path, users: int, items: int) -> Path:
                     t = t.set_column(i, c, spread(t[c].combine_chunks(), n))
         pq.write_table(t, path)
     man["vocab_sizes"]["user"], man["vocab_sizes"]["item"] = users, items
+    if "item_counts" in man:   # the logQ counts, recounted over the spread ids (sha256 in the manifest)
+        train, valid = (pq.read_table(ds / f"{s}.parquet").sort_by("user") for s in ("train", "valid"))
+        pq.write_table(item_counts_table(*train_item_counts(train, valid, items - 1)), ds / man["item_counts"]["file"])
+        man["item_counts"]["sha256"] = sha256_file(ds / man["item_counts"]["file"])
     man["vocab_hash"] = vocab_hash(pq.read_table(ds / "vocab/user.parquet"), pq.read_table(ds / "vocab/item.parquet"))
     man["note"] = f"bench/scale_tables.py: ids spread over {users} users and {items} items"
     (ds / "manifest.json").write_text(json.dumps(man, indent=2))
@@ -162,6 +183,8 @@ def run(ds: Path, out: Path, workers: int, dim: int, steps: int, plan: str, resu
     from unirec_dist.training.pretrain import pretrain
 
     shutil.rmtree(out, ignore_errors=True)
+    if DOG is not None:
+        DOG.take_peaks()
     extra = [f"distributed.memory_gb={memory_gb}"] if memory_gb else []
     cfg = load_pretrain_config(CONFIG, overrides(ds, out, dim, steps, plan) + extra)
     cfg.distributed.resume_from = str(resume) if resume else None
@@ -181,6 +204,7 @@ def run(ds: Path, out: Path, workers: int, dim: int, steps: int, plan: str, resu
     secs = time.perf_counter() - t0
     summary = json.loads((out / "pretrain.json").read_text())
     return {"workers": workers, "seconds": secs, "steps": summary["steps"], "stats": summary["worker_stats"],
+            "sampled_peaks_gib": DOG.take_peaks() if DOG is not None else [],
             "plan": summary["plan"], "final": str(final.resolve()), "loss": losses(out)}
 
 
@@ -241,11 +265,16 @@ def main() -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     floor = int(a.floor_gb * GIB)
-    dog = Watchdog(floor)
+    global DOG
+    dog = DOG = Watchdog(floor)
     dog.start()
     table = (items + users) * a.dim * 4
     state = (items + users) * 4                       # RowWiseAdagrad: one float per row
-    shard = max(items, users) // 2 * a.dim * 4        # the largest row-wise shard
+    # what DCP copies at once while saving: one stored block (the checkpoint writes shards in row
+    # blocks of at most MAX_CHUNK_BYTES; it used to copy the largest row-wise shard whole)
+    from unirec_dist.checkpoint.dcp import MAX_CHUNK_BYTES
+
+    shard = min(max(items, users) // 2 * a.dim * 4, MAX_CHUNK_BYTES)
     res: dict = {"items": items, "users": users, "dim": a.dim, "table_bytes": table, "state_bytes": state,
                  "mem_available_start": mem_available(), "load_start": os.getloadavg()}
     print(f"tables: t_item {items:,} x {a.dim} + t_user {users:,} x {a.dim} fp32 = {table / GIB:.2f} GiB, "
@@ -263,8 +292,8 @@ def main() -> int:
     ds = make_dataset(work, users, items)
     need2 = 2 * expected_peak(table, state, shard, 2, const)
     if not wait_for_memory(need2, floor):
-        print(f"\n2. skipped: 2 workers would need about {need2 / GIB:.1f} GiB ((tables + state) / 2 + the largest "
-              f"shard DCP copies while saving + {const / GIB:.1f} GiB, per worker) but MemAvailable is "
+        print(f"\n2. skipped: 2 workers would need about {need2 / GIB:.1f} GiB ((tables + state) / 2 + the block "
+              f"DCP copies while saving + {const / GIB:.1f} GiB, per worker) but MemAvailable is "
               f"{mem_available() / GIB:.1f} GiB with a {a.floor_gb:g} GiB floor; rerun when the machine is free "
               f"or with --scale")
         return 1
@@ -280,6 +309,7 @@ def main() -> int:
               f"{(t['t_item']['bytes'] + t['t_user']['bytes']) / GIB:.2f} GiB of shards; "
               f"VmHWM {w['hwm_mib'] / 1024:.2f} GiB (at the end of training, before the checkpoint) "
               f"vs (tables + state) / 2 + constant = {pred / GIB:.2f} GiB ({w['hwm_mib'] * 2**20 / pred:.2f}x)")
+    print(f"  sampled peak RSS of the 2 workers over the whole run, checkpoint included: {r2['sampled_peaks_gib']} GiB")
     peak2 = max(w["hwm_mib"] for w in r2["stats"]) / 1024
 
     # 3. 1 worker: the planner's estimate and the driver's refusal for workers of the 2-worker peak
@@ -333,6 +363,8 @@ def main() -> int:
     for w in r4["stats"]:
         rows = ", ".join(f"{n} {t['rows']:,} rows" for n, t in w["tables"].items())
         print(f"  rank {w['rank']}: tables {rows}; VmHWM {w['hwm_mib'] / 1024:.2f} GiB")
+    print(f"  sampled peak RSS of the 2 workers over the whole run, checkpoint load and save included: "
+          f"{r4['sampled_peaks_gib']} GiB")
 
     # 5. fine-tune in 1 process
     if a.finetune:

@@ -23,10 +23,13 @@ def plain_one_process(steps: int):
 def run_a(tmp_path_factory):
     """2 workers, row-wise: one step (of a 3-step epoch), post-step loss, eval outputs.
 
-    The step checkpoint callback writes step-00000001 mid-epoch (and again at the end: same step).
+    The step checkpoint callback writes step-00000001 mid-epoch (and again at the end: same step),
+    every tensor in row blocks of at most 256 bytes (DCP's stored chunks, which every reshard test
+    below reads back under another layout).
     """
     d = tmp_path_factory.mktemp("a")
-    res = toy.spawn(2, [("config", {"constraints": RW, "epoch_len": 3, "ckpt_dir": str(d / "ck")}),
+    res = toy.spawn(2, [("config", {"constraints": RW, "epoch_len": 3, "ckpt_dir": str(d / "ck"),
+                                    "max_chunk_bytes": 256}),
                         ("fit", (1, None)), ("loss", ("after", 0)), ("eval", "out")], str(d / "r.pt"))
     return res, d / "ck" / "step-00000001"
 
@@ -92,3 +95,18 @@ def test_one_worker_to_two(tmp_path):
                         ("save", str(ck))], str(tmp_path / "r1.pt"))
     two = toy.spawn(2, [("config", {"constraints": RW}), ("load", str(ck)), ("eval", "out")], str(tmp_path / "r2.pt"))
     torch.testing.assert_close(two["out"], one["out"], rtol=0, atol=0)
+
+
+def test_tables_are_stored_in_bounded_row_blocks(run_a):
+    """Every stored chunk of the tables holds at most 256 bytes (8 rows of 8 floats), so neither
+    DCP's writer nor its reader ever copies a whole shard; the reshard tests load these blocks."""
+    from unirec_dist.checkpoint.dcp import SafeFileSystemReader
+
+    _, ck = run_a
+    md = SafeFileSystemReader(str(ck)).read_metadata().state_dict_metadata
+    item = {k: v.chunks for k, v in md.items() if "item_t" in k and len(getattr(v, "size", ())) == 2}
+    assert item, sorted(md)
+    for k, chunks in item.items():
+        assert all(c.sizes[0] * c.sizes[1] * 4 <= 256 for c in chunks), (k, chunks)
+        # row-wise over 2 ranks: two 20-row shards, each written as blocks of 8 + 8 + 4 rows
+        assert sum(c.sizes[0] for c in chunks) == toy.N_ITEMS and len(chunks) == 6, (k, chunks)

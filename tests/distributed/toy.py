@@ -178,6 +178,10 @@ def worker(rank: int, world: int, port: int, actions: list[tuple[str, Any]], out
     sharding = ShardingOptions(constraints=cfg.get("constraints", {}), table_optimizer=cfg.get("opt", "adagrad"),
                                table_lr=0.1, init_seed=cfg.get("init_seed", 0))
     table_device = cfg.get("table_device")
+    if cfg.get("max_chunk_bytes"):   # DCP writes every tensor in row blocks of at most this many bytes
+        from unirec_dist.checkpoint import dcp
+
+        dcp.MAX_CHUNK_BYTES = cfg["max_chunk_bytes"]
 
     def trainer(max_steps: int):
         cbs = []

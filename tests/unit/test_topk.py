@@ -197,3 +197,41 @@ def test_ranked_lists_in_small_chunks_equal_topk(monkeypatch):
     want_s, want_i = topk(users[:8], items, 10, exclude=exclude)
     assert torch.equal(i, want_i) and torch.equal(s, want_s)
     assert model.calls[:2] == [(0, 4), (4, 8)] and len(model.calls) == 7   # never the whole matrix
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 256])
+def test_short_list_from_chunk_candidates_equals_full_sort(monkeypatch, chunk):
+    """The chunked candidate path of `_ranked` (k much smaller than the row): the same ids and
+    scores as a full stable sort, with ties everywhere (also between chunk maxima), exclusions,
+    a row almost all excluded, a NaN row (plain path) and a last chunk shorter than the rest."""
+    import unirec_dist.metrics.topk as T
+
+    monkeypatch.setattr(T, "RANK_CHUNK", chunk)
+    widths = []
+    plain = T._ranked_all
+    monkeypatch.setattr(T, "_ranked_all", lambda s, k: widths.append(s.shape[1]) or plain(s, k))
+    g = torch.Generator().manual_seed(chunk)
+    n = 40 * chunk + chunk // 2 + 1            # columns = n + 1, not a multiple of the chunk
+    scores = torch.randint(-3, 4, (12, n + 1), generator=g).float()
+    exclude = torch.randint(0, n + 1, (12, n // 3), generator=g)
+    exclude[3] = torch.arange(1, n // 3 + 1)   # row 3: most of its best chunks excluded
+    scores[5, 7] = float("nan")
+    scores[7] = torch.arange(n + 1).float() % 5     # equal maxima in every chunk
+    scores[9] = -3.0                                 # a tie between chunks of different maxima:
+    scores[9, [chunk, 2 * chunk, 2 * chunk + 1]] = torch.tensor([5.0, 6.0, 5.0])   # the lower id wins
+    exclude[9] = 0
+    for k in (1, 2, 5):
+        s = scores.clone()
+        s[:, 0] = NEG
+        s[torch.arange(12).unsqueeze(1).expand_as(exclude), exclude] = NEG
+        s = torch.nan_to_num(s, nan=NEG)
+        ref_s, ref = torch.sort(s, dim=1, descending=True, stable=True)
+        ref, ref_s = ref[:, :k].clone(), ref_s[:, :k]
+        ref[ref_s == NEG] = 0
+        widths.clear()
+        rest = [r for r in range(12) if r != 5]       # a NaN sends its whole batch the plain way
+        got_s, got = T.topk_from_scores(scores[rest].clone(), k, exclude[rest])
+        assert max(widths) < n + 1                     # the candidate path ran
+        nan_s, nan = T.topk_from_scores(scores[5:6].clone(), k, exclude[5:6])
+        assert torch.equal(torch.cat([got[:5], nan, got[5:]]), ref), k
+        assert torch.equal(torch.cat([got_s[:5], nan_s, got_s[5:]]), ref_s), k

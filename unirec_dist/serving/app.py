@@ -21,6 +21,8 @@ backwards, fall before 1970 or more than a day past the server's clock -> 422. A
 and ranked as one batch in an inference thread, off the event loop (serving/batching.py); with
 `batching=None` each request runs inline on the event loop, one at a time. /explain runs in
 FastAPI's thread pool (it can take tens of milliseconds).
+A well-formed /recommend body skips FastAPI's routing and validation (RecommendFastPath, same
+answer byte for byte); any other goes through the FastAPI route.
 """
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime,
 # and the request models are local classes (their limits come from the Recommender), which string
@@ -94,6 +96,108 @@ class BodyLimit:
             await self._refuse(send)
 
 
+class RecommendFastPath:
+    """ASGI middleware: POST /recommend answered without FastAPI's routing, dependency solving
+    and pydantic validation when the body is a JSON object whose every field already has exactly
+    the type and range the request schema asks for (what well-behaved clients send); any other
+    request, or any other body (an unknown field, a float k, a missing content type, bad JSON),
+    is replayed to the FastAPI route, which validates it and words the error. The answer is the
+    route's, byte for byte (tests/integration/test_serve_fast_path.py compares the two), at a
+    fraction of its cost per request, which under micro-batching is what bounds throughput.
+
+    `answer(query) -> Ranked` (async, raises RequestError) and `body(query, ranked) -> dict` are the
+    route's own, so both paths share them."""
+
+    FIELDS = frozenset(("user_id", "history", "k", "exclude_seen", "timestamps", "at"))
+
+    def __init__(self, app: Any, answer: Any, body: Any, max_k: int, max_history: int,
+                 counts: dict[str, int]) -> None:
+        self.app = app
+        self.answer = answer
+        self.body = body
+        self.max_k = int(max_k)
+        self.max_history = int(max_history)
+        self.counts = counts        # "answered" here, "replayed" to the route (app.state.fast_path)
+        from unirec_dist.serving.recommender import Query, RequestError
+
+        self.query_type, self.request_error = Query, RequestError
+
+    def _query(self, data: Any) -> Any:
+        """The request as a Query when the schema would take it unchanged (ids: strings, or
+        integers read as their decimal string), else None."""
+        if type(data) is not dict or not self.FIELDS.issuperset(data):
+            return None
+        user, hist = data.get("user_id"), data.get("history")
+        k, seen, ts = data.get("k", 10), data.get("exclude_seen", True), data.get("timestamps")
+        if (user is None) == (hist is None) or type(k) is not int or not 1 <= k <= self.max_k \
+                or type(seen) is not bool or not (ts is None or (type(ts) is list and len(ts) <= self.max_history)):
+            return None
+        if user is not None:
+            if type(user) is int:
+                user = str(user)
+            if type(user) is not str or len(user) > MAX_ID_LEN:
+                return None
+        else:
+            if type(hist) is not list or not 1 <= len(hist) <= self.max_history:
+                return None
+            if not all(type(h) is str and len(h) <= MAX_ID_LEN for h in hist):
+                if not all(type(h) is int or type(h) is str for h in hist):
+                    return None
+                hist = [str(h) for h in hist]
+                if not all(len(h) <= MAX_ID_LEN for h in hist):
+                    return None
+        return self.query_type(user, hist, k, seen, ts, data.get("at"))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/recommend" or scope["method"] != "POST" \
+                or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":      # the client left: nobody to answer
+                return
+            chunks.append(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        raw = b"".join(chunks)
+        query = None
+        for k, v in scope["headers"]:
+            if k == b"content-type":
+                if v.split(b";")[0].strip().lower() == b"application/json":
+                    try:
+                        query = self._query(json.loads(raw))
+                    except (ValueError, RecursionError):    # malformed JSON, bad UTF-8, deep nesting
+                        pass
+                break
+        if query is None:
+            self.counts["replayed"] += 1
+            return await self._replay(scope, raw, receive, send)
+        self.counts["answered"] += 1
+        t0 = time.perf_counter()
+        try:
+            status, content = 200, self.body(query, await self.answer(query))
+        except self.request_error as e:
+            status, content = e.status, {"detail": str(e)}
+        # the bytes and headers of the route's JSONResponse
+        out = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+        headers = [(b"content-length", str(len(out)).encode()), (b"content-type", b"application/json")]
+        if status == 200:
+            headers.insert(0, (b"server-timing", f"recommend;dur={(time.perf_counter() - t0) * 1000:.3f}".encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+
+    async def _replay(self, scope: Any, raw: bytes, receive: Any, send: Any) -> None:
+        """Hand the request to the app with the body already read (then `receive` again)."""
+        pending = [{"type": "http.request", "body": raw, "more_body": False}]
+
+        async def replay() -> Any:
+            return pending.pop(0) if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+
 def _coerce_id(v: Any) -> Any:
     """Raw ids are strings; JSON integers are accepted as their decimal string (bools are not)."""
     if isinstance(v, bool) or not isinstance(v, (str, int)):
@@ -121,10 +225,12 @@ def _message(e: dict[str, Any]) -> str:
 
 def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
                max_body_bytes: int = MAX_BODY_BYTES, batching: "BatchingConfig | None" = None,
-               recommend_batched: Any = None) -> "FastAPI":
+               recommend_batched: Any = None, fast_path: bool = True) -> "FastAPI":
     """The app over `rec`. /recommend answers through `recommend_batched` (an async callable
     Query -> Ranked, e.g. Ray Serve's `@serve.batch` method) when given, else through a
-    MicroBatcher built from `batching`, else inline one request at a time (`batching=None`)."""
+    MicroBatcher built from `batching`, else inline one request at a time (`batching=None`).
+    `fast_path`: well-formed /recommend bodies skip FastAPI (RecommendFastPath); False sends every
+    request through the FastAPI route (the reference the fast path is tested and benchmarked against)."""
     from fastapi import FastAPI, Request, Response
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -244,6 +350,28 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
     app = FastAPI(title=title, version=__version__,
                   description="Top-K recommendations and explanations from a unirec_dist bundle.")
     app.state.recommend_batcher = batcher    # its counters (batches, items) tell how requests were grouped
+
+    async def answer(query: RecQuery) -> Any:
+        """The Ranked answer to one query (RequestError raised), batched or inline."""
+        if recommend_batched is not None:
+            ranked = await recommend_batched(query)
+        else:
+            ranked = rec.recommend_many([query])[0]
+        if isinstance(ranked, RequestError):
+            raise ranked
+        return ranked
+
+    def response_body(query: RecQuery, ranked: Any) -> dict[str, Any]:
+        """The RecommendResponse of `query`, as plain JSON data."""
+        return {"items": [vars(r) for r in ranked.items],
+                "user_id": None if query.user_id is None else str(query.user_id),
+                "history_length": ranked.history_length, "k": query.k, "exclude_seen": query.exclude_seen,
+                "index": rec.index.kind}
+
+    app.state.fast_path = {"answered": 0, "replayed": 0} if fast_path else None
+    if fast_path:   # added before BodyLimit, so BodyLimit wraps it: an oversized body is still 413
+        app.add_middleware(RecommendFastPath, answer=answer, body=response_body, max_k=max_k,
+                           max_history=max_hist, counts=app.state.fast_path)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
@@ -273,20 +401,7 @@ def create_app(rec: "Recommender", title: str = "unirec_dist recommender",
     async def recommend(req: RecommendRequest) -> Response:
         t0 = time.perf_counter()
         query = RecQuery(req.user_id, req.history, req.k, req.exclude_seen, req.timestamps, req.at)
-        if recommend_batched is not None:
-            answer = await recommend_batched(query)
-        else:
-            answer = rec.recommend_many([query])[0]
-        if isinstance(answer, RequestError):
-            raise answer
-        body = {
-            "items": [vars(r) for r in answer.items],
-            "user_id": None if req.user_id is None else str(req.user_id),
-            "history_length": answer.history_length,
-            "k": req.k,
-            "exclude_seen": req.exclude_seen,
-            "index": rec.index.kind,
-        }
+        body = response_body(query, await answer(query))
         # Built here in the RecommendResponse shape and returned as is: FastAPI's re-validation of
         # the return value through the response model cost more than the batched model work per
         # request. Server-Timing: the model + top-K time (and, batched, the wait for the batch),

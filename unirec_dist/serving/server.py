@@ -77,19 +77,21 @@ def _child(bundle: str, sock: socket.socket, options: dict[str, Any]) -> None:
     setup_cli_logging(False)
     threads = options.pop("threads", None)
     batching = options.pop("batching", None)
+    fast_path = options.pop("fast_path", True)
     from unirec_dist.utils.device import configure_cpu
 
     configure_cpu(int(threads) if threads else None)
     rec = Recommender.from_bundle(bundle, **options)
-    run(create_app(rec, batching=None if batching is None else BatchingConfig(**batching)), sock=sock)
+    run(create_app(rec, batching=None if batching is None else BatchingConfig(**batching), fast_path=fast_path),
+        sock=sock)
 
 
 @contextlib.contextmanager
 def serve_in_process(bundle: str, host: str = "127.0.0.1", timeout_s: float = 900.0,
                      **options: Any) -> Iterator[str]:
     """Serve a bundle from a spawned child process on a free port; yields the base URL once
-    /health answers. `options` go to `Recommender.from_bundle` (plus `threads`, and `batching`:
-    the keys of a BatchingConfig, or None for one request at a time)."""
+    /health answers. `options` go to `Recommender.from_bundle` (plus `threads`, `batching`: the
+    keys of a BatchingConfig, or None for one request at a time, and `fast_path`, see create_app)."""
     import multiprocessing as mp
     import urllib.request
 
