@@ -276,6 +276,18 @@ def test_resume_under_another_plan_continues_then_finetunes_in_one_process(datas
     assert fm["finetune"]["source"]["world_size"] == 2
 
 
+def test_resume_from_a_checkpoint_with_nothing_left_to_train_is_refused(dataset, straight_run, tmp_path, capsys):
+    """--resume-from the straight run's step-8 checkpoint with trainer.max_steps 8: one line
+    before any worker starts (it used to train nothing and end in a traceback), nothing written."""
+    out = tmp_path / "run"
+    capsys.readouterr()
+    cli = args(dataset, out, "trainer.max_steps=8")
+    assert main(cli[:1] + ["--resume-from", str(straight_run[0] / "checkpoints" / "final")] + cli[1:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trainer.max_steps 8" in err[0] and "already at step 8" in err[0], err
+    assert not out.exists()
+
+
 def test_second_run_into_the_same_out_dir_is_refused(dataset, tmp_path, capsys):
     """Ray Train would silently continue a run of the same name and storage path: a second
     `pretrain` into an out_dir holding a run is refused in one line, before Ray starts, and
