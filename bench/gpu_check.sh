@@ -10,9 +10,15 @@
 #
 #   bash bench/gpu_check.sh            # VENV=.venv-cuda OUT=runs/gpu-check STEPS=1500 to change
 #
-# Not yet on this path: TorchRec's TrainPipelineSparseDist (input distribution overlapped with
-# compute); the strategy runs Lightning's own loop. Needs: nvidia-smi, a CUDA driver for cu126,
-# the package index of CUDA_INDEX (Makefile) reachable.
+# Not on this path: TorchRec's TrainPipelineSparseDist (the next batch's input distribution
+# overlapped with compute); the strategy runs Lightning's own loop. The pipeline itself runs on
+# CPU/gloo as well (torchrec 1.8, checked on a 2-rank toy model: same losses as a plain loop), but
+# it only pipelines sharded modules that its fx trace of `model(batch)` finds called on a KJT read
+# straight off the batch. This model looks its tables up on ids computed inside the step (history,
+# targets, negatives sampled in the loss, content ids from the item feature buffers), so it would
+# pipeline nothing until batches carry those KJTs (the loader sampling negatives and gathering
+# content ids). Needs: nvidia-smi, a CUDA driver for cu126, the package index of CUDA_INDEX
+# (Makefile) reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-cuda}

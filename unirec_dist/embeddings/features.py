@@ -5,7 +5,8 @@ by them:
 
     "t_item"       item id table,  EmbeddingConfig,   feature "item", n_items + 1 rows (0 = pad)
     "t_user"       user id table,  EmbeddingConfig,   feature "user", n_users + 1 rows
-    "t_<feature>"  item content,   EmbeddingBagConfig (mean pooling), feature "<feature>"
+    "t_<feature>"  item content,   EmbeddingBagConfig (sum pooling; the model divides by the bag
+                   length, see models/embedding.py), feature "<feature>"
                    (categorical: vocab size incl. 0; multi: vocab size; text: hash buckets)
 
 Dense item features (fixed-size float vectors) have no table: the model projects them with a
@@ -125,13 +126,17 @@ def id_table_configs(spec: FeatureSpec, dim: int, user: bool, init_std: float | 
 
 
 def content_table_configs(features: list[FeatureInfo], dim: int, init_std: float | None = None):
-    """EmbeddingBagConfigs (mean pooling) for the sparse item features."""
+    """EmbeddingBagConfigs for the sparse item features: SUM pooling, and the model divides each
+    bag by its length (a mean). TorchRec's own MEAN is wrong under some plans: an EBC that mixes
+    row-wise MEAN tables with table-/column-wise ones divides the latter twice (torchrec 1.8:
+    the row-wise mean callback divides every MEAN feature's output, and the other shardings'
+    kernels already divided), so the pooled vector depended on the sharding plan."""
     from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
     bound = _bound(dim, init_std)
     return [
         EmbeddingBagConfig(num_embeddings=f.cardinality, embedding_dim=table_dim(dim), name=table_name(f.name),
-                           feature_names=[f.name], pooling=PoolingType.MEAN,
+                           feature_names=[f.name], pooling=PoolingType.SUM,
                            weight_init_min=-bound, weight_init_max=bound)
         for f in features if f.kind in SPARSE_KINDS
     ]

@@ -29,7 +29,6 @@ from unirec_dist.embeddings.features import (
     FeatureSpec,
     content_table_configs,
     id_table_configs,
-    table_dim,
 )
 from unirec_dist.errors import DataError
 
@@ -150,9 +149,13 @@ class UniversalEmbedding(nn.Module):
             kjt = KeyedJaggedTensor(keys=[f.name for f in self.sparse], values=torch.cat(values),
                                     lengths=torch.cat(lengths))
             assert self.content_ebc is not None   # built whenever there are sparse features
-            pooled = self.content_ebc(kjt).values()                     # (N, T * n_sparse)
-            # T = table_dim(D) >= D: the tables' padding columns are not part of the vector
-            out = pooled.view(ids.shape[0], len(self.sparse), table_dim(self.dim))[..., :self.dim].sum(1)
+            # the tables sum-pool (embeddings/features.py says why); the mean is taken here, the
+            # same under every sharding plan. A sharded EBC orders its output keys by sharding
+            # type, so each feature is read by name. T = table_dim(D) >= D: padding columns dropped.
+            pooled = self.content_ebc(kjt).to_dict()                    # name -> (N, T)
+            sums = torch.stack([pooled[f.name][:, :self.dim] for f in self.sparse], 1)   # (N, F, D)
+            counts = torch.stack(lengths, 1).clamp(min=1).to(sums.dtype)                 # (N, F)
+            out = (sums / counts.unsqueeze(-1)).sum(1)
         for f in self.dense:
             d = self.dense_proj[f.name](getattr(self, f"dense_{f.name}")[ids])
             out = d if out is None else out + d

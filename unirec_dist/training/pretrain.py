@@ -137,6 +137,10 @@ def check_resume_from(cfg: PretrainConfig) -> None:
                               "not a pretraining one (fine-tune it with `unirec finetune`)")
     _, ds_manifest = check_inputs(cfg)
     check_vocab(manifest, str(ds_manifest.get("vocab_hash")), f"distributed.resume_from {path}")
+    step, max_steps = manifest.get("step"), cfg.trainer.max_steps
+    if isinstance(step, int) and max_steps != -1 and step >= max_steps:
+        raise ConfigError(f"trainer.max_steps {max_steps}: distributed.resume_from {path} is already at step "
+                          f"{step}, nothing left to train (set trainer.max_steps above {step})")
     dist.resume_from = str(path.resolve())
 
 
@@ -571,8 +575,9 @@ def pretrain(cfg: PretrainConfig, workers: int | None = None, address: str | Non
             result = trainer.fit()   # raises once the failures exceed distributed.max_failures
         except TrainingFailedError as e:
             raise workers_failed(e, dist, storage / cfg.name, out / "checkpoints") from None
-        if result.checkpoint is None:
-            raise RuntimeError("the run finished without a checkpoint")
+        if result.checkpoint is None:   # e.g. a starting checkpoint already past trainer.max_epochs
+            raise CheckpointError(f"{out}: the run trained nothing and wrote no checkpoint (the starting "
+                                  "checkpoint already reached trainer.max_steps / trainer.max_epochs?)")
         final, manifest = publish_final(result.checkpoint, out / "checkpoints", dist.keep_last)
         summary = {
             "checkpoint": str(final),

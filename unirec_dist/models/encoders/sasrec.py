@@ -47,6 +47,12 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
+        # No key bias (the key third of qkv.bias stays 0 and is not applied): softmax ignores a
+        # shift shared by all keys, so its exact gradient is 0, and Adam turned the float noise in
+        # that gradient (whose sign follows the summation order, i.e. the sharding plan) into
+        # lr-sized steps. Kept in the parameter so checkpoints keep their layout.
+        with torch.no_grad():
+            self.qkv.bias[dim:2 * dim].zero_()
         self.out = nn.Linear(dim, dim)
         self.attn_dropout = attn_dropout
 
@@ -57,7 +63,8 @@ class CausalSelfAttention(nn.Module):
         L = kv_in.shape[1]
         H = self.num_heads
         w_q, w_kv = self.qkv.weight.split([D, 2 * D])
-        b_q, b_kv = self.qkv.bias.split([D, 2 * D])
+        b_q, b_k, b_v = self.qkv.bias.split([D, D, D])
+        b_kv = torch.cat([torch.zeros_like(b_k), b_v])     # no key bias (see __init__)
         q = F.linear(q_in, w_q, b_q).view(B, Lq, H, D // H).transpose(1, 2)
         k, v = F.linear(kv_in, w_kv, b_kv).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if visible is None else visible[:, None],
