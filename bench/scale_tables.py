@@ -100,7 +100,8 @@ class Watchdog(threading.Thread):
                     pass
             if avail < self.floor:
                 print(f"\nwatchdog: MemAvailable {avail / GIB:.1f} GiB < floor {self.floor / GIB:.1f} GiB: "
-                      "killing this bench's processes", flush=True)
+                      f"killing this bench's processes (Ray train workers' sampled peak RSS so far: "
+                      f"{sorted((round(v / GIB, 2) for v in self.peaks.values()), reverse=True)} GiB)", flush=True)
                 for p in psutil.Process().children(recursive=True):
                     try:
                         p.send_signal(signal.SIGKILL)
