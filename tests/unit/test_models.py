@@ -397,3 +397,40 @@ def test_evaluation_fast_path_gives_identical_metrics(ds, kind):
         fast = evaluate(model, data, "test", mask_seen=mask_seen, batch_size=7, progress=False)["metrics"]
         ref = evaluate(Reference(), data, "test", mask_seen=mask_seen, batch_size=7, progress=False)["metrics"]
         assert fast == ref
+
+
+@pytest.mark.parametrize("group,in_batch", [(1, 0), (1, 5), (4, 3)])
+def test_sampled_softmax_looks_up_only_the_rows_it_uses(group, in_batch):
+    """The lookup form (what a step over a big catalogue uses) gives the same loss and gradients
+    as the whole (N, D) matrix for the same draws, in one call with each used row once."""
+    from unirec_dist.models.heads.retrieval import sampled_softmax_loss
+
+    g = torch.Generator().manual_seed(3)
+    N, D, P, K = 5000, 8, 12, 7
+    table = torch.randn(N, D, generator=g)
+    q = torch.randn(P, D, generator=g)
+    pos = torch.randint(1, N, (P,), generator=g)
+    logpop = torch.randn(N, generator=g)
+
+    def loss(form):
+        w = table.clone().requires_grad_(True)
+        calls = []
+
+        def rows(ids):
+            calls.append(ids)
+            return w[ids] * 2.0
+
+        vecs = (w * 2.0) if form == "whole" else rows
+        out = sampled_softmax_loss(q, pos, vecs, 0.1, K, in_batch, logpop, torch.Generator().manual_seed(7),
+                                   group=group, n_rows=N)
+        out.backward()
+        return out.detach(), w.grad, calls
+
+    a, ga, _ = loss("whole")
+    b, gb, calls = loss("lookup")
+    assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), (a, b)
+    assert torch.allclose(ga, gb, rtol=1e-5, atol=1e-7)
+    assert len(calls) == 1 and calls[0].unique().numel() == calls[0].numel()
+    assert set(pos.tolist()) <= set(calls[0].tolist()) and calls[0].numel() <= P * (1 + K) + in_batch
+    touched = ga.abs().sum(1).nonzero().flatten()
+    assert set(touched.tolist()) <= set(calls[0].tolist())   # every row with a gradient was looked up

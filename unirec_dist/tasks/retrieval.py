@@ -5,6 +5,7 @@ YAML: `task: {kind: retrieval, retrieval: {loss: sampled_softmax, num_negatives:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,6 +37,12 @@ class RetrievalConfig(TaskConfig):
                   "sampled_softmax needs at least one negative")
 
 
+#: a catalogue of at most this many rows is looked up whole once per step (cheaper than gathering
+#: at this size); a larger one only the rows the step's loss uses, so a step's memory and time do not
+#: grow with the catalogue (a 20M-item table sharded over workers is never materialised on one)
+WHOLE_CATALOGUE_MAX_ROWS = 1 << 16
+
+
 class RetrievalObjective(Objective):
     """Sampled softmax (uniform per-position + in-batch negatives, logQ) or full softmax."""
 
@@ -56,9 +63,15 @@ class RetrievalObjective(Objective):
     def __call__(self, model: SeqRecModel, f: SeqForward) -> torch.Tensor:
         q = model.norm(f.states[f.valid])                      # (P, D)
         pos = f.ids[:, 1:][f.valid]                            # (P,)
-        all_items = model.norm(model.embedding.all_item_vectors())
-        if self.cfg.loss == "full_softmax":
-            return full_softmax_loss(q, pos, all_items, self.cfg.temperature)
+        n_rows = model.embedding.n_items
+        if self.cfg.loss == "full_softmax" or n_rows <= WHOLE_CATALOGUE_MAX_ROWS:
+            items: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] = \
+                model.norm(model.embedding.all_item_vectors())
+            if self.cfg.loss == "full_softmax":
+                return full_softmax_loss(q, pos, items, self.cfg.temperature)
+        else:
+            def items(ids: torch.Tensor) -> torch.Tensor:
+                return model.norm(model.embedding.item_vectors(ids))
         lp = None if self.log_pop is None else self.log_pop.to(q.device)
-        return sampled_softmax_loss(q, pos, all_items, self.cfg.temperature, self.cfg.num_negatives,
-                                    self.cfg.in_batch_negatives, lp, group=self.cfg.negatives_group)
+        return sampled_softmax_loss(q, pos, items, self.cfg.temperature, self.cfg.num_negatives,
+                                    self.cfg.in_batch_negatives, lp, group=self.cfg.negatives_group, n_rows=n_rows)
