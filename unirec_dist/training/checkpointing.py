@@ -141,8 +141,11 @@ class OptimizerState(Stateful):
     def state_dict(self) -> dict[str, Any]:
         # tensors only: DCP's load traversal treats param_groups (a list of flat dicts) as one leaf
         # while its save traversal flattens it; they go with the JSON state instead
+        # an optimizer without state (a model whose only parameters are the sharded tables, before
+        # or after any step) is left out: DCP stores nothing for an empty dict, and a load that asks
+        # for one would find its key missing
         out: dict[str, Any] = {f"dense_{i}": {str(k): v for k, v in opt.state_dict()["state"].items()}
-                               for i, opt in enumerate(self.dense)}
+                               for i, opt in enumerate(self.dense) if opt.state_dict()["state"]}
         if self.fused is not None:
             out["fused"] = self.fused.state_dict()["state"]
         return out
@@ -154,7 +157,7 @@ class OptimizerState(Stateful):
             if i < len(saved) and len(saved[i]) == len(groups):
                 # the saved hyper-parameters (lr after schedulers, ...) over the live param ids
                 groups = [{**g, **{k: v for k, v in s.items() if k != "params"}} for g, s in zip(groups, saved[i])]
-            opt.load_state_dict({"state": {int(k): v for k, v in state_dict[f"dense_{i}"].items()},
+            opt.load_state_dict({"state": {int(k): v for k, v in state_dict.get(f"dense_{i}", {}).items()},
                                  "param_groups": groups})
         if self.fused is not None:
             groups = self.param_groups.get("fused")
