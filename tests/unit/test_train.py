@@ -256,3 +256,20 @@ def test_valid_split_is_read_only_when_validation_runs(ds, tmp_path, monkeypatch
     assert len(calls) == 1
     with open(tmp_path / "two" / "logs" / "metrics.csv") as f:
         assert sum(1 for r in csv.DictReader(f) if r.get("val/NDCG@10")) == 2
+
+
+@pytest.mark.parametrize("started,completed,processed,epoch,want", [
+    (2, 1, 2, 1, (1, 2)),      # saved mid-epoch 1 by the step callback
+    (1, 1, 10, 1, (0, 10)),    # trainer.max_steps cut epoch 0 after 10 of 16 batches: epoch 0 goes on
+    (1, 0, 16, 0, (1, 0)),     # saved on epoch 0's last batch: epoch 1 from its start
+])
+def test_loader_position_continues_the_epoch_the_run_was_in(started, completed, processed, epoch, want):
+    """A final checkpoint written when trainer.max_steps stopped a run mid-epoch records the epoch
+    as completed; resuming from it must finish that epoch's shuffle, not replay the next one."""
+    from unirec_dist.training.checkpointing import loader_position
+
+    prog = {"started": started, "completed": completed, "processed": completed, "ready": started}
+    rest = {"epoch": epoch, "loops": {"fit_loop": {
+        "epoch_progress": {"current": prog},
+        "epoch_loop.batch_progress": {"current": {"processed": processed}}}}}
+    assert loader_position(rest, 16) == want

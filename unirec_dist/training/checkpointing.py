@@ -294,19 +294,10 @@ class DCPCheckpointing:
         Uses the loader's `set_epoch(epoch)` and `skip(n)` when it has them; `skip` must apply to
         the next iteration that actually yields (Lightning calls iter() more than once up front).
         """
-        try:
-            done = int(rest["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"])
-        except (KeyError, TypeError):
-            done = 0
         loader = train_loader_of(self.lightning_module)
         if loader is None:
             return
-        trainer = self.lightning_module.trainer
-        epoch = int(rest.get("epoch", 0))
-        per_epoch = _batches_per_epoch(loader, trainer.limit_train_batches)
-        if per_epoch is not None and done >= per_epoch:
-            # saved on the epoch's last batch: Lightning goes on with the next epoch
-            epoch, done = epoch + 1, 0
+        epoch, done = loader_position(rest, _batches_per_epoch(loader, self.lightning_module.trainer.limit_train_batches))
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         if done and hasattr(loader, "skip"):
@@ -321,6 +312,29 @@ class DCPCheckpointing:
     def remove_checkpoint(self, filepath: Any) -> None:
         if self.is_global_zero:
             shutil.rmtree(filepath, ignore_errors=True)
+
+
+def loader_position(rest: dict[str, Any], per_epoch: int | None) -> tuple[int, int]:
+    """(data epoch, batches of it already trained) where a checkpoint's loop state stopped.
+
+    The epoch is the one the fit loop had started last (`epoch_progress.current.started` - 1), not
+    the checkpoint's `epoch`: a run stopped by trainer.max_steps in the middle of an epoch counts
+    that epoch as completed, so its `epoch` already names the next one, whose shuffle would replay
+    sequences the run has trained on and skip the rest of the cut epoch. Saved on an epoch's last
+    batch: the next epoch from its start."""
+    loops = rest.get("loops", {}).get("fit_loop", {})
+    try:
+        done = int(loops["epoch_loop.batch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        done = 0
+    try:
+        epoch = int(loops["epoch_progress"]["current"]["started"]) - 1
+    except (KeyError, TypeError):
+        epoch = int(rest.get("epoch", 0))
+    epoch = max(epoch, 0)
+    if per_epoch is not None and done >= per_epoch:
+        epoch, done = epoch + 1, 0
+    return epoch, done
 
 
 def _batches_per_epoch(loader: Any, limit: int | float | None) -> int | None:
