@@ -19,8 +19,8 @@ smaller). Stages:
 3. 1 worker: the driver's planner check, with workers as big as the 2-worker peak
    (`distributed.memory_gb`), refuses it (bytes needed and available, the planner's estimate);
    the planner's per-rank bytes for 1 worker against 2 are printed; the 1-worker run is measured
-   only where it fits the safety rule below (on a shared 24 GiB machine a 12 GiB process, plus
-   DCP's copy of its largest shard while saving, could reach the OOM killer);
+   only where it fits the safety rule below (on a shared 24 GiB machine a 12 GiB process could
+   reach the OOM killer);
 4. `--resume-from` the stage-2 checkpoint on 2 workers with both tables table_wise (a different
    plan: DCP reshards weights and optimizer state), `--steps` more steps: the global step and the
    loss continue (rank 0's per-step training loss, logs/metrics.csv of both runs);
@@ -32,8 +32,8 @@ Data: the synthetic log of tests/synthetic.py run through the real `prepare` (2,
 permutation (vocab files, splits and manifest rewritten together, vocab_hash recomputed), so every
 row-wise shard sees lookups; sampled-softmax negatives are drawn over all items.
 
-Safety: before each run the expected peak of all workers ((tables + state) / workers + the
-largest shard, which DCP copies while saving, + the constant) must fit in MemAvailable minus
+Safety: before each run the expected peak of all workers ((tables + state) / workers + one
+checkpoint block (at most 256 MiB), which DCP copies while saving, + the constant) must fit in MemAvailable minus
 `--floor-gb` (waiting a few minutes for other jobs), else the stage is skipped with the figures; while a run goes, a watchdog kills this
 bench's own process tree if MemAvailable falls under the floor.
 """
@@ -237,8 +237,9 @@ def wait_for_memory(need: int, floor: int, timeout_s: float = 300.0) -> bool:
     return True
 
 
-def expected_peak(table_bytes: int, state_bytes: int, largest_shard: int, workers: int, const: int) -> int:
-    return (table_bytes + state_bytes) // workers + largest_shard + const
+def expected_peak(table_bytes: int, state_bytes: int, block: int, workers: int, const: int) -> int:
+    """Per-worker peak: its share of tables + state, one DCP block copied while saving, the constant."""
+    return (table_bytes + state_bytes) // workers + block + const
 
 
 def main() -> int:
@@ -275,7 +276,7 @@ def main() -> int:
     # blocks of at most MAX_CHUNK_BYTES; it used to copy the largest row-wise shard whole)
     from unirec_dist.checkpoint.dcp import MAX_CHUNK_BYTES
 
-    shard = min(max(items, users) // 2 * a.dim * 4, MAX_CHUNK_BYTES)
+    block = min(max(items, users) // 2 * a.dim * 4, MAX_CHUNK_BYTES)
     res: dict = {"items": items, "users": users, "dim": a.dim, "table_bytes": table, "state_bytes": state,
                  "mem_available_start": mem_available(), "load_start": os.getloadavg()}
     print(f"tables: t_item {items:,} x {a.dim} + t_user {users:,} x {a.dim} fp32 = {table / GIB:.2f} GiB, "
@@ -291,7 +292,7 @@ def main() -> int:
 
     # 2. 2 workers, row-wise
     ds = make_dataset(work, users, items)
-    need2 = 2 * expected_peak(table, state, shard, 2, const)
+    need2 = 2 * expected_peak(table, state, block, 2, const)
     if not wait_for_memory(need2, floor):
         print(f"\n2. skipped: 2 workers would need about {need2 / GIB:.1f} GiB ((tables + state) / 2 + the block "
               f"DCP copies while saving + {const / GIB:.1f} GiB, per worker) but MemAvailable is "
@@ -335,7 +336,7 @@ def main() -> int:
           f"{per_rank[2] / GIB:.2f} GiB per rank on 2 ({per_rank[1] / per_rank[2]:.2f}x), plus the state; "
           f"with workers of {mem_gb} GiB (distributed.memory_gb, the 2-worker peak + 0.5): "
           + (f"refused before workers start: {refusal}" if refusal else "NOT refused (unexpected)"))
-    need1 = expected_peak(table, state, 2 * shard, 1, const)
+    need1 = expected_peak(table, state, block, 1, const)
     if wait_for_memory(need1, floor, 120):
         r1 = run(ds, work / "run-1w", 1, a.dim, a.steps, "row_wise")
         one = r1["stats"][0]["hwm_mib"] / 1024
@@ -343,7 +344,7 @@ def main() -> int:
         print(f"  measured (it fits this machine now): VmHWM {one:.2f} GiB on 1 worker vs {peak2:.2f} GiB per worker "
               f"on 2 ({one / peak2:.2f}x); (tables + state) + constant = {(table + state + const) / GIB:.2f} GiB")
     else:
-        print(f"  not measured: 1 worker would peak near {need1 / GIB:.1f} GiB (with DCP's copy of the table "
+        print(f"  not measured: 1 worker would peak near {need1 / GIB:.1f} GiB (with one DCP block copied while saving "
               f"while saving) and MemAvailable is {mem_available() / GIB:.1f} GiB with a {a.floor_gb:g} GiB floor")
 
     # 4. continue under another plan

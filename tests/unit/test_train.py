@@ -273,3 +273,4 @@ def test_loader_position_continues_the_epoch_the_run_was_in(started, completed, 
         "epoch_progress": {"current": prog},
         "epoch_loop.batch_progress": {"current": {"processed": processed}}}}}
     assert loader_position(rest, 16) == want
+

@@ -144,8 +144,10 @@ class OptimizerState(Stateful):
         # an optimizer without state (a model whose only parameters are the sharded tables, before
         # or after any step) is left out: DCP stores nothing for an empty dict, and a load that asks
         # for one would find its key missing
-        out: dict[str, Any] = {f"dense_{i}": {str(k): v for k, v in opt.state_dict()["state"].items()}
-                               for i, opt in enumerate(self.dense) if opt.state_dict()["state"]}
+        out: dict[str, Any] = {}
+        for i, opt in enumerate(self.dense):
+            if state := opt.state_dict()["state"]:
+                out[f"dense_{i}"] = {str(k): v for k, v in state.items()}
         if self.fused is not None:
             out["fused"] = self.fused.state_dict()["state"]
         return out
