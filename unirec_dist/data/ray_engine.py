@@ -2,11 +2,12 @@
 driver.
 
 What runs where:
-  Ray Data, per block: reading the files (ray.data.read_csv/read_parquet/read_json),
-    `select_columns` (typing and validation), the null counts and `drop_missing`, `order_keys`
-    (each row's position in the source, a `row` column: blocks are read in order,
-    `preserve_order`, and numbered from their row counts; it orders timestamp ties as the Arrow
-    engine's stable sort does).
+  Ray Data, per block: reading the files (one task per source file, in the Arrow engine's file
+    order, each streaming its file's record batches in order: `_read`, which says why not
+    ray.data.read_parquet), `select_columns` (typing and validation), the null counts and
+    `drop_missing`, `order_keys` (each row's position in the source, a `row` column: blocks come
+    out in source order, `preserve_order`, and are numbered from their row counts; it orders
+    timestamp ties as the Arrow engine's stable sort does).
   Ray tasks on those blocks (no Ray Data shuffle: each of its aggregations or groupbys is a
     whole shuffle with per-operator scheduling, which made this engine 50-80x slower than the
     Arrow one; bench/results/scale_data.md):
@@ -27,7 +28,8 @@ What runs where:
   Ray Data, temporal protocol only: the cut points (a distributed sort of the timestamps; a task
     reads the quantile rows out of their blocks).
 What each stage holds in memory (bytes per entry):
-  - the driver: O(blocks + partitions) only, never a vocabulary: the block row counts and null
+  - the driver: O(files + blocks + partitions) only, never a vocabulary: the source's file
+    list (a path each, plus a Parquet folder's schema), the block row counts and null
     statistics (one row per block), one stats row per partition, the vocabulary sizes and each
     k-core round's verdict (two scalars), the manifest's entries; plus the source's item/user
     tables read from their files (one row per raw item/user of those input files). The
@@ -56,6 +58,7 @@ import dataclasses
 import logging
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,12 +70,14 @@ from unirec_dist.config.dataset import DatasetConfig
 from unirec_dist.data import features as F
 from unirec_dist.data import prepare as P
 from unirec_dist.data.sources import (
+    READ_ERRORS,
     SourceTables,
     _file_entry,
     check_file,
     csv_read_options,
     detect_format,
     load_source,
+    read_error,
     read_table,
     warn_numeric_header,
 )
@@ -86,6 +91,12 @@ log = logging.getLogger(__name__)
 # interactions per user partition: one task holds a partition's rows while it sorts and splits
 # them, so this bounds a worker's memory whatever the log's size
 ROWS_PER_PARTITION = 2_000_000
+
+
+# Ray Data appends its retry advice to the message of an error raised by a generator task
+# ("\nFailed to apply UDF transform after 1/1 attempts ..."); UnirecError's one-line constructor
+# folds it in when Ray rebuilds the error on the driver
+_RAY_RETRY_NOTE = re.compile(r"\s+Failed to [^\n]*? after \d+/\d+ attempts \(total backoff.*$")
 
 
 def _unwrap(e: BaseException) -> BaseException | None:
@@ -104,7 +115,10 @@ def _unwrap(e: BaseException) -> BaseException | None:
         if x is None or id(x) in seen:
             continue
         seen.add(id(x))
-        if isinstance(x, UnirecError):
+        # a RayTaskError that Ray made a subclass of the task's error class carries the whole
+        # remote traceback as its message: skipped for its `cause`, or rebuilt below
+        if isinstance(x, UnirecError) and "\n" not in str(x).strip():
+            x.args = (_RAY_RETRY_NOTE.sub("", str(x)),)
             return x
         stack.extend([getattr(x, "cause", None), x.__cause__, x.__context__])
     found = re.findall(r"unirec_dist\.errors\.(\w+): (.*)", str(e))
@@ -124,8 +138,45 @@ def _init_ray(address: str | None) -> bool:
     return init_ray(None, num_cpus=2, **kw)
 
 
+def _read_file(batch: pa.Table, spec: dict) -> Iterator[pa.Table]:
+    """Ray Data map over the source's file list, one file a call: that file's rows in source
+    order (Parquet: row group by row group, each in row order), streamed in record batches."""
+    import pyarrow.csv as pacsv
+    import pyarrow.dataset as pads
+    import pyarrow.json as pajson
+
+    kind = spec["kind"]
+    for path in batch["path"].to_pylist():
+        try:
+            if kind == "parquet":
+                # one file of pq.ParquetDataset(root) with that dataset's schema and partitioning:
+                # the columns and types the Arrow engine's pq.read_table gives; the scan is ordered
+                reader = pads.dataset(path, format="parquet", schema=spec["schema"],
+                                      partitioning=spec["partitioning"],
+                                      partition_base_dir=spec["root"]).to_batches()
+            elif kind in ("csv", "tsv"):
+                reader = pacsv.open_csv(path, read_options=csv_read_options(spec["column_names"]),
+                                        parse_options=pacsv.ParseOptions(delimiter=spec["delimiter"]),
+                                        convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+            else:
+                reader = pajson.open_json(path)
+            for b in reader:
+                yield pa.Table.from_batches([b])
+        except READ_ERRORS as e:
+            raise read_error(path, "interactions", kind, e) from None
+
+
 def _read(cfg: DatasetConfig):
-    """(ray Dataset of raw interactions, SourceTables with items/users read on the driver)."""
+    """(ray Dataset of raw interactions, SourceTables with items/users read on the driver).
+
+    The interactions come out in source order, so that `_number_rows` can give each row its
+    position in the source (file in the Arrow engine's order, row group, row): one Ray Data task
+    per file, in that order, with `preserve_order` (set by run_ray). Not ray.data.read_parquet:
+    Ray 2.60 bin-packs the row groups of several files into one read task (OnlineBinPacker, 128
+    MiB bins) and the blocks then come out in bin order, not file order, which misplaced ties
+    between files at 100 part files (bench/results/scale_data.md). The cost: a single file is
+    read by one task (split a big log into part files to read it in parallel); the driver holds
+    the file list, O(files)."""
     import ray.data
 
     s = cfg.source
@@ -135,21 +186,33 @@ def _read(cfg: DatasetConfig):
     assert s.interactions is not None, "source.kind table without source.interactions"   # refused by SourceConfig.validate
     p = check_file(s.interactions, "interactions")
     fmt = detect_format(p, s.format)
+    spec: dict = {"kind": fmt}
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:   # the files pq.read_table (the Arrow engine) reads, in its order
+            pds = pq.ParquetDataset(p)
+        except READ_ERRORS as e:
+            raise read_error(p, "interactions", fmt, e) from None
+        paths = list(pds.files)
+        if not paths:   # what the Arrow engine says of the empty table it reads
+            raise DataError(f"interactions file {p} has a header but no rows")
+        spec.update(schema=pds.schema, partitioning=pds.partitioning, root=str(p) if p.is_dir() else None)
+    else:
+        paths = [str(p)]
     if fmt in ("csv", "tsv"):
         import pyarrow.csv as pacsv
 
         delim = s.delimiter or ("\t" if fmt == "tsv" else ",")
-        ds = ray.data.read_csv(str(p), parse_options=pacsv.ParseOptions(delimiter=delim),
-                               read_options=csv_read_options(None if s.header else s.column_names),
-                               convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
-                               file_extensions=None)
+        spec.update(delimiter=delim, column_names=None if s.header else s.column_names)
         if s.header:   # the header row alone, from a streaming reader's first block
-            warn_numeric_header(pacsv.open_csv(p, parse_options=pacsv.ParseOptions(delimiter=delim)).schema.names,
-                                str(p))
-    elif fmt == "parquet":
-        ds = ray.data.read_parquet(str(p), file_extensions=None)
-    else:
-        ds = ray.data.read_json(str(p), file_extensions=None)
+            try:
+                names = pacsv.open_csv(p, parse_options=pacsv.ParseOptions(delimiter=delim)).schema.names
+            except READ_ERRORS as e:
+                raise read_error(p, "interactions", fmt, e) from None
+            warn_numeric_header(names, str(p))
+    ds = ray.data.from_items([{"path": f} for f in paths], override_num_blocks=max(1, len(paths)))
+    ds = ds.map_batches(_read_file, fn_kwargs={"spec": spec}, batch_size=1, batch_format="pyarrow")
     items = read_table(s.items, "items", s.format, s.delimiter) if s.items else None
     users = read_table(s.users, "users", s.format, s.delimiter) if s.users else None
     files = [_file_entry("interactions", p)]
@@ -203,7 +266,7 @@ def _block_rows(refs: list) -> list[int]:
 
 
 def _number_rows(ds, split) -> ray.data.Dataset:
-    """`order_keys` on every block with its global row offset (blocks in source order)."""
+    """`order_keys` on every block with its global row offset (blocks in source order: `_read`)."""
     import ray
 
     @ray.remote

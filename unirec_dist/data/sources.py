@@ -91,6 +91,18 @@ def warn_numeric_header(names: list[str], where: str) -> None:
                     "header set source.header: false and source.column_names", where, ",".join(names))
 
 
+# what pyarrow's readers raise on a file they cannot parse
+READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError)
+
+
+def read_error(p: str | os.PathLike, role: str, kind: str, e: BaseException) -> DataError:
+    """The one-line DataError for a reader's error `e` on file `p` (one of READ_ERRORS)."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "Empty CSV file" in msg or "no columns" in msg.lower():
+        return DataError(f"{role} file {p} is empty")
+    return DataError(f"{p}: cannot read as {kind}: {msg}")
+
+
 def read_table(path: str | os.PathLike, role: str = "interactions", fmt: str = "auto",
                delimiter: str | None = None, column_types: dict[str, pa.DataType] | None = None,
                column_names: list[str] | None = None) -> pa.Table:
@@ -123,11 +135,8 @@ def read_table(path: str | os.PathLike, role: str = "interactions", fmt: str = "
             raise DataError(f"{p}: unknown format {kind!r}")
     except DataError:
         raise
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Empty CSV file" in msg or "no columns" in msg.lower():
-            raise DataError(f"{role} file {p} is empty") from None
-        raise DataError(f"{p}: cannot read as {kind}: {msg}") from None
+    except READ_ERRORS as e:
+        raise read_error(p, role, kind, e) from None
     if table.num_rows == 0:
         raise DataError(f"{role} file {p} has a header but no rows")
     if kind in ("csv", "tsv") and not column_names:
