@@ -321,3 +321,32 @@ def test_overwrite_removes_only_the_run_and_resume_needs_one(tmp_path):
     check_out_dir(out, out / "ray" / "debug", overwrite=True, resume=False)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "ray"]
     assert [p.name for p in (out / "ray").iterdir()] == ["other"]               # another run's folder stays
+
+
+def test_mf_run_whose_only_parameters_are_tables_resumes_under_another_plan(dataset, tmp_path):
+    """Matrix factorisation with no item features: every parameter is a sharded table, so the
+    dense optimizer never has state. A 2-worker run (tables row-wise) stopped at step 3
+    (trainer.max_steps) resumes from its checkpoint on 2 workers under another plan (table-wise)
+    and finishes at step 6, its steps continuing from 3. (The dense optimizer's empty state used
+    to be saved as an empty entry, which DCP stores nothing for and a resharding load then asked
+    for: "Missing key in checkpoint state_dict: optim.dense_0".)"""
+    import csv
+
+    mf = ["model.encoder={kind: mf}", "model.embedding.item_features=[]", "data.batch_size=8", "trainer.max_epochs=100",
+          "trainer.loggers=[csv]", "distributed.checkpoint_every_n_steps=0", "distributed.max_failures=0"]
+    plan = lambda s: [f"distributed.sharding.{t}={s}" for t in ("t_item", "t_user")]  # noqa: E731
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(args(dataset, first, *mf, *plan("row_wise"), "trainer.max_steps=3")) == 0
+    ckpt = first / "checkpoints" / "final"
+    m = json.loads((ckpt / "manifest.json").read_text())
+    assert m["step"] == 3 and m["world_size"] == 2 and m["config"]["model"]["encoder"]["kind"] == "mf"
+    optim = {k.split(".")[1] for k in full_state(ckpt, tmp_path) if k.startswith("optim.")}
+    assert optim == {"fused"}, optim                 # no dense state: the model has no dense parameter
+    cli = args(dataset, second, *mf, *plan("table_wise"), "trainer.max_steps=6")
+    assert main(cli[:1] + ["--resume-from", str(ckpt)] + cli[1:]) == 0
+    m = json.loads((second / "checkpoints" / "final" / "manifest.json").read_text())
+    assert m["step"] == 6 and m["world_size"] == 2
+    assert {t: p["sharding_type"] for t, p in m["plan"]["tables"].items()} == {"t_item": "table_wise",
+                                                                              "t_user": "table_wise"}
+    rows = csv.DictReader((second / "logs" / "metrics.csv").read_text().splitlines())
+    assert sorted({int(r["step"]) for r in rows if r.get("train/loss_step")}) == [3, 4, 5]
