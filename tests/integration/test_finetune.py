@@ -289,3 +289,37 @@ def test_transfer_bench_names_its_target_and_refuses_low_overlap_in_one_line(wor
     assert f"target: synthetic ({ds})" in captured.out
     err = [ln for ln in captured.err.strip().splitlines() if ln.startswith("error: ")]
     assert len(err) == 1 and "below init.min_overlap 50%" in err[0] and "Traceback" not in captured.err
+
+
+def test_finetune_a_model_with_a_time_bias(tmp_path, capsys):
+    """A pretrained HSTU with the time bias fine-tunes like any model: the training batches carry
+    each event's time (the encoder refuses batches without them), the time weights move, and the
+    fine-tuned checkpoint evaluates. A target dataset without event times: one line, exit 2."""
+    import shutil
+
+    from tests.integration.test_export import random_model
+    from tests.integration.test_time_serving import HSTU_TIME
+    from unirec_dist.models.factory import load_retriever
+
+    ds, ckpt = random_model(tmp_path, HSTU_TIME, n_users=40, n_items=30)
+    out = tmp_path / "ft"
+    rc = main(["finetune", "--from", str(ckpt), "--config", FINETUNE, f"data.path={ds}",
+               f"trainer.out_dir={out}", "trainer.loggers=[]"])
+    assert rc == 0
+    tuned = Path(capsys.readouterr().out.strip().splitlines()[-1].split("checkpoint: ")[1])
+    mf = json.loads((tuned / "manifest.json").read_text())
+    assert mf["config"]["model"]["encoder"]["time_bias"] is True
+    before, after = (load_retriever(c)[0].state_dict() for c in (ckpt, tuned))
+    keys = [k for k in after if "rel_time" in k]
+    assert keys and all(not torch.equal(before[k], after[k]) for k in keys)   # the time weights were trained
+    assert 0 <= json.loads((out / "metrics.json").read_text())["test"]["NDCG@10"] <= 1
+    # the same fine-tuning onto a dataset prepared in row order (no real event times)
+    row = tmp_path / "row"
+    shutil.copytree(ds, row)
+    m = json.loads((row / "manifest.json").read_text())
+    m["config"]["split"]["order"] = "row"
+    (row / "manifest.json").write_text(json.dumps(m))
+    rc = main(["finetune", "--from", str(ckpt), "--config", FINETUNE, f"data.path={row}",
+               f"trainer.out_dir={tmp_path / 'ft-row'}", "trainer.loggers=[]"])
+    assert rc == 2
+    assert "model.encoder.time_bias" in _error_line(capsys) and not (tmp_path / "ft-row" / "checkpoints").exists()

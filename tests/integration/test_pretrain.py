@@ -116,7 +116,13 @@ def test_two_worker_pretrain_end_to_end(dataset, straight_run):
     assert sum(rows) == n_item and all(0 < r < n_item for r in rows), rows
     assert all(w["hwm_mib"] >= w["rss_mib"] > 0 for w in workers)
     # keep-last-k in Ray's storage
-    assert len([p for p in (out / "ray" / "debug").glob("checkpoint_*") if p.is_dir()]) == 2
+    kept = [p for p in (out / "ray" / "debug").glob("checkpoint_*") if p.is_dir()]
+    assert len(kept) == 2
+    # the published step folder is hard links to Ray's copy of that checkpoint (one filesystem):
+    # the run stores its final checkpoint once, not twice
+    shards = sorted((final / n).resolve() for n in m["files"] if n.endswith(".distcp"))
+    inodes = {(p.stat().st_dev, p.stat().st_ino) for c in kept for p in c.iterdir()}
+    assert shards and all(p.stat().st_nlink == 2 and (p.stat().st_dev, p.stat().st_ino) in inodes for p in shards)
     # the 2-worker checkpoint loads into 1 plain process (the model the fine-tuning issue uses)
     from unirec_dist.models.factory import load_retriever
 

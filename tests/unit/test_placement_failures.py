@@ -1,6 +1,6 @@
 """pretrain's placement check (distributed.placement_strategy against the cluster's nodes, before
-any worker starts) and the one line that ends a run whose workers failed past max_failures.
-End to end on a two-node cluster: tests/integration/test_node_loss.py."""
+any worker starts), the one line that ends a run whose workers failed past max_failures, and
+the link-or-copy that publishes the final checkpoint. End to end on a two-node cluster: tests/integration/test_node_loss.py."""
 from __future__ import annotations
 
 import pytest
@@ -108,3 +108,25 @@ def test_the_commands_layer_words_the_flags(tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(P, "pretrain", fail)
         assert main(["pretrain", "--config", debug, f"trainer.out_dir={tmp_path}"]) == 2
         assert capsys.readouterr().err.strip() == f"error: the training workers failed; last good checkpoint: c{tail}"
+
+
+def test_link_or_copy_links_on_one_filesystem_and_copies_where_links_are_refused(tmp_path, monkeypatch):
+    """The final checkpoint is published as hard links to Ray's copy; where the filesystem refuses
+    links (another device), a real copy, never a missing file."""
+    import errno
+    import os
+
+    from unirec_dist.training import pretrain
+
+    src = tmp_path / "shard.distcp"
+    src.write_bytes(b"\x00" * 1000)
+    pretrain.link_or_copy(str(src), str(tmp_path / "linked"))
+    assert os.path.samefile(src, tmp_path / "linked") and src.stat().st_nlink == 2
+
+    def refuse(a, b):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(pretrain.os, "link", refuse)
+    pretrain.link_or_copy(str(src), str(tmp_path / "copied"))
+    assert (tmp_path / "copied").read_bytes() == src.read_bytes()
+    assert not os.path.samefile(src, tmp_path / "copied")

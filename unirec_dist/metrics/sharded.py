@@ -143,6 +143,7 @@ def ranked_lists(
     lo, hi = item_block(n_rows, rank, world)
     per_rank = -(-n_rows // world)
     chunk = max(1, min(per_rank, SCORE_ELEMENTS // max(len(b) for b in batches)))
+    # empty lists: what a rank with no rows of its own returns (and the first chunk replaces)
     best = [(q.new_full((q.shape[0], kk), NEG_INF), torch.zeros((q.shape[0], kk), dtype=torch.long, device=q.device))
             for q in queries]
     for start in range(lo, lo + per_rank, chunk):
@@ -159,6 +160,9 @@ def ranked_lists(
                 a, b = torch.searchsorted(ids, torch.tensor([start, end], device=ids.device)).tolist()
                 scores[rows[a:b], ids[a:b] - start] = NEG_INF
             top, top_ids = block_topk(scores, kk, start)
+            if start == lo:     # the first chunk's list is the running list (nothing held yet):
+                best[j] = (top, top_ids)    # merging it with empty slots would only re-sort it
+                continue
             held, held_ids = best[j]
             best[j] = merge_topk(torch.cat([held, top], dim=1), torch.cat([held_ids, top_ids], dim=1), kk)
     if world == 1:

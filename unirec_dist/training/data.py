@@ -204,9 +204,10 @@ class TrainSequences:
                    ratings=ratings, timestamps=times)
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike, train_on: str = "train") -> "TrainSequences":
-        """Every trainable sequence of a prepared dataset, in memory (small data, tests, fine-tuning)."""
-        src = ParquetSource(path, train_on=train_on, ingest="memory")
+    def from_dir(cls, path: str | os.PathLike, train_on: str = "train", with_times: bool = False) -> "TrainSequences":
+        """Every trainable sequence of a prepared dataset, in memory (small data, tests, fine-tuning);
+        `with_times`: with each event's timestamp (an encoder with a time bias)."""
+        src = ParquetSource(path, train_on=train_on, ingest="memory", with_times=with_times)
         return cls.concat([src.read(u) for u in src.units]).trainable()
 
 

@@ -63,7 +63,14 @@ from unirec_dist.metrics.tasks import evaluate_checkpoint, monitor_of, task_metr
 from unirec_dist.models.factory import build_from_config, dataset_section, load_retriever
 from unirec_dist.tasks.sequence import build_task
 from unirec_dist.training.checkpointing import fresh_run, prepare_out_dir
-from unirec_dist.training.data import MemorySource, SequenceBatches, TrainSequences, open_prepared, read_valid
+from unirec_dist.training.data import (
+    MemorySource,
+    SequenceBatches,
+    TrainSequences,
+    check_times,
+    open_prepared,
+    read_valid,
+)
 from unirec_dist.training.module import RecModule
 from unirec_dist.training.tracking import check_tracking, log_final_metrics
 from unirec_dist.training.train import _quiet, apply_val_mask_seen, make_trainer
@@ -237,10 +244,9 @@ def plan_finetune(cfg: FinetuneConfig, from_checkpoint) -> Plan:
     """All checks and the alignment, before any model is built."""
     ckpt = resolve_checkpoint(from_checkpoint)
     ckpt_manifest, pcfg = _pretrained_config(ckpt)
-    if pcfg.model.encoder.uses_times:
-        raise ConfigError(f"{ckpt}: fine-tuning a model with a time bias (model.encoder.time_bias) is not "
-                          "supported yet; pretrain with time_bias=false to fine-tune")
     path, t_manifest = open_prepared(cfg.data.path)
+    if pcfg.model.encoder.uses_times:   # the pretrained encoder reads event times: the target needs them
+        check_times(path, t_manifest)
     resolve_device(cfg.trainer.device)
     target = PreparedDataset.open(path)
     feats = _model_features(pcfg, ckpt_manifest, t_manifest, str(path))
@@ -396,7 +402,7 @@ def _finetune(cfg: FinetuneConfig, plan: Plan, resume_from: Path | None, t0: flo
     """The fine-tuning run itself (see `finetune`)."""
     eff, target = plan.train_cfg, plan.target
     apply_val_mask_seen(eff, target.manifest)
-    seqs = TrainSequences.from_dir(target.root, eff.data.train_on)
+    seqs = TrainSequences.from_dir(target.root, eff.data.train_on, with_times=eff.model.encoder.uses_times)
     for name, objective in eff.task.objectives().items():
         if objective.needs_ratings and seqs.ratings is None:
             raise ConfigError(f"task.kind: the {name} task needs ratings, but {target.root}/train.parquet has none")

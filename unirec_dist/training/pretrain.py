@@ -27,12 +27,12 @@ for them). The workers' device is decided from the cluster's resources, not the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -312,23 +312,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     # a run continued from another run's checkpoint (distributed.resume_from, any worker count or
     # plan: DCP reshards on load); Ray's own checkpoint of this run, after a restart, comes first
-    ckpt_path = dist.resume_from
     ckpt = ray.train.get_checkpoint()
-    local = None
-    if ckpt is not None:
-        # a restarted worker group: continue from the latest reported checkpoint
-        local = Path(tempfile.mkdtemp(prefix="unirec-resume-"))
-        ckpt.to_directory(str(local))
-        ckpt_path = str(local)
-    try:
+    with contextlib.ExitStack() as stack:
+        ckpt_path = dist.resume_from
+        if ckpt is not None:
+            # a restarted worker group: continue from the latest reported checkpoint, read in place
+            # when Ray's storage is a local folder (`as_directory`: no copy of a table-sized
+            # checkpoint; a remote one is downloaded to a temp folder removed on exit)
+            ckpt_path = stack.enter_context(ckpt.as_directory())
         trainer.fit(st.module, train_dataloaders=st.batches, ckpt_path=ckpt_path)
-        from unirec_dist.training.tracking import log_final_metrics
+    from unirec_dist.training.tracking import log_final_metrics
 
-        log_final_metrics(loggers, {"last_val": st.module.last_metrics, "steps": trainer.global_step,
-                                    "epochs": trainer.current_epoch})
-    finally:
-        if local is not None:
-            shutil.rmtree(local, ignore_errors=True)
+    log_final_metrics(loggers, {"last_val": st.module.last_metrics, "steps": trainer.global_step,
+                                "epochs": trainer.current_epoch})
 
 
 def worker_stats_from_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -399,7 +395,12 @@ def publish_final(checkpoint: Any, root: Path, keep_last: int,
     remove_stale_temps(root)
     tmp = root / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    checkpoint.to_directory(str(tmp))
+    with checkpoint.as_directory() as src:
+        # hard links where Ray's storage and `root` share a filesystem (the default storage is
+        # <out_dir>/ray): the published step folder costs no second copy of the tables; nothing
+        # writes into a checkpoint's files after it is reported, and pruning either side only
+        # removes its own link. Another filesystem (or a downloaded remote checkpoint): a copy.
+        shutil.copytree(src, tmp, copy_function=link_or_copy)
     (tmp / TMP_MARKER).touch()
     manifest = load_json_object(tmp / "manifest.json", CheckpointError)
     verify_checkpoint(tmp, manifest)
@@ -411,6 +412,15 @@ def publish_final(checkpoint: Any, root: Path, keep_last: int,
         os.replace(tmp, final)
     publish_step(root, final, pointers, keep_last)
     return final, manifest
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """`dst` as a hard link to `src`, or a copy where linking is refused (another filesystem,
+    one without hard links)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 class WorkersFailedError(UnirecError):
