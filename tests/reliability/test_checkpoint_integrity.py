@@ -357,3 +357,23 @@ def test_two_plus_two_epochs_equal_four(world, tmp_path):
         torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6, msg=k)
     summary = json.loads((tmp_path / "split" / "metrics.json").read_text())
     assert summary["resumed_from"].endswith("step-00000004")
+
+
+def test_a_run_cut_by_max_steps_mid_epoch_resumes_inside_that_epoch(world, tmp_path):
+    """trainer.max_steps stops a run in the middle of epoch 0; resumed with the step limit lifted,
+    it finishes epoch 0 and trains epoch 1, ending where the uninterrupted 2-epoch run ends (same
+    step, same weights), not one epoch short (Lightning counts the cut epoch as completed)."""
+    import torch
+
+    from unirec_dist.models.factory import load_retriever
+
+    common = ["--config", TRAIN, f"data.path={world['ds']}", "trainer.loggers=[]", "data.batch_size=32",
+              f"trainer.out_dir={tmp_path / 'cut'}", "trainer.max_epochs=2"]
+    assert main(["train", *common, "trainer.max_steps=1"]) == 0
+    assert main(["train", "--resume", *common, "trainer.max_steps=-1"]) == 0
+    a, ma = load_retriever(world["run"] / "checkpoints" / "last")
+    b, mb = load_retriever(tmp_path / "cut" / "checkpoints" / "last")
+    assert ma["step"] == 4 and mb["step"] == 4 and mb["epoch"] == ma["epoch"]
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6, msg=k)

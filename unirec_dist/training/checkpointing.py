@@ -300,6 +300,8 @@ class DCPCheckpointing:
         if loader is None:
             return
         epoch, done = loader_position(rest, _batches_per_epoch(loader, self.lightning_module.trainer.limit_train_batches))
+        if done:
+            reopen_cut_epoch(rest, epoch)
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         if done and hasattr(loader, "skip"):
@@ -337,6 +339,26 @@ def loader_position(rest: dict[str, Any], per_epoch: int | None) -> tuple[int, i
     if per_epoch is not None and done >= per_epoch:
         epoch, done = epoch + 1, 0
     return epoch, done
+
+
+def reopen_cut_epoch(rest: dict[str, Any], epoch: int) -> None:
+    """Make the loop state of a checkpoint cut in the middle of data epoch `epoch` say so.
+
+    A run stopped by trainer.max_steps mid-epoch saves its fit loop with that epoch counted as
+    processed (and, when saved after on_train_end, completed), so Lightning would resume at the
+    next epoch while the loader continues the cut one:
+    the resumed run's first "epoch" would be the cut epoch's remainder, and the run would end one
+    epoch short of max_epochs. Marked started-not-completed (the state of a checkpoint saved
+    inside an epoch), Lightning resumes inside that epoch, as the loader does."""
+    progress = rest.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+    if not isinstance(progress, dict):
+        return
+    for part in ("current", "total"):
+        p = progress.get(part)
+        # processed (and, saved after on_train_end, completed) already count the cut epoch
+        if isinstance(p, dict) and p.get("started", 0) >= 1 and p.get("processed") == p["started"]:
+            p["processed"] = p["completed"] = p["started"] - 1
+    rest["epoch"] = epoch
 
 
 def _batches_per_epoch(loader: Any, limit: int | float | None) -> int | None:
