@@ -254,6 +254,8 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench" / "scale-tables"))
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--only-continue", action="store_true",
+                    help="stage 4 alone, from the stage-2 dataset and checkpoint a previous run left in --work")
     a = ap.parse_args()
     if a.dim % 4:
         ap.error("--dim: a multiple of 4 (FBGEMM's fused kernels)")
@@ -282,6 +284,16 @@ def main() -> int:
     print(f"tables: t_item {items:,} x {a.dim} + t_user {users:,} x {a.dim} fp32 = {table / GIB:.2f} GiB, "
           f"RowWiseAdagrad state {state / GIB:.2f} GiB: {(table + state) / GIB:.2f} GiB; "
           f"MemAvailable {mem_available() / GIB:.1f} GiB, load {os.getloadavg()[0]:.1f}")
+
+    if a.only_continue:     # a previous run's stage 2 (e.g. stage 4 stopped by the watchdog)
+        ds = make_dataset(work, users, items)
+        prev = work / "run-2w"
+        final = (prev / "checkpoints" / "final").resolve()
+        if not (final / "manifest.json").is_file():
+            ap.error(f"--only-continue: no stage-2 checkpoint at {prev}/checkpoints/final")
+        r2 = {"final": str(final), "steps": json.loads((final / "manifest.json").read_text())["step"],
+              "loss": losses(prev)}
+        return continue_table_wise(a, ds, work, r2, res)
 
     # 1. the per-worker constant
     tiny = make_dataset(work, 4000, 1000)      # vocab >= the log's 2,000 users and 300 items
@@ -347,6 +359,11 @@ def main() -> int:
         print(f"  not measured: 1 worker would peak near {need1 / GIB:.1f} GiB (with one DCP block copied while saving "
               f"while saving) and MemAvailable is {mem_available() / GIB:.1f} GiB with a {a.floor_gb:g} GiB floor")
 
+    return continue_table_wise(a, ds, work, r2, res)
+
+
+def continue_table_wise(a: argparse.Namespace, ds: Path, work: Path, r2: dict, res: dict) -> int:
+    """Stage 4 (and 5 with --finetune): the stage-2 checkpoint continued on 2 workers, table-wise."""
     # 4. continue under another plan
     r4 = run(ds, work / "run-2w-tw", 2, a.dim, 2 * a.steps, "table_wise", resume=Path(r2["final"]))
     res["resumed"] = r4
@@ -370,8 +387,8 @@ def main() -> int:
 
     # 5. fine-tune in 1 process
     if a.finetune:
-        need = 2 * (table + state) + const
-        if not wait_for_memory(need, floor, 120):
+        need = 2 * (res["table_bytes"] + res["state_bytes"]) + res.get("constant_bytes", 0)
+        if not wait_for_memory(need, int(a.floor_gb * GIB), 120):
             print(f"\n5. skipped: 1-process fine-tuning holds the whole model and its aligned copy, about "
                   f"{need / GIB:.1f} GiB; MemAvailable {mem_available() / GIB:.1f} GiB")
         else:
@@ -392,9 +409,10 @@ def main() -> int:
             print(f"\n5. unirec finetune in 1 process from the step-{r4['steps']} checkpoint on 5% of the users: "
                   + (f"done in {secs:.0f} s (source step {res['finetune']['source_step']})" if ok
                      else f"FAILED (exit {p.returncode}): {p.stderr.strip().splitlines()[-1:]}"))
-    dog.stop.set()
-    res["mem_available_low"] = dog.low
-    print(f"\nlowest MemAvailable during the bench: {dog.low / GIB:.1f} GiB; load now {os.getloadavg()[0]:.1f}")
+    assert DOG is not None
+    DOG.stop.set()
+    res["mem_available_low"] = DOG.low
+    print(f"\nlowest MemAvailable during the bench: {DOG.low / GIB:.1f} GiB; load now {os.getloadavg()[0]:.1f}")
     if not a.keep:
         for d in ("run-tiny", "run-2w", "run-1w", "run-2w-tw", "finetune"):
             shutil.rmtree(work / d, ignore_errors=True)
