@@ -4,7 +4,7 @@ fine-tuned in one process.
 
     python bench/scale_tables.py [--items 20000000] [--users 30000000] [--dim 64] [--steps 20]
                                  [--scale 1.0] [--finetune] [--work runs/bench/scale-tables]
-                                 [--floor-gb 3] [--keep]
+                                 [--floor-gb 3] [--keep] [--only-continue]
 
 Default size: an item table of 20M x 64 and a user-id table (model.embedding.user_id) of 30M x 64,
 fp32, with fused RowWiseAdagrad (one float of state per row): 12.1 GiB of weights + optimizer
@@ -24,6 +24,8 @@ smaller). Stages:
 4. `--resume-from` the stage-2 checkpoint on 2 workers with both tables table_wise (a different
    plan: DCP reshards weights and optimizer state), `--steps` more steps: the global step and the
    loss continue (rank 0's per-step training loss, logs/metrics.csv of both runs);
+   (`--only-continue` runs this stage alone, from the stage-2 dataset and checkpoint that a
+   previous run left in --work);
 5. with `--finetune`: `unirec finetune` in 1 process from the stage-4 checkpoint on 5% of the
    users (the whole model is loaded into that process: only at a size that fits).
 
