@@ -323,3 +323,8 @@ def test_finetune_a_model_with_a_time_bias(tmp_path, capsys):
                f"trainer.out_dir={tmp_path / 'ft-row'}", "trainer.loggers=[]"])
     assert rc == 2
     assert "model.encoder.time_bias" in _error_line(capsys) and not (tmp_path / "ft-row" / "checkpoints").exists()
+    # evaluating or recommending with it on such a dataset: the same one line, not a traceback
+    for cmd in (["evaluate", "--split", "test"], ["recommend", "--all-users", "--out", str(tmp_path / "recs.parquet")]):
+        assert main([*cmd, "--checkpoint", str(tuned), "--data", str(row), "--k", "5"]) == 2
+        assert "model.encoder.time_bias" in _error_line(capsys)
+    assert not (tmp_path / "recs.parquet").exists()

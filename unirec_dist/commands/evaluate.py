@@ -88,6 +88,12 @@ def open_inputs(args: argparse.Namespace):
     dataset = PreparedDataset.open(data)
     if manifest is not None:
         check_vocab(manifest, dataset.vocab_hash, str(args.checkpoint))
+        encoder = ((manifest.get("config") or {}).get("model") or {}).get("encoder") or {}
+        if encoder.get("time_bias") is True:   # the HSTU time bias (its config's `uses_times`)
+            from unirec_dist.training.data import check_times
+
+            # queries need each event's time: refused here in one line, not by the model mid-run
+            check_times(dataset.root, dataset.manifest)
     return dataset, manifest
 
 
