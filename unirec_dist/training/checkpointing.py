@@ -346,10 +346,10 @@ def reopen_cut_epoch(rest: dict[str, Any], epoch: int) -> None:
 
     A run stopped by trainer.max_steps mid-epoch saves its fit loop with that epoch counted as
     processed (and, when saved after on_train_end, completed), so Lightning would resume at the
-    next epoch while the loader continues the cut one:
-    the resumed run's first "epoch" would be the cut epoch's remainder, and the run would end one
-    epoch short of max_epochs. Marked started-not-completed (the state of a checkpoint saved
-    inside an epoch), Lightning resumes inside that epoch, as the loader does."""
+    next epoch while the loader continues the cut one: the resumed run's first "epoch" would be
+    the cut epoch's remainder, and the run would end one epoch short of max_epochs. Marked
+    started-not-processed (Lightning's RESTARTED_MID_EPOCH state, that of a checkpoint saved inside
+    an epoch), Lightning resumes inside that epoch, as the loader does."""
     progress = rest.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
     if not isinstance(progress, dict):
         return
