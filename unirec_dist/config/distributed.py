@@ -71,6 +71,9 @@ class DistributedSection:
     # a pretraining checkpoint to continue (weights, optimizer state, global step, data position),
     # written by any number of workers under any plan: DCP reshards it onto this run's plan
     resume_from: str | None = None
+    # TorchRec's TrainPipelineSparseDist: each batch's table input distribution runs while the
+    # previous batch computes (training/pipeline.py); the loader then draws the negatives
+    train_pipeline: Literal["none", "sparse_dist"] = "none"
 
     def validate(self) -> None:
         if self.workers < 1:
@@ -99,6 +102,27 @@ class PretrainConfig(TrainConfig):
     # any model.embedding.dim: tables are stored rounded up to a multiple of 4, which FBGEMM's
     # fused kernel needs (embeddings/features.py `table_dim`)
     distributed: DistributedSection = field(default_factory=DistributedSection)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.distributed.train_pipeline != "none":
+            self._check_pipeline()
+
+    def _check_pipeline(self) -> None:
+        """The train pipeline looks up, one batch ahead, every id the step uses: what the loader
+        can know in advance (sequence items, users, uniform negatives of the retrieval loss)."""
+        key = "distributed.train_pipeline"
+        active = [k for k, w in self.task.active_tasks.items() if w]
+        if active != ["retrieval"]:
+            raise ConfigError(f"{key}: sparse_dist trains the retrieval task alone, not {', '.join(active)}")
+        if self.task.retrieval.loss != "sampled_softmax":
+            raise ConfigError(f"{key}: sparse_dist needs task.retrieval.loss sampled_softmax (its negatives are drawn "
+                              f"by the loader), not {self.task.retrieval.loss}")
+        if self.task.augment.active or self.task.augment.contrastive_weight > 0:
+            raise ConfigError(f"{key}: sparse_dist does not run with task.augment (augmented sequences are not known "
+                              "to the loader)")
+        if not self.model.embedding.item_id:
+            raise ConfigError(f"{key}: sparse_dist pipelines the item id table; model.embedding.item_id is false")
 
 
 def load_pretrain_config(path, overrides: list[str] | None = None) -> PretrainConfig:

@@ -53,23 +53,45 @@ class SeqBatch:
              aligned with seq's values; "query_time" (B,) int64 seconds, when each query is asked
              (evaluation: the first target's time; serving: the request's). Encoders with a time
              bias read the timestamps (models/encoders/base.py `uses_times`).
+
+    Training batches for TorchRec's train pipeline (training/pipeline.py) also carry every id
+    their step looks up, so that the pipeline can start the tables' input distribution of the
+    next batch while this one computes:
+    item_lookup: KeyedJaggedTensor "item": seq's values, then the distinct negative ids
+    user_lookup: KeyedJaggedTensor "user": one id per row (encoders that read user vectors)
+    negatives:   (P, K) or (ceil(P / group), K) int64 negative ids drawn by the loader for the
+                 P target positions (tasks/retrieval.py), each among item_lookup's values
     """
 
     users: "torch.Tensor"
     seq: "KeyedJaggedTensor"
     targets: "torch.Tensor | None" = None
     extra: dict = field(default_factory=dict)
+    item_lookup: "KeyedJaggedTensor | None" = None
+    user_lookup: "KeyedJaggedTensor | None" = None
+    negatives: "torch.Tensor | None" = None
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
-    def to(self, device: "torch.device") -> "SeqBatch":
+    def to(self, device: "torch.device", non_blocking: bool = False) -> "SeqBatch":
+        def move(v):
+            return None if v is None else v.to(device, non_blocking=non_blocking)
+
         return SeqBatch(
-            users=self.users.to(device),
-            seq=self.seq.to(device),
-            targets=None if self.targets is None else self.targets.to(device),
-            extra={k: v.to(device) if hasattr(v, "to") else v for k, v in self.extra.items()},
+            users=move(self.users), seq=move(self.seq), targets=move(self.targets),
+            extra={k: move(v) if hasattr(v, "to") else v for k, v in self.extra.items()},
+            item_lookup=move(self.item_lookup), user_lookup=move(self.user_lookup), negatives=move(self.negatives),
         )
+
+    def record_stream(self, stream) -> None:
+        """Mark every tensor as used on `stream` (TorchRec's Pipelineable: the pipeline copies
+        batches to the GPU on a side stream)."""
+        parts = [self.users, self.seq, self.targets, self.item_lookup, self.user_lookup, self.negatives,
+                 *self.extra.values()]
+        for v in parts:
+            if v is not None and hasattr(v, "record_stream"):
+                v.record_stream(stream)
 
 
 def padded(lists: pa.ListArray | pa.ChunkedArray) -> "torch.Tensor":

@@ -164,13 +164,15 @@ class UniversalEmbedding(nn.Module):
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (N,) int64 -> (N, D). Padding id 0 maps to whatever row 0 holds; callers mask it."""
         ids = ids.reshape(-1)
-        out = None
-        if self.item_ec is not None:
-            out = self.item_ec(_flat_kjt("item", ids))["item"].values()[:, :self.dim]
-        if self.has_content:
-            c = self._content(ids)
-            out = c if out is None else out + c
-        return out
+        if self.item_ec is None:
+            return self._content(ids)
+        return self.item_vectors_from(ids, self.item_ec(_flat_kjt("item", ids))["item"].values())
+
+    def item_vectors_from(self, ids: torch.Tensor, id_rows: torch.Tensor) -> torch.Tensor:
+        """ids (N,) and their rows (N, T >= D) of the item id table, looked up by the caller (the
+        train pipeline's forward, models/seqrec.py) -> (N, D), what item_vectors(ids) gives."""
+        out = id_rows[:, :self.dim]
+        return out + self._content(ids) if self.has_content else out
 
     def all_item_vectors(self) -> torch.Tensor:
         """(n_items, D) vectors of every item, row 0 = padding."""

@@ -64,13 +64,34 @@ class SeqRecModel(nn.Module):
         return self.embedding.user_vectors(users) if self.encoder.needs_user_vectors else None
 
     def encode(self, items: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None,
-               times: torch.Tensor | None = None) -> torch.Tensor:
+               times: torch.Tensor | None = None, user_vecs: torch.Tensor | None = None) -> torch.Tensor:
         """items (B, L, D), lengths (B,) >= 1, users (B,) ids, times (B, L + 1) int64 (read by an
         encoder with a time bias; see SequenceEncoder) -> (B, L, D) un-normalised states at every
-        position."""
+        position. `user_vecs` (B, D): the users' vectors when the caller looked them up already
+        (the train pipeline's `forward`), else they are looked up from `users`."""
+        uv = user_vecs if user_vecs is not None else self.user_vectors(users)
         if self.encoder.uses_times:
-            return self.encoder(items, lengths, self.user_vectors(users), times=times)
-        return self.encoder(items, lengths, self.user_vectors(users))
+            return self.encoder(items, lengths, uv, times=times)
+        return self.encoder(items, lengths, uv)
+
+    # -- the table lookups of a training step ------------------------------------------------
+    def forward(self, batch) -> dict[str, Any]:
+        """A pipelined training batch (SeqBatch with `item_lookup`, and `user_lookup` when the
+        encoder reads user vectors) -> {"item": JaggedTensor, "user": JaggedTensor}: every id
+        table lookup of the step, each table called once on a KeyedJaggedTensor read straight
+        off the batch. This is the shape TorchRec's TrainPipelineSparseDist finds by tracing
+        `model(batch)`, so it can run the next batch's input distribution while this one
+        computes (training/pipeline.py); the rest of the step reads these rows
+        (tasks/base.py `forward_sequences(looked=...)`)."""
+        item_ec, user_ec = self.embedding.item_ec, self.embedding.user_ec
+        if item_ec is None:
+            raise ValueError("a pipelined step needs the item id table (model.embedding.item_id)")
+        out = {"item": item_ec(batch.item_lookup)["item"]}
+        if self.encoder.needs_user_vectors:
+            if user_ec is None:
+                raise ValueError("this encoder reads user vectors but the model has no user table")
+            out["user"] = user_ec(batch.user_lookup)["user"]
+        return out
 
     def query_times(self, batch, lengths: torch.Tensor, width: int) -> torch.Tensor | None:
         """The (B, width + 1) times grid of a query batch for an encoder that reads times: history

@@ -20,6 +20,7 @@ position. `batch.extra["ratings"]` (T,) float, aligned with seq values, feeds th
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -38,6 +39,10 @@ class SeqForward:
     ids     (B, L + 1) item ids, 0 = padding/masked
     valid   (B, L) bool: position t has a real next item ids[:, t + 1]
     ratings (B, L + 1) float or None
+    lookup  ids (M,) -> (M, D) raw item vectors of ids the step looked up already (positives and
+            the loader's negatives), when the batch went through the model's `forward` (the
+            train pipeline); None: the loss looks items up in the model's tables
+    negatives the loader's negative ids (SeqBatch.negatives), with `lookup`
     """
 
     states: torch.Tensor
@@ -45,10 +50,14 @@ class SeqForward:
     ids: torch.Tensor
     valid: torch.Tensor
     ratings: torch.Tensor | None
+    lookup: Callable[[torch.Tensor], torch.Tensor] | None = None
+    negatives: torch.Tensor | None = None
 
 
 def forward_sequences(model: SeqRecModel, batch, values: torch.Tensor | None = None,
-                      lengths: torch.Tensor | None = None) -> SeqForward:
+                      lengths: torch.Tensor | None = None, looked: dict[str, Any] | None = None) -> SeqForward:
+    """The shared forward of a training batch. `looked`: the rows `model(batch)` returned for a
+    pipelined batch (SeqBatch.item_lookup / user_lookup), read instead of calling the tables."""
     jt = batch.seq["item"]
     if values is None:
         values, lengths = jt.values().long(), jt.lengths().long()
@@ -56,21 +65,55 @@ def forward_sequences(model: SeqRecModel, batch, values: torch.Tensor | None = N
     # pad_width: the ranks' common width (training/strategy.common_pad_width), when distributed
     width = max(int(lengths.max()), 2, int(batch.extra.get("pad_width", 0)))
     ids = pad_jagged(values, lengths, width)                   # (B, L+1)
-    # look up the padded id grid (pads hit row 0 and are masked downstream): cheaper on CPU than
-    # scattering jagged vectors into a padded tensor and back in backward
-    items = model.embedding.item_vectors(ids.reshape(-1)).view(ids.shape[0], width, -1)   # (B, L+1, D)
+    lookup = user_vecs = None
+    if looked is None:
+        # look up the padded id grid (pads hit row 0 and are masked downstream): cheaper on CPU
+        # than scattering jagged vectors into a padded tensor and back in backward
+        items = model.embedding.item_vectors(ids.reshape(-1)).view(ids.shape[0], width, -1)   # (B, L+1, D)
+    else:
+        items, lookup = _looked_up_items(model, batch, looked["item"].values(), lengths, ids)
+        if "user" in looked:
+            user_vecs = looked["user"].values()[:, :model.embedding.dim]
     in_len = (lengths - 1).clamp(min=0)
     times = None
     if model.encoder.uses_times:
         # (B, L + 1): input position t's time, and at t + 1 its target's (the query time)
         times = pad_jagged(batch.extra["timestamps"].long(), lengths, width)
-    states = model.encode(items[:, :-1], in_len, batch.users, times)
+    states = model.encode(items[:, :-1], in_len, batch.users, times, user_vecs=user_vecs)
     L = width - 1
     valid = (torch.arange(L, device=ids.device)[None, :] < in_len[:, None]) & (ids[:, 1:] > 0)
     ratings = None
     if "ratings" in batch.extra and batch.extra["ratings"] is not None and batch.extra["ratings"].numel() == values.numel():
         ratings = pad_jagged(batch.extra["ratings"].float(), lengths, width)
-    return SeqForward(states, items, ids, valid, ratings)
+    return SeqForward(states, items, ids, valid, ratings, lookup, batch.negatives if looked is not None else None)
+
+
+def _looked_up_items(model: SeqRecModel, batch, rows: torch.Tensor, lengths: torch.Tensor,
+                     ids: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """A pipelined batch's item rows (SeqBatch.item_lookup: the sequences' T ids, then the
+    distinct negatives) -> (the (B, W, D) item vectors of the id grid `ids`, a function ids ->
+    vectors for any id among them). Content features are added here, grid-wise as in the
+    unpipelined step (their tables are not pipelined: their ids come from the item buffers)."""
+    E = model.embedding
+    B, W = ids.shape
+    T = int(lengths.sum())
+    grid = pad_jagged(rows[:T], lengths, W).reshape(B * W, -1)
+    items = E.item_vectors_from(ids.reshape(-1), grid).view(B, W, -1)
+    neg_ids = batch.item_lookup.values()[T:].long()
+    known = torch.cat([ids.reshape(-1), neg_ids])
+    vecs = torch.cat([items.reshape(B * W, -1), E.item_vectors_from(neg_ids, rows[T:])])
+    uniq, inv = torch.unique(known, return_inverse=True)
+    first = torch.full((uniq.numel(),), known.numel(), dtype=torch.long, device=known.device)
+    first.scatter_reduce_(0, inv, torch.arange(known.numel(), device=known.device), "amin")
+    table = vecs[first]
+
+    def lookup(q: torch.Tensor) -> torch.Tensor:
+        at = torch.searchsorted(uniq, q).clamp(max=uniq.numel() - 1)
+        if not bool((uniq[at] == q).all()):
+            raise ValueError("an id the loss asks for was not looked up with the batch")
+        return table[at]
+
+    return items, lookup
 
 
 class TaskConfig:

@@ -64,6 +64,13 @@ class RetrievalObjective(Objective):
         q = model.norm(f.states[f.valid])                      # (P, D)
         pos = f.ids[:, 1:][f.valid]                            # (P,)
         n_rows = model.embedding.n_items
+        lp = None if self.log_pop is None else self.log_pop.to(q.device)
+        if f.lookup is not None:
+            # a pipelined batch: the positives and the loader's negatives were looked up with it
+            lookup = f.lookup
+            return sampled_softmax_loss(q, pos, lambda ids: model.norm(lookup(ids)), self.cfg.temperature,
+                                        self.cfg.num_negatives, self.cfg.in_batch_negatives, lp,
+                                        group=self.cfg.negatives_group, n_rows=n_rows, negatives=f.negatives)
         if self.cfg.loss == "full_softmax" or n_rows <= WHOLE_CATALOGUE_MAX_ROWS:
             items: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] = \
                 model.norm(model.embedding.all_item_vectors())
@@ -72,6 +79,5 @@ class RetrievalObjective(Objective):
         else:
             def items(ids: torch.Tensor) -> torch.Tensor:
                 return model.norm(model.embedding.item_vectors(ids))
-        lp = None if self.log_pop is None else self.log_pop.to(q.device)
         return sampled_softmax_loss(q, pos, items, self.cfg.temperature, self.cfg.num_negatives,
                                     self.cfg.in_batch_negatives, lp, group=self.cfg.negatives_group, n_rows=n_rows)

@@ -38,7 +38,8 @@ class SequenceTask:
             for name in self.weights
         }
 
-    def loss(self, model: SeqRecModel, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model: SeqRecModel, batch, looked: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`looked`: the rows `model(batch)` looked up for a pipelined batch (training/pipeline.py)."""
         aug = self.cfg.augment
         jt = batch.seq["item"]
         values, lengths = jt.values().long(), jt.lengths().long()
@@ -46,7 +47,7 @@ class SequenceTask:
             values, lengths = augment(values, lengths, aug)
             if "ratings" in batch.extra:
                 batch.extra = {k: v for k, v in batch.extra.items() if k != "ratings"}
-        f = forward_sequences(model, batch, values, lengths)
+        f = forward_sequences(model, batch, values, lengths, looked=looked)
         total = None
         parts: dict[str, torch.Tensor] = {}
         for name, w in self.weights.items():

@@ -31,6 +31,12 @@ the units, and so the batches, are the same either way (tested).
 Data position: `set_epoch(e)` then `skip(n)` start the next iteration at batch n of epoch e
 (checkpoint resume); skipped batches are re-derived from the data but no tensors are built.
 
+Lookups (TorchRec's train pipeline, `distributed.train_pipeline: sparse_dist`). With a
+`Lookups`, each batch also carries every id its training step looks up (SeqBatch.item_lookup,
+user_lookup) and the retrieval loss's uniform negatives, drawn here from a generator seeded by
+(seed, epoch, batch, rank) instead of in the step, so a resumed run draws the same ones. Extra
+memory: the batch's (P, K) negative ids and their distinct values.
+
 Fine-tuning's user subsets are in-memory `TrainSequences` (`MemorySource`), batched by the same
 code.
 """
@@ -49,7 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from unirec_dist.data.batch import ITEM_KEY, SeqBatch
+from unirec_dist.data.batch import ITEM_KEY, USER_KEY, SeqBatch
 from unirec_dist.data.dataset import PreparedDataset, split_files
 from unirec_dist.errors import ConfigError, DataError
 
@@ -426,6 +432,23 @@ def train_source(path: str | os.PathLike, data_cfg: Any, with_times: bool = Fals
                          ingest=data_cfg.ingest, memory_mb=data_cfg.ingest_memory_mb, with_times=with_times)
 
 
+@dataclass(frozen=True)
+class Lookups:
+    """What a pipelined training batch carries besides its sequences (see the module doc):
+    `num_negatives` uniform negatives per draw over item ids 1..n_rows-1, one draw per position
+    (`group` 1) or per `group` positions (tasks/retrieval.py), and the user ids when `users`."""
+
+    num_negatives: int
+    group: int
+    n_rows: int
+    users: bool
+
+    def draw(self, positions: int, rng: np.random.Generator) -> np.ndarray:
+        """(P, K) or (ceil(P / group), K) int64 negative ids for P target positions."""
+        rows = positions if self.group <= 1 else -(-positions // self.group)
+        return rng.integers(1, self.n_rows, size=(rows, self.num_negatives), dtype=np.int64)
+
+
 class SequenceBatches:
     """Re-iterable training batches (one pass = one epoch of this rank's share; see the module doc).
 
@@ -436,7 +459,7 @@ class SequenceBatches:
 
     def __init__(self, source: ParquetSource | MemorySource | TrainSequences, batch_size: int, max_len: int,
                  seed: int = 0, length_grouped: bool = True, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1, buffer_batches: int = 64) -> None:
+                 world_size: int = 1, buffer_batches: int = 64, lookups: Lookups | None = None) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
         if isinstance(source, TrainSequences):
@@ -452,6 +475,7 @@ class SequenceBatches:
                             f"cannot be shared by {world_size} workers")
         self.epoch = 0
         self._skip = 0
+        self.lookups = lookups
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -542,21 +566,48 @@ class SequenceBatches:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
-    def make_batch(self, buf: TrainSequences, rows: np.ndarray) -> SeqBatch:
+    def make_batch(self, buf: TrainSequences, rows: np.ndarray, epoch: int = 0, index: int = 0) -> SeqBatch:
+        """Batch `index` of `epoch`: the sequences of `rows` of `buf` (and, with
+        `lookups`, its lookups and negatives)."""
         import torch
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
         n = np.minimum(buf.lengths[rows], self.max_len + 1)
         starts = buf.offsets[rows + 1] - n
         idx = np.repeat(starts - (np.cumsum(n) - n), n) + np.arange(n.sum())
+        values = buf.values[idx]
         seq = KeyedJaggedTensor.from_lengths_sync(
-            keys=[ITEM_KEY], values=torch.from_numpy(buf.values[idx]), lengths=torch.from_numpy(n.astype(np.int64)))
+            keys=[ITEM_KEY], values=torch.from_numpy(values), lengths=torch.from_numpy(n.astype(np.int64)))
         extra = {}
         if buf.ratings is not None:
             extra["ratings"] = torch.from_numpy(buf.ratings[idx])
         if buf.timestamps is not None:
             extra["timestamps"] = torch.from_numpy(buf.timestamps[idx])
-        return SeqBatch(users=torch.from_numpy(buf.users[rows]), seq=seq, extra=extra)
+        users = torch.from_numpy(buf.users[rows])
+        batch = SeqBatch(users=users, seq=seq, extra=extra)
+        if self.lookups is not None:
+            self._add_lookups(batch, values, n, epoch, index)
+        return batch
+
+    def _add_lookups(self, batch: SeqBatch, values: np.ndarray, n: np.ndarray, epoch: int, index: int) -> None:
+        import torch
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+        lk = self.lookups
+        assert lk is not None
+        rng = np.random.default_rng([self.seed, epoch, index, self.rank, 0x6E6567])
+        negs = lk.draw(int((n - 1).clip(min=0).sum()), rng)
+        distinct = np.unique(negs)
+        ids = np.concatenate([values, distinct])
+        # one "row" per sequence, then the negatives as one more: the table's output keeps the
+        # order of its input ids, which is all the step reads
+        lengths = np.concatenate([n, [len(distinct)]]).astype(np.int64)
+        batch.item_lookup = KeyedJaggedTensor.from_lengths_sync(
+            keys=[ITEM_KEY], values=torch.from_numpy(ids), lengths=torch.from_numpy(lengths))
+        batch.negatives = torch.from_numpy(negs)
+        if lk.users:
+            batch.user_lookup = KeyedJaggedTensor.from_lengths_sync(
+                keys=[USER_KEY], values=batch.users.clone(), lengths=torch.ones_like(batch.users))
 
     def __iter__(self):
         # A generator: epoch and skip are taken when iteration really starts (Lightning calls
@@ -565,7 +616,7 @@ class SequenceBatches:
         self.epoch, self._skip = self.epoch + 1, 0  # a plain re-iteration moves to the next epoch
         for i, (buf, rows) in enumerate(self._batches(epoch)):
             if i >= skip:
-                yield self.make_batch(buf, rows)
+                yield self.make_batch(buf, rows, epoch, i)
 
 
 def read_valid(path: str | os.PathLike, max_users: int | None = None, seed: int = 0,

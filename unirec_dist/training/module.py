@@ -100,10 +100,12 @@ class RecModule(L.LightningModule):
         """Log one validation result (subclasses with other tasks' metrics override this only)."""
         hr, ndcg = m["HR@10"], m["NDCG@10"]
         self.best_ndcg = max(self.best_ndcg, ndcg)
-        self.log("val/HR@10", hr, prog_bar=True, sync_dist=False)
-        self.log("val/NDCG@10", ndcg, prog_bar=True, sync_dist=False)
+        # one value per validation (batch_size=1: also what a dataloader_iter step, the train
+        # pipeline's, requires Lightning to be told)
+        self.log("val/HR@10", hr, prog_bar=True, sync_dist=False, batch_size=1)
+        self.log("val/NDCG@10", ndcg, prog_bar=True, sync_dist=False, batch_size=1)
         wall = time.perf_counter() - (self._t0 or time.perf_counter())
-        self.log("val/fit_seconds", wall, sync_dist=False)
+        self.log("val/fit_seconds", wall, sync_dist=False, batch_size=1)
         log.info("epoch %d: val HR@10 %.4f NDCG@10 %.4f (%.0f s into fit)", self.current_epoch, hr, ndcg, wall)
 
     def configure_optimizers(self):

@@ -265,7 +265,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # built in full on a rank); the strategy fills them with the seed's deterministic init
     import torchrec  # noqa: F401  (imported before any meta-device construction)
 
-    st = setup_training(cfg, rank=rank, world_size=world, table_device="meta")
+    st = setup_training(cfg, rank=rank, world_size=world, table_device="meta",
+                        train_pipeline=dist.train_pipeline == "sparse_dist")
     kind, lr = dist.table_optimizer.resolve(cfg.optim.tables, device_type, cfg.optim.lr)
     sharding = ShardingOptions(
         constraints=dict(dist.sharding), table_optimizer=kind, table_lr=lr, table_eps=dist.table_optimizer.eps,

@@ -29,7 +29,10 @@ class TrainThroughput(Callback):
         if self._t0 is None:
             return
         seq = getattr(batch, "seq", None)
-        if seq is not None:
+        if isinstance(outputs, dict) and "positions" in outputs:
+            # the train pipeline's step: `batch` is the one it fetched ahead, not the one it trained
+            self.positions += int(outputs["positions"])
+        elif seq is not None:
             self.positions += int((seq["item"].lengths() - 1).clamp(min=0).sum())
         self.steps += 1
         stats = getattr(trainer.strategy, "extra_stats", None)

@@ -51,7 +51,8 @@ class TrainingSetup:
     """Everything a training loop needs, built the same way for 1 process and N workers.
 
     module:   RecModule (LightningModule) over the plain single-device model
-    batches:  SequenceBatches for this rank's disjoint slice
+    batches:  SequenceBatches for this rank's disjoint slice (StepTickets over them for the train
+              pipeline: what Lightning iterates)
     dataset:  the checkpoint manifest's "dataset" section
     """
 
@@ -87,17 +88,20 @@ def apply_val_mask_seen(cfg: TrainConfig, ds_manifest: dict[str, Any]) -> None:
 
 
 def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
-                   model_device: str | None = None, table_device: str | None = None) -> TrainingSetup:
+                   model_device: str | None = None, table_device: str | None = None,
+                   train_pipeline: bool = False) -> TrainingSetup:
     """Build data, model, task and LightningModule. `rank/world_size` slice the training users
     (disjoint, equal step counts); `model_device="meta"` builds the model unallocated for a
     sharding strategy (call `module.model.embedding.set_item_features(items)` after it is
     materialised); `table_device="meta"` builds only the embedding tables unallocated (content
-    buffers are filled here). Validation is sharded by the metrics code when a process group exists."""
+    buffers are filled here). Validation is sharded by the metrics code when a process group exists.
+    `train_pipeline`: TorchRec's train pipeline (training/pipeline.py; needs TorchRecStrategy):
+    batches carry their lookups and negatives, the module is a PipelinedRecModule."""
     import pyarrow.parquet as pq
 
     from unirec_dist.models.factory import build_from_config, dataset_section
     from unirec_dist.tasks.sequence import build_task
-    from unirec_dist.training.data import SequenceBatches, read_valid, train_source
+    from unirec_dist.training.data import Lookups, SequenceBatches, read_valid, train_source
     from unirec_dist.training.module import RecModule
 
     path, ds_manifest = check_inputs(cfg)
@@ -109,17 +113,30 @@ def setup_training(cfg: TrainConfig, rank: int = 0, world_size: int = 1,
 
             raise ConfigError(f"task.kind: the {name} task needs ratings, but {path}/train.parquet has none")
     n_vocab = int(ds_manifest["vocab_sizes"]["item"])
-    batches = SequenceBatches(source, cfg.data.batch_size, cfg.data.max_len, seed=cfg.trainer.seed,
-                              length_grouped=cfg.data.length_grouped, rank=rank, world_size=world_size,
-                              buffer_batches=cfg.data.buffer_batches)
     model = build_from_config(cfg, ds_manifest, device=model_device, table_device=table_device)
+    lookups = None
+    if train_pipeline:
+        r = cfg.task.retrieval
+        lookups = Lookups(r.num_negatives, r.negatives_group, n_vocab, users=model.encoder.needs_user_vectors)
+    batches: Any = SequenceBatches(source, cfg.data.batch_size, cfg.data.max_len, seed=cfg.trainer.seed,
+                              length_grouped=cfg.data.length_grouped, rank=rank, world_size=world_size,
+                              buffer_batches=cfg.data.buffer_batches, lookups=lookups)
     if model_device != "meta":
         model.embedding.set_item_features(pq.read_table(path / "items.parquet"))
     task = build_task(cfg.task, ds_manifest, source.item_counts(n_vocab))
     # read when validation first runs: a run that never validates holds none of the valid split
     load_valid = functools.partial(read_valid, path, cfg.data.valid_max_users, seed=cfg.trainer.seed,
                                    times=cfg.model.encoder.uses_times)
-    module = RecModule(cfg, model, task, load_valid, n_items=n_vocab - 1)
+    module_class = RecModule
+    if train_pipeline:
+        from unirec_dist.training.pipeline import PipelinedRecModule
+
+        module_class = PipelinedRecModule
+    module = module_class(cfg, model, task, load_valid, n_items=n_vocab - 1)
+    if train_pipeline:
+        from unirec_dist.training.pipeline import StepTickets
+
+        batches = StepTickets(batches)
     log.info("training %s on %s: %d sequences (%s), %d items, %d parameters, %d batches/epoch",
              cfg.name, path, source.n_rows, "in memory" if source.in_memory else "streamed", n_vocab - 1, sum(p.numel() for p in model.parameters()), len(batches))
     return TrainingSetup(cfg, path, ds_manifest, module, batches, dataset_section(path, ds_manifest))

@@ -28,6 +28,7 @@ def sampled_softmax_loss(
     generator: torch.Generator | None = None,
     group: int = 1,
     n_rows: int | None = None,
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q (P, D) query vectors, pos_ids (P,) positives, item_vecs (N, D) (row 0 = padding, never
     sampled) -> scalar mean loss. `log_popularity` (N,): log training frequency of each item,
@@ -41,7 +42,10 @@ def sampled_softmax_loss(
     group: positions are split at random into groups of `group` that share one draw of
     negatives (1 = a fresh draw for every position). Groups are random across the batch, so
     positions of one sequence almost never share; the cost of gathering negatives drops by
-    `group` (the (P, K, D) gather is what dominates a CPU step)."""
+    `group` (the (P, K, D) gather is what dominates a CPU step).
+
+    negatives: the uniform draws made already (the loader's, for a pipelined batch whose
+    lookups ran ahead): (P, K), or (ceil(P / group), K) with group > 1; None: drawn here."""
     P = q.shape[0]
     whole = isinstance(item_vecs, torch.Tensor)
     if isinstance(item_vecs, torch.Tensor):
@@ -57,9 +61,11 @@ def sampled_softmax_loss(
         n_groups = -(-P // G)
         total = n_groups * G
         perm = torch.randperm(total, device=q.device, generator=generator)   # slot s holds position perm[s]
-        negs = torch.randint(1, N, (n_groups, num_negatives), device=q.device, generator=generator)
+        negs = _given(negatives, (n_groups, num_negatives)) if negatives is not None else \
+            torch.randint(1, N, (n_groups, num_negatives), device=q.device, generator=generator)
     elif num_negatives > 0:
-        negs = torch.randint(1, N, (P, num_negatives), device=q.device, generator=generator)
+        negs = _given(negatives, (P, num_negatives)) if negatives is not None else \
+            torch.randint(1, N, (P, num_negatives), device=q.device, generator=generator)
     pick = torch.randint(0, P, (min(in_batch, P),), device=q.device, generator=generator) if in_batch > 0 else None
     ib = None if pick is None else pos_ids[pick]                                      # (M,)
     # rows: ids -> index into `table`
@@ -102,6 +108,12 @@ def sampled_softmax_loss(
         parts.append(ib_logit.masked_fill(ib[None, :] == pos_ids[:, None], _MASKED))
     logits = torch.cat(parts, dim=1)
     return F.cross_entropy(logits, torch.zeros(P, dtype=torch.long, device=q.device))
+
+
+def _given(negatives: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    if tuple(negatives.shape) != shape:
+        raise ValueError(f"negatives drawn for {tuple(negatives.shape)} (rows, K), the loss needs {shape}")
+    return negatives.long()
 
 
 def full_softmax_loss(q: torch.Tensor, pos_ids: torch.Tensor, item_vecs: torch.Tensor,
