@@ -41,12 +41,6 @@ class LossRecorder:
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
                 loss = outputs["loss"] if isinstance(outputs, dict) else outputs
                 rec.losses.append(float(loss))
-                if os.environ.get("PIPE_DEBUG"):
-                    dense = sum(float(p.detach().double().sum()) for n, p in pl_module.model.named_parameters()
-                                if "_ec" not in n and "ebc" not in n)
-                    tab = sum(float(t.double().sum()) for k, t in pl_module.model.state_dict().items() if "item_ec" in k
-                              for t in [t.local_shards()[0].tensor if hasattr(t, "local_shards") else t])
-                    print("DBG", trainer.global_rank, len(rec.losses), dense, tab, flush=True)
 
         return _CB()
 

@@ -135,9 +135,10 @@ class PipelinedRecModule(RecModule):
             self.pipelined = pipelined_module_names(self._pipeline)
             log.info("train pipeline: input distribution one batch ahead for %s",
                      ", ".join(self.pipelined) or "no module")
-            stats = getattr(self.trainer.strategy, "extra_stats", None)
-            if stats is not None:      # reaches pretrain.json's worker_stats
-                stats["pipelined"] = self.pipelined
+            # recorded in every checkpoint's manifest from now on
+            extra = getattr(self.trainer.strategy, "manifest_extra", None)
+            if extra is not None:
+                extra["train_pipeline"] = {"kind": "sparse_dist", "pipelined": self.pipelined}
         self.log("train/loss", out["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=out["rows"])
         if len(out["parts"]) > 1:
             for k, v in out["parts"].items():

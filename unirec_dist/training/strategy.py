@@ -89,7 +89,7 @@ class TorchRecStrategy(DCPCheckpointing, SpawnWithoutWeightsHandBack, DDPStrateg
         self.plan_summary: dict[str, Any] | None = None
         self._dense: list[torch.nn.Parameter] = []
         #: numbers callbacks add to this rank's `worker_stats()` (e.g. throughput)
-        self.extra_stats: dict[str, Any] = {}
+        self.extra_stats: dict[str, float] = {}
 
     @property
     def module_attr(self) -> str:  # type: ignore[override]
