@@ -3,22 +3,17 @@
 #   1. `make install TARGET=cuda` into its own venv (the CUDA torch/FBGEMM pairing of requirements/cuda.txt)
 #   2. the test suite's GPU-marked tests (`pytest -m gpu`: NCCL, fused Adam, GPU topology, 1-GPU pretrain)
 #   3. MovieLens-1M: fetch, prepare, `unirec pretrain --workers 1` on the GPU (NCCL process group,
-#      TorchRec DMP with the FBGEMM fused Adam on the tables), then validation NDCG@10 (full ranking,
-#      seen items masked, `unirec evaluate --split valid`)
+#      TorchRec DMP with the FBGEMM fused Adam on the tables, TorchRec's TrainPipelineSparseDist:
+#      `distributed.train_pipeline=sparse_dist`, the next batch's input distribution on its own CUDA
+#      stream while this one computes), then validation NDCG@10 (full ranking, seen items masked,
+#      `unirec evaluate --split valid`)
 #   4. prints positions/s (target positions after 3 warm-up steps), peak GPU memory of the worker
-#      (torch allocator high-water mark) and its host memory, and the wall time of each stage.
+#      (torch allocator high-water mark) and its host memory, the pipelined tables, and the wall
+#      time of each stage.
 #
 #   bash bench/gpu_check.sh            # VENV=.venv-cuda OUT=runs/gpu-check STEPS=1500 to change
 #
-# Not on this path: TorchRec's TrainPipelineSparseDist (the next batch's input distribution
-# overlapped with compute); the strategy runs Lightning's own loop. The pipeline itself runs on
-# CPU/gloo as well (torchrec 1.8, checked on a 2-rank toy model: same losses as a plain loop), but
-# it only pipelines sharded modules that its fx trace of `model(batch)` finds called on a KJT read
-# straight off the batch. This model looks its tables up on ids computed inside the step (history,
-# targets, negatives sampled in the loss, content ids from the item feature buffers), so it would
-# pipeline nothing until batches carry those KJTs (the loader sampling negatives and gathering
-# content ids). Needs: nvidia-smi, a CUDA driver for cu126, the package index of CUDA_INDEX
-# (Makefile) reachable.
+# Needs: nvidia-smi, a CUDA driver for cu126, the package index of CUDA_INDEX (Makefile) reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-cuda}
@@ -44,10 +39,11 @@ mkdir -p "$OUT"
 $UNIREC data fetch movielens-1m
 [ -e "$OUT/ml-1m/manifest.json" ] || $UNIREC prepare --config configs/datasets/ml-1m.yaml --out "$OUT/ml-1m"
 
-stage "pretrain: 1 GPU, NCCL, fused Adam on the tables, $STEPS steps"
+stage "pretrain: 1 GPU, NCCL, fused Adam on the tables, TrainPipelineSparseDist, $STEPS steps"
 rm -rf "$OUT/pretrain"
 $UNIREC pretrain --config configs/pretrain/ml-1m-sasrec.yaml --workers 1 --no-progress \
     data.path="$OUT/ml-1m" trainer.out_dir="$OUT/pretrain" distributed.device=cuda optim.tables=adam \
+    distributed.train_pipeline=sparse_dist \
     trainer.max_steps="$STEPS" trainer.threads=4
 
 stage "validation NDCG@10 (full ranking, seen items masked)"
@@ -62,6 +58,8 @@ out = Path(sys.argv[1])
 s = json.loads((out / "pretrain" / "pretrain.json").read_text())
 (w,) = s["worker_stats"]
 v = json.loads((out / "valid.json").read_text())
+m = json.loads((out / "pretrain" / "checkpoints" / "final" / "manifest.json").read_text())
+print("train pipeline:", m.get("train_pipeline"))
 def flat(d, p=""):
     for k, val in d.items():
         if isinstance(val, dict):

@@ -2,7 +2,11 @@
 path) on ML-1M with the SASRec pretraining config, 1 worker vs 2 workers, a fixed amount of work.
 
     python bench/pretrain_scaling.py [--data data/prepared/ml-1m] [--steps 0]
-        [--cores 2] [key=value ...]
+        [--cores 2] [--pipeline] [key=value ...]
+
+`--pipeline`: instead of 1 vs 2 workers, 2 workers with Lightning's plain loop vs 2 workers with
+TorchRec's TrainPipelineSparseDist (`distributed.train_pipeline=sparse_dist`), the same steps, and
+the ratio of their throughputs.
 
 Per arm it prints: target positions/s (wall: all workers' positions over the timed wall time;
 per worker: each worker's own), positions per CPU-second, per-worker peak memory (VmHWM), and
@@ -90,6 +94,30 @@ def run(data: Path, out: Path, workers: int, threads: int, steps: int, extra: li
     }
 
 
+def describe(name: str, r: dict) -> str:
+    return (f"{name}: {r['positions_per_s']:,.0f} positions/s wall "
+            f"(per worker: {', '.join(f'{v:,.0f}' for v in r['per_worker_positions_per_s'])}); "
+            f"{r['positions_per_cpu_s']:,.0f} positions per CPU-second; "
+            f"peak per worker: {', '.join(f'{m / 1024:.2f} GiB' for m in r['peak_mib'])}; job {r['job_s']:.0f} s")
+
+
+def compare_pipeline(data: Path, a) -> int:
+    """2 workers, the same steps: Lightning's plain loop, then TrainPipelineSparseDist."""
+    threads = max(a.cores // 2, 1)
+    res = {}
+    for mode in ("none", "sparse_dist"):
+        r = run(data, Path(a.work) / mode, 2, threads, a.steps, [*a.overrides, f"distributed.train_pipeline={mode}"])
+        res[mode] = r
+        print(describe(f"2 workers, train_pipeline={mode}", r), flush=True)
+    ratio = res["sparse_dist"]["positions_per_s"] / res["none"]["positions_per_s"]
+    cpu = res["sparse_dist"]["positions_per_cpu_s"] / res["none"]["positions_per_cpu_s"]
+    print(f"pipelined / plain: {ratio:.2f}x the wall throughput, {cpu:.2f}x per CPU-second")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"arms": res, "ratio": ratio, "cpu_ratio": cpu}, indent=2))
+    shutil.rmtree(a.work, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=None)
@@ -97,6 +125,7 @@ def main() -> int:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench" / "pretrain-scaling"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--pipeline", action="store_true", help="2 workers: plain loop vs TrainPipelineSparseDist")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     if a.steps and a.steps <= WARMUP:
@@ -110,6 +139,8 @@ def main() -> int:
     data = find_data(a.data)
     print(f"ML-1M at {data}; config {CONFIG.relative_to(ROOT)}; {f'{a.steps} steps' if a.steps else 'one epoch'} ({WARMUP} warm-up steps not timed) per arm; "
           f"{a.cores} cores in total per arm")
+    if a.pipeline:
+        return compare_pipeline(data, a)
     res = {}
     for n in (1, 2):
         r = run(data, Path(a.work) / f"{n}w", n, max(a.cores // n, 1), a.steps, a.overrides)

@@ -1,7 +1,8 @@
 """The GPU-only code paths (`@pytest.mark.gpu`: skipped with the reason where CUDA is absent, by
 tests/conftest.py; bench/gpu_check.sh runs them on a GPU machine): device and backend choice,
 the planner's topology from the GPU's own memory, and `unirec pretrain` on 1 GPU worker with
-NCCL, the stock row-wise sharder and the FBGEMM fused Adam on the tables (CPU has neither)."""
+NCCL, the stock row-wise sharder and the FBGEMM fused Adam on the tables (CPU has neither), and
+with TorchRec's train pipeline on CUDA streams."""
 from __future__ import annotations
 
 import json
@@ -46,3 +47,19 @@ def test_pretrain_on_one_gpu_with_nccl_and_fused_adam(tmp_path):
     assert m["plan"]["tables"]["t_item"]["sharding_type"] == "row_wise"
     (w,) = json.loads((out / "pretrain.json").read_text())["worker_stats"]
     assert w["gpu_peak_mib"] > 0
+
+
+def test_train_pipeline_on_one_gpu_overlaps_on_cuda_streams(tmp_path):
+    """`distributed.train_pipeline=sparse_dist` on CUDA: batches are copied on the pipeline's own
+    stream (SeqBatch.to(non_blocking) and record_stream) and the item table is pipelined."""
+    from tests.synthetic import prepared_dataset
+
+    ds = prepared_dataset(tmp_path / "ds", n_users=60)
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--config", "configs/pretrain/debug.yaml", "--no-progress", "--workers", "1",
+               f"data.path={ds}", f"trainer.out_dir={out}", "distributed.device=cuda", "optim.tables=adam",
+               "distributed.train_pipeline=sparse_dist", "trainer.max_epochs=2"])
+    assert rc == 0
+    m = json.loads((out / "checkpoints" / "final" / "manifest.json").read_text())
+    assert m["plan"]["device_type"] == "cuda"
+    assert m["train_pipeline"] == {"kind": "sparse_dist", "pipelined": ["embedding.item_ec"]}

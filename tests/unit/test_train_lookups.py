@@ -90,8 +90,24 @@ def test_looked_up_rows_give_the_tables_vectors(tmp_path):
     torch.testing.assert_close(a.lookup(negs), model.embedding.item_vectors(negs))
     pos = a.ids[:, 1:][a.valid]
     torch.testing.assert_close(a.lookup(pos), model.embedding.item_vectors(pos))
+    cat = a.lookup.catalogue()
+    assert cat.shape == (model.embedding.n_items, a.items.shape[-1])
+    torch.testing.assert_close(cat[negs], model.embedding.item_vectors(negs))
+
+
+@pytest.mark.parametrize("dense_map", [True, False])
+def test_looked_items_answer_only_what_was_looked_up(monkeypatch, dense_map):
+    from unirec_dist.tasks.base import LookedItems
+
+    if not dense_map:   # a catalogue above the dense map's size: binary search
+        monkeypatch.setattr(LookedItems, "DENSE_MAP_MAX_ROWS", 0)
+    vecs = torch.arange(8.0).view(4, 2)
+    looked = LookedItems(torch.tensor([1, 3, 4, 8]), vecs, n_rows=10)
+    torch.testing.assert_close(looked(torch.tensor([8, 1, 1, 4])), vecs[[3, 0, 0, 2]])
     with pytest.raises(ValueError, match="not looked up"):
-        a.lookup(torch.tensor([int(model.embedding.n_items) - 1 + 1000]))
+        looked(torch.tensor([3, 2]))
+    cat = looked.catalogue()
+    assert cat.shape == (10, 2) and torch.equal(cat[[1, 3, 4, 8]], vecs) and float(cat[[0, 2, 9]].abs().sum()) == 0
 
 
 def test_the_loss_uses_the_negatives_it_is_given_and_checks_their_shape():

@@ -20,7 +20,6 @@ position. `batch.extra["ratings"]` (T,) float, aligned with seq values, feeds th
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -39,9 +38,9 @@ class SeqForward:
     ids     (B, L + 1) item ids, 0 = padding/masked
     valid   (B, L) bool: position t has a real next item ids[:, t + 1]
     ratings (B, L + 1) float or None
-    lookup  ids (M,) -> (M, D) raw item vectors of ids the step looked up already (positives and
-            the loader's negatives), when the batch went through the model's `forward` (the
-            train pipeline); None: the loss looks items up in the model's tables
+    lookup  the raw item vectors of the ids the step looked up already (positives and the
+            loader's negatives: `LookedItems`), when the batch went through the model's
+            `forward` (the train pipeline); None: the loss looks items up in the model's tables
     negatives the loader's negative ids (SeqBatch.negatives), with `lookup`
     """
 
@@ -50,7 +49,7 @@ class SeqForward:
     ids: torch.Tensor
     valid: torch.Tensor
     ratings: torch.Tensor | None
-    lookup: Callable[[torch.Tensor], torch.Tensor] | None = None
+    lookup: LookedItems | None = None
     negatives: torch.Tensor | None = None
 
 
@@ -88,12 +87,45 @@ def forward_sequences(model: SeqRecModel, batch, values: torch.Tensor | None = N
     return SeqForward(states, items, ids, valid, ratings, lookup, batch.negatives if looked is not None else None)
 
 
+class LookedItems:
+    """The raw vectors of the distinct item ids a pipelined step looked up: `self(ids)` -> (M, D)
+    for ids among them (ValueError otherwise); `catalogue()` -> (n_rows, D), those rows at their
+    ids and zeros elsewhere (what a small catalogue's loss indexes directly, as the unpipelined
+    step indexes its whole-catalogue lookup)."""
+
+    #: up to this many catalogue rows an id -> row map is one (n_rows,) index (cheaper than a
+    #: binary search over 2M negatives); above it, a binary search over the looked-up ids
+    DENSE_MAP_MAX_ROWS = 1 << 22
+
+    def __init__(self, ids: torch.Tensor, vecs: torch.Tensor, n_rows: int) -> None:
+        self.ids, self.vecs, self.n_rows = ids, vecs, n_rows      # ids sorted, distinct
+        self._slot: torch.Tensor | None = None
+        if n_rows <= self.DENSE_MAP_MAX_ROWS:
+            self._slot = torch.full((n_rows,), -1, dtype=torch.long, device=ids.device)
+            self._slot[ids] = torch.arange(ids.numel(), device=ids.device)
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        if self._slot is not None:
+            at = self._slot[q]
+            found = bool((at >= 0).all())
+        else:
+            at = torch.searchsorted(self.ids, q).clamp(max=self.ids.numel() - 1)
+            found = bool((self.ids[at] == q).all())
+        if not found:
+            raise ValueError("an id the loss asks for was not looked up with the batch")
+        return self.vecs[at]
+
+    def catalogue(self) -> torch.Tensor:
+        out = self.vecs.new_zeros((self.n_rows, self.vecs.shape[1]))
+        return out.index_put((self.ids,), self.vecs)
+
+
 def _looked_up_items(model: SeqRecModel, batch, rows: torch.Tensor, lengths: torch.Tensor,
-                     ids: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+                     ids: torch.Tensor) -> tuple[torch.Tensor, LookedItems]:
     """A pipelined batch's item rows (SeqBatch.item_lookup: the sequences' T ids, then the
-    distinct negatives) -> (the (B, W, D) item vectors of the id grid `ids`, a function ids ->
-    vectors for any id among them). Content features are added here, grid-wise as in the
-    unpipelined step (their tables are not pipelined: their ids come from the item buffers)."""
+    distinct negatives) -> (the (B, W, D) item vectors of the id grid `ids`, `LookedItems` of
+    every id among them). Content features are added here, grid-wise as in the unpipelined step
+    (their tables are not pipelined: their ids come from the item buffers)."""
     E = model.embedding
     B, W = ids.shape
     T = int(lengths.sum())
@@ -105,15 +137,7 @@ def _looked_up_items(model: SeqRecModel, batch, rows: torch.Tensor, lengths: tor
     uniq, inv = torch.unique(known, return_inverse=True)
     first = torch.full((uniq.numel(),), known.numel(), dtype=torch.long, device=known.device)
     first.scatter_reduce_(0, inv, torch.arange(known.numel(), device=known.device), "amin")
-    table = vecs[first]
-
-    def lookup(q: torch.Tensor) -> torch.Tensor:
-        at = torch.searchsorted(uniq, q).clamp(max=uniq.numel() - 1)
-        if not bool((uniq[at] == q).all()):
-            raise ValueError("an id the loss asks for was not looked up with the batch")
-        return table[at]
-
-    return items, lookup
+    return items, LookedItems(uniq, vecs[first], E.n_items)
 
 
 class TaskConfig:

@@ -66,11 +66,15 @@ class RetrievalObjective(Objective):
         n_rows = model.embedding.n_items
         lp = None if self.log_pop is None else self.log_pop.to(q.device)
         if f.lookup is not None:
-            # a pipelined batch: the positives and the loader's negatives were looked up with it
+            # a pipelined batch: the positives and the loader's negatives were looked up with it;
+            # a small catalogue is indexed whole, as below (rows not looked up are never asked for)
             lookup = f.lookup
-            return sampled_softmax_loss(q, pos, lambda ids: model.norm(lookup(ids)), self.cfg.temperature,
-                                        self.cfg.num_negatives, self.cfg.in_batch_negatives, lp,
-                                        group=self.cfg.negatives_group, n_rows=n_rows, negatives=f.negatives)
+            looked: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] = \
+                model.norm(lookup.catalogue()) if n_rows <= WHOLE_CATALOGUE_MAX_ROWS else \
+                (lambda ids: model.norm(lookup(ids)))
+            return sampled_softmax_loss(q, pos, looked, self.cfg.temperature, self.cfg.num_negatives,
+                                        self.cfg.in_batch_negatives, lp, group=self.cfg.negatives_group,
+                                        n_rows=n_rows, negatives=f.negatives)
         if self.cfg.loss == "full_softmax" or n_rows <= WHOLE_CATALOGUE_MAX_ROWS:
             items: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] = \
                 model.norm(model.embedding.all_item_vectors())

@@ -597,7 +597,12 @@ class SequenceBatches:
         assert lk is not None
         rng = np.random.default_rng([self.seed, epoch, index, self.rank, 0x6E6567])
         negs = lk.draw(int((n - 1).clip(min=0).sum()), rng)
-        distinct = np.unique(negs)
+        if lk.n_rows <= 8 * negs.size:    # a mask over the catalogue: O(draws), no sort
+            seen = np.zeros(lk.n_rows, dtype=bool)
+            seen[negs.reshape(-1)] = True
+            distinct = np.flatnonzero(seen)
+        else:
+            distinct = np.unique(negs)
         ids = np.concatenate([values, distinct])
         # one "row" per sequence, then the negatives as one more: the table's output keeps the
         # order of its input ids, which is all the step reads
