@@ -274,3 +274,22 @@ def test_loader_position_continues_the_epoch_the_run_was_in(started, completed, 
         "epoch_loop.batch_progress": {"current": {"processed": processed}}}}}
     assert loader_position(rest, 16) == want
 
+
+
+@pytest.mark.parametrize("auto,manual", [(0, 8), (8, 0), (5, 5)])
+def test_optimizer_steps_carry_between_automatic_and_manual_optimization(auto, manual):
+    """A checkpoint of the train pipeline (manual optimization) resumed by the plain loop
+    (automatic), or the other way: Lightning reads global_step from the resuming module's tracker."""
+    from unirec_dist.training.checkpointing import carry_optimizer_steps
+
+    def progress(n):
+        return {"current": {"ready": n, "completed": n}, "total": {"ready": n, "completed": n}}
+
+    rest = {"loops": {"fit_loop": {
+        "epoch_loop.automatic_optimization.optim_progress": {"optimizer": {"step": progress(auto)}},
+        "epoch_loop.manual_optimization.optim_step_progress": progress(manual)}}}
+    carry_optimizer_steps(rest)
+    fit = rest["loops"]["fit_loop"]
+    assert fit["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"] == progress(max(auto, manual))
+    assert fit["epoch_loop.manual_optimization.optim_step_progress"] == progress(max(auto, manual))
+    carry_optimizer_steps({"loops": {}})     # a loop state without the trackers: left alone

@@ -286,6 +286,7 @@ class DCPCheckpointing:
         rest.setdefault("optimizer_states", [])
         rest.setdefault("lr_schedulers", [])
         rest["unirec_manifest"] = manifest
+        carry_optimizer_steps(rest)
         self._position_loader(rest)
         log.info("resumed from %s (step %s)", manifest.get("path"), manifest.get("step"))
         return rest
@@ -359,6 +360,26 @@ def reopen_cut_epoch(rest: dict[str, Any], epoch: int) -> None:
         if isinstance(p, dict) and p.get("started", 0) >= 1 and p.get("processed") == p["started"]:
             p["processed"] = p["completed"] = p["started"] - 1
     rest["epoch"] = epoch
+
+
+def carry_optimizer_steps(rest: dict[str, Any]) -> None:
+    """Let a checkpoint resume under either optimization mode with its global step.
+
+    Lightning counts optimizer steps in one of two trackers, the automatic loop's (a plain run)
+    or the manual loop's (the train pipeline's `PipelinedRecModule`), and reads global_step from
+    the one the resuming module uses: a run continued with `distributed.train_pipeline` switched
+    on or off would restart at step 0 (max_steps, checkpoint names and the loss curve with it).
+    Both trackers get the steps of the one that counted them."""
+    fit = rest.get("loops", {}).get("fit_loop", {})
+    auto = fit.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
+    manual = fit.get("epoch_loop.manual_optimization.optim_step_progress")
+    if not isinstance(auto, dict) or not isinstance(manual, dict):
+        return
+    for part in ("current", "total"):
+        a, m = auto.get(part), manual.get(part)
+        if isinstance(a, dict) and isinstance(m, dict):
+            for key in ("ready", "completed"):
+                a[key] = m[key] = max(a.get(key, 0), m.get(key, 0))
 
 
 def _batches_per_epoch(loader: Any, limit: int | float | None) -> int | None:
