@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _pins() -> dict[str, set[str]]:
     pins: dict[str, set[str]] = {}
-    texts = [(REPO / "requirements" / f).read_text() for f in ("cpu.txt", "cuda.txt")]
+    texts = [(REPO / "requirements" / f).read_text() for f in ("cpu.txt", "cuda.txt", "torchrec.txt")]
     texts.append((REPO / "pyproject.toml").read_text())
     for text in texts:
-        for name, ver in re.findall(r'^\s*"?(torch|lightning|ray)(?:\[[^\]]*\])?==([\w.]+)', text, re.M):
+        for name, ver in re.findall(r'^\s*"?(torch|torchrec|lightning|ray)(?:\[[^\]]*\])?==([\w.]+)', text, re.M):
             pins.setdefault(name, set()).add(ver)
     return pins
 
@@ -184,3 +184,22 @@ def test_print_worker_logs_is_looked_up_by_name_and_replaced():
         rw.__dict__.pop("_unirec_original_print_worker_logs", None)
         if earlier is not None:
             rw._unirec_original_print_worker_logs = earlier
+
+
+# -- torchrec ------------------------------------------------------------------------------------
+def test_train_pipeline_backward_is_one_overridable_call_and_lists_its_modules():
+    """TrainPipelineSparseDist.progress runs backward through `self._backward(losses)` (what
+    sparse_dist_pipeline overrides) and keeps the rewritten modules in `_pipelined_modules`.
+    (That the override really routes backward, and what gets pipelined, is checked on 2 gloo
+    processes: tests/distributed/test_train_pipeline.py.)"""
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+    from unirec_dist.compat.torchrec_api import pipelined_module_names, sparse_dist_pipeline
+
+    assert "self._backward(losses)" in inspect.getsource(TrainPipelineSparseDist.progress)
+    assert "_pipelined_modules" in inspect.getsource(TrainPipelineSparseDist.__init__)
+    seen = []
+    pipe = sparse_dist_pipeline(torch.nn.Linear(2, 1), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
+                                torch.device("cpu"), lambda b: (b.sum(), None), seen.append)
+    pipe._backward(torch.ones(()))
+    assert len(seen) == 1 and pipelined_module_names(pipe) == []

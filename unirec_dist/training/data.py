@@ -35,7 +35,8 @@ Lookups (TorchRec's train pipeline, `distributed.train_pipeline: sparse_dist`). 
 `Lookups`, each batch also carries every id its training step looks up (SeqBatch.item_lookup,
 user_lookup) and the retrieval loss's uniform negatives, drawn here from a generator seeded by
 (seed, epoch, batch, rank) instead of in the step, so a resumed run draws the same ones. Extra
-memory: the batch's (P, K) negative ids and their distinct values.
+memory: the batch's (P, K) negative ids and their distinct values, and while drawing, a bool
+mask over the catalogue when it has at most 8x as many rows as draws (else a sort).
 
 Fine-tuning's user subsets are in-memory `TrainSequences` (`MemorySource`), batched by the same
 code.

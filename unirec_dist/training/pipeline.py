@@ -44,27 +44,15 @@ def make_pipeline(model: torch.nn.Module, optimizer: Any, device: torch.device,
                   backward: Callable[[torch.Tensor], None]) -> Any:
     """A TrainPipelineSparseDist over `model` (the DMP) whose forward is `step_loss(batch) ->
     (loss, output)` and whose backward is `backward(loss)` (Lightning's manual_backward)."""
-    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
     from torchrec.streamable import Pipelineable
 
+    from unirec_dist.compat.torchrec_api import sparse_dist_pipeline
     from unirec_dist.data.batch import SeqBatch
 
     # SeqBatch has Pipelineable's two methods (to, record_stream); registered here so that
     # data/batch.py does not import torchrec
     Pipelineable.register(SeqBatch)
-
-    class _Pipeline(TrainPipelineSparseDist):
-        # the pipeline's one backward call; overridden (torchrec 1.8 `_backward`) so backward
-        # goes through Lightning (precision plugin, the strategy's dense-gradient all-reduce)
-        def _backward(self, losses: torch.Tensor) -> None:
-            backward(losses)
-
-    return _Pipeline(model, optimizer, device, execute_all_batches=True, custom_model_fwd=step_loss)
-
-
-def pipelined_module_names(pipeline: Any) -> list[str]:
-    """The sharded modules the pipeline rewrote (their input distribution runs a batch ahead)."""
-    return sorted(str(getattr(m.forward, "name", type(m).__name__)) for m in pipeline._pipelined_modules)
+    return sparse_dist_pipeline(model, optimizer, device, step_loss, backward)
 
 
 class StepTickets:
@@ -132,6 +120,8 @@ class PipelinedRecModule(RecModule):
                                            self._step_loss, self.manual_backward)
         out = self._pipeline.progress(tickets.current)
         if not self.pipelined:
+            from unirec_dist.compat.torchrec_api import pipelined_module_names
+
             self.pipelined = pipelined_module_names(self._pipeline)
             log.info("train pipeline: input distribution one batch ahead for %s",
                      ", ".join(self.pipelined) or "no module")
