@@ -63,3 +63,18 @@ def test_user_table_is_pipelined_beside_the_item_table(dataset, tmp_path):
     pipe, plain = both(cfg, 3, tmp_path)
     assert pipe["pipelined"] == ["embedding.item_ec", "embedding.user_ec"]
     assert pipe["losses"] == pytest.approx(plain["losses"], rel=1e-6, abs=1e-7)
+
+
+def test_row_wise_content_tables_with_grouped_and_in_batch_negatives(dataset, tmp_path):
+    """Every table row-wise (the content tables' pooled lookups then need equal sizes on every
+    rank under gloo, also for the negatives, whose distinct count differs by rank), HSTU with the
+    time bias, negatives shared by groups of 4 positions plus 8 in-batch ones (the loss's own
+    random draws, the same in both runs)."""
+    tables = ("t_item", "t_title", "t_tags", "t_category")
+    cfg = config(dataset, *(f"distributed.sharding.{t}=row_wise" for t in tables),
+                 "model.encoder={kind: hstu, num_blocks: 1, num_heads: 1, dqk: 16, dv: 16, dropout: 0.0, "
+                 "time_bias: true, time_buckets: 16}",
+                 "task.retrieval.negatives_group=4", "task.retrieval.in_batch_negatives=8")
+    pipe, plain = both(cfg, 4, tmp_path)
+    assert all(pipe["plan"]["tables"][t]["sharding_type"] == "row_wise" for t in tables)
+    assert_same_training(pipe, plain, 4)

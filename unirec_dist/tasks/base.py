@@ -131,9 +131,18 @@ def _looked_up_items(model: SeqRecModel, batch, rows: torch.Tensor, lengths: tor
     T = int(lengths.sum())
     grid = pad_jagged(rows[:T], lengths, W).reshape(B * W, -1)
     items = E.item_vectors_from(ids.reshape(-1), grid).view(B, W, -1)
-    neg_ids = batch.item_lookup.values()[T:].long()
+    neg_ids, neg_rows = batch.item_lookup.values()[T:].long(), rows[T:]
+    U = neg_ids.numel()
+    # the ranks' common count (training/strategy.common_pad_width): the content tables' lookup of
+    # the negatives has the same size on every rank (padding id 0, dropped after)
+    pad = max(int(batch.extra.get("neg_width", 0)) - U, 0)
+    if pad and E.has_content:
+        neg_ids = torch.cat([neg_ids, neg_ids.new_zeros(pad)])
+        neg_rows = torch.cat([neg_rows, neg_rows.new_zeros((pad, neg_rows.shape[1]))])
+    neg_vecs = E.item_vectors_from(neg_ids, neg_rows)[:U]
+    neg_ids = neg_ids[:U]
     known = torch.cat([ids.reshape(-1), neg_ids])
-    vecs = torch.cat([items.reshape(B * W, -1), E.item_vectors_from(neg_ids, rows[T:])])
+    vecs = torch.cat([items.reshape(B * W, -1), neg_vecs])
     uniq, inv = torch.unique(known, return_inverse=True)
     first = torch.full((uniq.numel(),), known.numel(), dtype=torch.long, device=known.device)
     first.scatter_reduce_(0, inv, torch.arange(known.numel(), device=known.device), "amin")
