@@ -1,7 +1,10 @@
 """2 gloo processes training the real model (synthetic dataset, the debug config) through
-TorchRecStrategy, with TorchRec's TrainPipelineSparseDist (`PipelinedRecModule`) or with the
-plain Lightning loop over the same batches (`PlainLookupModule`: one `model(batch)` lookup, the
-same loss, no pipeline). Rank 0 saves the per-step losses and the final dense weights."""
+TorchRecStrategy, with TorchRec's TrainPipelineSparseDist (`PipelinedRecModule`), with the plain
+Lightning loop over the same batches (`PlainLookupModule`: one `model(batch)` lookup, the same
+loss, no pipeline), or (`pipelined=None`) the plain RecModule on plain batches, the default
+pretraining step. Rank 0 saves the per-step losses and the final dense weights.
+`whole_catalogue_max_rows` overrides tasks/retrieval.py's WHOLE_CATALOGUE_MAX_ROWS in the
+workers (0: the large-catalogue path on a small dataset)."""
 from __future__ import annotations
 
 import os
@@ -45,8 +48,8 @@ class LossRecorder:
         return _CB()
 
 
-def worker(rank: int, world: int, port: int, cfg_dict: dict[str, Any], pipelined: bool, max_steps: int,
-           out: str) -> None:
+def worker(rank: int, world: int, port: int, cfg_dict: dict[str, Any], pipelined: bool | None, max_steps: int,
+           out: str, whole_catalogue_max_rows: int | None = None) -> None:
     warnings.filterwarnings("ignore")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
                       RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0")
@@ -61,12 +64,16 @@ def worker(rank: int, world: int, port: int, cfg_dict: dict[str, Any], pipelined
     from unirec_dist.training.strategy import ShardingOptions, TorchRecStrategy
     from unirec_dist.training.train import setup_training
 
+    if whole_catalogue_max_rows is not None:
+        import unirec_dist.tasks.retrieval as retrieval
+
+        retrieval.WHOLE_CATALOGUE_MAX_ROWS = whole_catalogue_max_rows
     torch.set_num_threads(1)
     cfg = from_dict(PretrainConfig, cfg_dict, where="test config")
     pl.seed_everything(cfg.trainer.seed, verbose=False)
-    st = setup_training(cfg, rank=rank, world_size=world, table_device="meta", train_pipeline=True)
+    st = setup_training(cfg, rank=rank, world_size=world, table_device="meta", train_pipeline=pipelined is not None)
     module, loader = st.module, st.batches
-    if not pipelined:
+    if pipelined is False:
         cls = make_plain_module_class()
         module = cls(cfg, module.model, module.task, None, n_items=module.n_items)
         loader = loader.batches     # the batches themselves, not the pipeline's step tickets
@@ -87,10 +94,12 @@ def worker(rank: int, world: int, port: int, cfg_dict: dict[str, Any], pipelined
                     "plan": trainer.strategy.plan_summary}, out)
 
 
-def spawn(cfg_dict: dict[str, Any], pipelined: bool, max_steps: int, out: str, world: int = 2) -> dict[str, Any]:
+def spawn(cfg_dict: dict[str, Any], pipelined: bool | None, max_steps: int, out: str, world: int = 2,
+          whole_catalogue_max_rows: int | None = None) -> dict[str, Any]:
     import torch.multiprocessing as mp
 
     from tests.distributed.toy import free_port
 
-    mp.spawn(worker, args=(world, free_port(), cfg_dict, pipelined, max_steps, out), nprocs=world, join=True)
+    mp.spawn(worker, args=(world, free_port(), cfg_dict, pipelined, max_steps, out, whole_catalogue_max_rows),
+             nprocs=world, join=True)
     return torch.load(out, weights_only=False)

@@ -2,7 +2,8 @@
 task on a synthetic dataset): the pipelined run trains exactly what Lightning's own loop trains
 on the same batches (one `model(batch)` lookup, the same loss, no pipeline), step by step, across
 an epoch boundary (where the pipeline is dropped and rebuilt), and the pipeline really pipelines
-the id tables (their input distribution runs one batch ahead)."""
+the id tables (their input distribution runs one batch ahead). Also the default step's
+large-catalogue path with row-wise content tables, which the same gloo size rule broke."""
 from __future__ import annotations
 
 import pytest
@@ -78,3 +79,23 @@ def test_row_wise_content_tables_with_grouped_and_in_batch_negatives(dataset, tm
     pipe, plain = both(cfg, 4, tmp_path)
     assert all(pipe["plan"]["tables"][t]["sharding_type"] == "row_wise" for t in tables)
     assert_same_training(pipe, plain, 4)
+
+
+def test_large_catalogue_step_with_row_wise_content_tables(dataset, tmp_path):
+    """The default (unpipelined) step on a catalogue above WHOLE_CATALOGUE_MAX_ROWS looks up only
+    the step's distinct ids, a count that differs by rank: with row-wise content tables gloo's
+    all_gather failed on the sizes ("invalid tensor size"); the ids are now padded to the ranks'
+    largest count. And the pipelined step on the same setting trains the same way."""
+    from unirec_dist.config.distributed import load_pretrain_config
+    from unirec_dist.config.loader import to_dict
+
+    tables = ("t_item", "t_title", "t_tags", "t_category")
+    overrides = [f"data.path={dataset}", "data.batch_size=8", "model.encoder.dropout=0.0",
+                 "task.retrieval.negatives_group=4", *(f"distributed.sharding.{t}=row_wise" for t in tables)]
+    plain = to_dict(load_pretrain_config("configs/pretrain/debug.yaml", overrides))
+    res = pipeline_run.spawn(plain, None, 4, str(tmp_path / "default.pt"), whole_catalogue_max_rows=0)
+    assert res["step"] == 4 and res["pipelined"] is None and len(res["losses"]) == 4
+    assert all(t == t for t in res["losses"])   # finite, not NaN
+    pipe = pipeline_run.spawn(config(dataset, *overrides[1:]), True, 4, str(tmp_path / "pipe.pt"),
+                              whole_catalogue_max_rows=0)
+    assert pipe["step"] == 4 and pipe["pipelined"] == ["embedding.item_ec"]

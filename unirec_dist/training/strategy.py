@@ -211,17 +211,18 @@ def common_pad_width(batch: Any) -> None:
     MAX all-reduce of two scalars per step makes them equal (NCCL would not need it; it is cheap
     enough to do always).
     """
+    from unirec_dist.utils.dist import max_over_ranks
+
     dist = _dist()
     if dist is None or dist.get_world_size() == 1 or not hasattr(batch, "seq"):
         return
     jt = batch.seq["item"]
     lookup = getattr(batch, "item_lookup", None)
     negs = 0 if lookup is None else lookup.values().numel() - jt.values().numel()
-    sizes = torch.tensor([int(jt.lengths().max()) if jt.lengths().numel() else 0, negs], dtype=torch.int64)
-    dist.all_reduce(sizes, op=dist.ReduceOp.MAX)
-    batch.extra["pad_width"] = int(sizes[0])
+    width, neg_width = max_over_ranks([int(jt.lengths().max()) if jt.lengths().numel() else 0, negs])
+    batch.extra["pad_width"] = width
     if lookup is not None:
-        batch.extra["neg_width"] = int(sizes[1])
+        batch.extra["neg_width"] = neg_width
 
 
 def _tables_on_meta(model: torch.nn.Module) -> bool:
