@@ -335,7 +335,10 @@ def test_mf_run_whose_only_parameters_are_tables_resumes_under_another_plan(data
     (trainer.max_steps) resumes from its checkpoint on 2 workers under another plan (table-wise)
     and finishes at step 6, its steps continuing from 3. (The dense optimizer's empty state used
     to be saved as an empty entry, which DCP stores nothing for and a resharding load then asked
-    for: "Missing key in checkpoint state_dict: optim.dense_0".)"""
+    for: "Missing key in checkpoint state_dict: optim.dense_0".) The continuation also switches
+    TorchRec's train pipeline on: Lightning then counts steps in its manual-optimization tracker,
+    which a plain run's checkpoint left at 0 (it restarted at step 0 before
+    `checkpointing.carry_optimizer_steps`); MF pipelines both id tables."""
     import csv
 
     mf = ["model.encoder={kind: mf}", "model.embedding.item_features=[]", "data.batch_size=8", "trainer.max_epochs=100",
@@ -348,11 +351,12 @@ def test_mf_run_whose_only_parameters_are_tables_resumes_under_another_plan(data
     assert m["step"] == 3 and m["world_size"] == 2 and m["config"]["model"]["encoder"]["kind"] == "mf"
     optim = {k.split(".")[1] for k in full_state(ckpt, tmp_path) if k.startswith("optim.")}
     assert optim == {"fused"}, optim                 # no dense state: the model has no dense parameter
-    cli = args(dataset, second, *mf, *plan("table_wise"), "trainer.max_steps=6")
+    cli = args(dataset, second, *mf, *plan("table_wise"), "trainer.max_steps=6", "distributed.train_pipeline=sparse_dist")
     assert main(cli[:1] + ["--resume-from", str(ckpt)] + cli[1:]) == 0
     m = json.loads((second / "checkpoints" / "final" / "manifest.json").read_text())
     assert m["step"] == 6 and m["world_size"] == 2
     assert {t: p["sharding_type"] for t, p in m["plan"]["tables"].items()} == {"t_item": "table_wise",
                                                                               "t_user": "table_wise"}
+    assert m["train_pipeline"]["pipelined"] == ["embedding.item_ec", "embedding.user_ec"]
     rows = csv.DictReader((second / "logs" / "metrics.csv").read_text().splitlines())
     assert sorted({int(r["step"]) for r in rows if r.get("train/loss_step")}) == [3, 4, 5]

@@ -85,17 +85,3 @@ def test_what_the_pipeline_cannot_run_is_refused_in_one_line(dataset, tmp_path, 
     assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
 
-
-def test_a_run_resumed_with_the_pipeline_switched_off_keeps_its_step(dataset, pipelined_run, tmp_path):
-    """Lightning counts steps in another tracker under manual optimization (the pipeline's): the
-    plain continuation of the pipelined run's step-3 checkpoint goes on from step 3, not 0."""
-    straight, rc = pipelined_run
-    assert rc == 0
-    ray_ckpts = {json.loads((p / "manifest.json").read_text())["step"]: p
-                 for p in (straight / "ray" / "debug").glob("checkpoint_*") if p.is_dir()}
-    out = tmp_path / "plain"
-    cli = args(dataset, out, *[o for o in PIPE if not o.startswith("distributed.train_pipeline")])
-    assert main(cli[:1] + ["--resume-from", str(ray_ckpts[3])] + cli[1:]) == 0
-    m = json.loads((out / "checkpoints" / "final" / "manifest.json").read_text())
-    assert m["step"] == 8 and "train_pipeline" not in m
-    assert sorted(losses(out)) == [3, 4, 5, 6, 7]
