@@ -95,6 +95,53 @@ def test_looked_up_rows_give_the_tables_vectors(tmp_path):
     torch.testing.assert_close(cat[negs], model.embedding.item_vectors(negs))
 
 
+def test_looked_up_user_vectors_give_the_tables_states(tmp_path):
+    """Matrix factorisation reads user vectors: `model(batch)` looks the user table up too, and
+    the states from those rows equal the ones from the table."""
+    from tests.unit.test_models import make_prepared
+    from unirec_dist.config.distributed import load_pretrain_config
+    from unirec_dist.tasks.base import forward_sequences
+    from unirec_dist.training.train import setup_training
+
+    ds = make_prepared(tmp_path / "prep")
+    cfg = load_pretrain_config("configs/pretrain/debug.yaml", [
+        f"data.path={ds}", "distributed.train_pipeline=sparse_dist", "model.encoder={kind: mf}",
+        "model.embedding.item_features=[]", "data.max_len=10"])
+    st = setup_training(cfg, train_pipeline=True)
+    model = st.module.model.eval()
+    batch = next(iter(st.batches.batches))
+    with torch.no_grad():
+        looked = model(batch)
+        a = forward_sequences(model, batch, looked=looked)
+        b = forward_sequences(model, batch)
+    assert set(looked) == {"item", "user"}
+    torch.testing.assert_close(looked["user"].values()[:, :model.embedding.dim], model.embedding.user_vectors(batch.users))
+    torch.testing.assert_close(a.states[a.valid], b.states[b.valid])
+
+
+def test_the_large_catalogue_loss_from_looked_up_rows_equals_the_whole_catalogue_one(tmp_path, monkeypatch):
+    """A pipelined step's retrieval loss indexes a small catalogue whole and asks a large one row
+    by row (LookedItems); both give the same loss for the same negatives."""
+    import unirec_dist.tasks.retrieval as retrieval
+    from tests.unit.test_models import make_prepared
+    from unirec_dist.config.distributed import load_pretrain_config
+    from unirec_dist.training.train import setup_training
+
+    ds = make_prepared(tmp_path / "prep")
+    cfg = load_pretrain_config("configs/pretrain/debug.yaml", [
+        f"data.path={ds}", "distributed.train_pipeline=sparse_dist", "model.encoder.dropout=0.0", "data.max_len=10"])
+    st = setup_training(cfg, train_pipeline=True)
+    model, task = st.module.model.eval(), st.module.task
+    batch = next(iter(st.batches.batches))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        whole, _ = task.loss(model, batch, looked=model(batch))
+        monkeypatch.setattr(retrieval, "WHOLE_CATALOGUE_MAX_ROWS", 0)
+        torch.manual_seed(0)
+        by_row, _ = task.loss(model, batch, looked=model(batch))
+    torch.testing.assert_close(whole, by_row)
+
+
 @pytest.mark.parametrize("dense_map", [True, False])
 def test_looked_items_answer_only_what_was_looked_up(monkeypatch, dense_map):
     from unirec_dist.tasks.base import LookedItems
