@@ -485,6 +485,10 @@ class SequenceBatches:
         """The next iteration starts at batch n of its epoch (resume mid-epoch)."""
         self._skip = n
 
+    def pending(self) -> int:
+        """How many batches the next iteration yields: the epoch's, minus a resume's skip."""
+        return max(len(self) - self._skip, 0)
+
     @property
     def sampler(self) -> "SequenceBatches":
         # Lightning calls `<loader>.sampler.set_epoch(epoch)` before each epoch's iter()

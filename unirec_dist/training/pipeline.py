@@ -23,9 +23,10 @@ calls them) and dropped; the next step builds a new one. Batches it had prefetch
 `limit_train_batches` or `max_steps` cut are dropped with it, as Lightning's own loop never
 fetches them.
 
-On CPU (gloo) the pipeline runs on the default stream, so the overlap is nil and it is here for
-correctness (same losses as the plain loop: tests/integration/test_train_pipeline.py); its gain is
-on GPUs, where the input distribution runs on its own CUDA stream.
+On CPU there are no streams (gloo runs the collectives it is handed on its own threads); the
+pipelined steps equal the plain loop's on the same batches (tests/distributed/test_train_pipeline.py).
+It is meant for GPUs, where the input distribution runs on its own CUDA stream; that has not been
+measured here (bench/gpu_check.sh).
 """
 from __future__ import annotations
 
@@ -64,7 +65,6 @@ class StepTickets:
     def __init__(self, batches: Any) -> None:
         self.batches = batches
         self.current: Any = None
-        self._skip = 0
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -77,14 +77,14 @@ class StepTickets:
         self.batches.set_epoch(epoch)
 
     def skip(self, n: int) -> None:
-        self._skip = n
         self.batches.skip(n)
 
     def __iter__(self):
-        # a generator, like the loader's: Lightning calls iter() more than once up front
-        skip, self._skip = self._skip, 0
+        # a generator, like the loader's: Lightning calls iter() more than once up front; the
+        # loader's own iterator takes its epoch and skip when the pipeline first pulls from it
+        n = self.batches.pending()
         self.current = iter(self.batches)
-        yield from range(max(len(self.batches) - skip, 0))
+        yield from range(n)
 
 
 class PipelinedRecModule(RecModule):

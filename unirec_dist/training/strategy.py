@@ -200,29 +200,23 @@ class TorchRecStrategy(DCPCheckpointing, SpawnWithoutWeightsHandBack, DDPStrateg
         allreduce_dense_grads(self._dense)
 
 def common_pad_width(batch: Any) -> None:
-    """Pad every rank's training id grid to the same width (`batch.extra["pad_width"]`), and a
-    pipelined batch's distinct negatives to the same count (`batch.extra["neg_width"]`).
+    """Pad every rank's training id grid to the same width (`batch.extra["pad_width"]`).
 
     A row-wise sharded pooled table (the content features' EmbeddingBagCollection) sends its
     output back with a variable reduce-scatter whose backward is an all_gather of per-rank
     (B * width, D) gradients; gloo's all_gather needs equal sizes, so ranks whose batches have
-    different longest sequences would fail (and the content lookup of a pipelined batch's
-    negatives, whose distinct count differs by rank: tasks/base.py pads it to `neg_width`). One
-    MAX all-reduce of two scalars per step makes them equal (NCCL would not need it; it is cheap
-    enough to do always).
+    different longest sequences would fail. One MAX all-reduce of a scalar per step makes the
+    widths equal (NCCL would not need it; it is cheap enough to do always). The step's other
+    per-rank-sized content lookups (distinct negatives) are padded where they happen, with the
+    same `utils.dist.max_over_ranks`.
     """
     from unirec_dist.utils.dist import max_over_ranks
 
-    dist = _dist()
-    if dist is None or dist.get_world_size() == 1 or not hasattr(batch, "seq"):
+    if not hasattr(batch, "seq"):
         return
     jt = batch.seq["item"]
-    lookup = getattr(batch, "item_lookup", None)
-    negs = 0 if lookup is None else lookup.values().numel() - jt.values().numel()
-    width, neg_width = max_over_ranks([int(jt.lengths().max()) if jt.lengths().numel() else 0, negs])
+    (width,) = max_over_ranks([int(jt.lengths().max()) if jt.lengths().numel() else 0])
     batch.extra["pad_width"] = width
-    if lookup is not None:
-        batch.extra["neg_width"] = neg_width
 
 
 def _tables_on_meta(model: torch.nn.Module) -> bool:
