@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from unirec_dist.models.seqrec import SeqRecModel, pad_jagged
-from unirec_dist.utils.dist import max_over_ranks
+from unirec_dist.utils.dist import pad_to_ranks_max
 
 
 @dataclass
@@ -134,15 +134,14 @@ def _looked_up_items(model: SeqRecModel, batch, rows: torch.Tensor, lengths: tor
     items = E.item_vectors_from(ids.reshape(-1), grid).view(B, W, -1)
     neg_ids, neg_rows = batch.item_lookup.values()[T:].long(), rows[T:]
     U = neg_ids.numel()
-    # the distinct negatives' count differs by rank: padded (id 0, dropped after) to the ranks'
-    # largest, so that a row-wise content table's lookup has the same size on every rank (gloo's
-    # all_gather in its backward needs it; see training/strategy.py common_pad_width)
-    pad = max_over_ranks([U])[0] - U if E.has_content else 0
-    if pad:
-        neg_ids = torch.cat([neg_ids, neg_ids.new_zeros(pad)])
-        neg_rows = torch.cat([neg_rows, neg_rows.new_zeros((pad, neg_rows.shape[1]))])
-    neg_vecs = E.item_vectors_from(neg_ids, neg_rows)[:U]
-    neg_ids = neg_ids[:U]
+    if E.has_content:
+        # the distinct negatives' count differs by rank: padded (id 0, dropped after) for the
+        # content tables' lookup (utils/dist.py pad_to_ranks_max says why)
+        padded = pad_to_ranks_max(neg_ids)
+        neg_rows = torch.cat([neg_rows, neg_rows.new_zeros((padded.numel() - U, neg_rows.shape[1]))])
+        neg_vecs = E.item_vectors_from(padded, neg_rows)[:U]
+    else:
+        neg_vecs = E.item_vectors_from(neg_ids, neg_rows)
     known = torch.cat([ids.reshape(-1), neg_ids])
     vecs = torch.cat([items.reshape(B * W, -1), neg_vecs])
     uniq, inv = torch.unique(known, return_inverse=True)

@@ -15,7 +15,7 @@ from unirec_dist.errors import check
 from unirec_dist.models.heads.retrieval import full_softmax_loss, sampled_softmax_loss
 from unirec_dist.models.seqrec import SeqRecModel
 from unirec_dist.tasks.base import Objective, SeqForward, TaskConfig
-from unirec_dist.utils.dist import max_over_ranks
+from unirec_dist.utils.dist import pad_to_ranks_max
 
 
 @dataclass
@@ -84,10 +84,7 @@ class RetrievalObjective(Objective):
         else:
             def items(ids: torch.Tensor) -> torch.Tensor:
                 # called once per step with the step's distinct ids, whose count differs by rank:
-                # padded (id 0) to the ranks' largest count, so that a row-wise pooled content
-                # table's lookup has the same size on every rank (gloo's all_gather needs it)
-                (m,) = max_over_ranks([ids.numel()])
-                padded = torch.cat([ids, ids.new_zeros(m - ids.numel())]) if m > ids.numel() else ids
-                return model.norm(model.embedding.item_vectors(padded))[:ids.numel()]
+                # padded (id 0, dropped after) for the content tables (utils/dist.py pad_to_ranks_max)
+                return model.norm(model.embedding.item_vectors(pad_to_ranks_max(ids)))[:ids.numel()]
         return sampled_softmax_loss(q, pos, items, self.cfg.temperature, self.cfg.num_negatives,
                                     self.cfg.in_batch_negatives, lp, group=self.cfg.negatives_group, n_rows=n_rows)

@@ -207,8 +207,8 @@ def common_pad_width(batch: Any) -> None:
     (B * width, D) gradients; gloo's all_gather needs equal sizes, so ranks whose batches have
     different longest sequences would fail. One MAX all-reduce of a scalar per step makes the
     widths equal (NCCL would not need it; it is cheap enough to do always). The step's other
-    per-rank-sized content lookups (distinct negatives) are padded where they happen, with the
-    same `utils.dist.max_over_ranks`.
+    per-rank-sized content lookups (distinct ids, negatives) are padded where they happen
+    (`utils.dist.pad_to_ranks_max`).
     """
     from unirec_dist.utils.dist import max_over_ranks
 
